@@ -1,0 +1,111 @@
+"""One settings object, read from the environment (prefix ``BOOKREC_``) and ``.env``.
+
+Every entry point builds it once (``get_settings()``) and passes it down. Unset
+infrastructure falls back to embedded defaults that work on a bare machine: an
+embedded PostgreSQL under ``<home>/pgdata``, a local artifact folder, an
+in-process cache instead of Redis.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "token", "admin", "password"}
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Addresses of infrastructure live here and nowhere else."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BOOKREC_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    environment: str = Field("local", description="local, ci or production")
+    home: Path = Field(
+        Path(".bookrec"),
+        description="Project-local folder for embedded PostgreSQL data, artifacts and logs",
+    )
+
+    # PostgreSQL: a SQLAlchemy URL; unset means the embedded server under <home>/pgdata.
+    database_url: str | None = None
+
+    # Artifact store: a folder path or s3://bucket/prefix; unset means <home>/artifacts.
+    artifacts_uri: str | None = None
+
+    # Redis: unset means an in-process cache and no pub/sub.
+    redis_url: str | None = None
+    redis_socket_timeout_s: float = 0.05
+
+    # S3 and other AWS endpoints (moto, MinIO, LocalStack) and region.
+    s3_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+    cloudwatch_endpoint_url: str | None = None
+    cloudwatch_namespace: str = "bookrec"
+
+    # Serving.
+    admin_token: SecretStr | None = None
+    model_poll_interval_s: float = 5.0
+    cache_ttl_s: int = 300
+    rate_limit: str = "600 per minute"
+    api_log_batch_size: int = 200
+    api_log_flush_interval_s: float = 1.0
+    serving_urls: str = Field(
+        "http://127.0.0.1:8000",
+        description="Comma-separated base URLs of serving instances the reload flow calls",
+    )
+    reload_channel: str = "bookrec:model:reload"
+
+    # Prefect (the project's own defaults; Prefect reads PREFECT_* itself).
+    prefect_api_url: str | None = None
+
+    @field_validator("database_url", "artifacts_uri", "redis_url", "s3_endpoint_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """Treat an empty environment variable as unset."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        """Outside local use a placeholder admin token is a misconfiguration, not a secret."""
+        token = self.admin_token.get_secret_value() if self.admin_token else None
+        if token is not None and self.environment == "production":
+            if token.lower() in _PLACEHOLDER_SECRETS or len(token) < 16:
+                raise ValueError("BOOKREC_ADMIN_TOKEN is a placeholder or shorter than 16 characters")
+        return self
+
+    @property
+    def home_dir(self) -> Path:
+        """Absolute home folder."""
+        return self.home.expanduser().resolve()
+
+    @property
+    def pgdata_dir(self) -> Path:
+        """Data folder of the embedded PostgreSQL."""
+        return self.home_dir / "pgdata"
+
+    @property
+    def log_dir(self) -> Path:
+        """Folder for logs of processes that bookrec starts."""
+        return self.home_dir / "logs"
+
+    @property
+    def resolved_artifacts_uri(self) -> str:
+        """The artifact store URI, defaulting to a local folder."""
+        return self.artifacts_uri or str(self.home_dir / "artifacts")
+
+    @property
+    def uses_embedded_postgres(self) -> bool:
+        """True when no database URL is configured."""
+        return self.database_url is None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Build the settings once per process (entry points call this; libraries take a Settings)."""
+    return Settings()

@@ -1,0 +1,156 @@
+"""Shared fixtures: a real PostgreSQL database per session, moto's S3 server over HTTP,
+Redis on loopback, and Prefect's test harness. Nothing here mocks a service that runs here."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from bookrec import db
+from bookrec.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "book-crossing"
+SAMPLE_DIR = REPO / "data" / "sample"
+
+DATA_TABLES = ("quarantine", "ingest_runs", "ratings", "users", "books")
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a PostgreSQL server's maintenance database: the local server where it answers,
+    else an embedded one in a temporary folder (BOOKREC_TEST_DATABASE_URL overrides both)."""
+    configured = os.environ.get("BOOKREC_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    if _port_open("127.0.0.1", 5432):
+        yield "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+        return
+    settings = Settings(home=tmp_path_factory.mktemp("embedded-pg"))
+    yield db.embedded_url(settings)
+    db.stop_embedded(settings)
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh database for this test session, migrated to head, dropped afterwards."""
+    name = f"bookrec_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+    engine = sa.create_engine(url)
+    db.upgrade(engine)
+    engine.dispose()
+    yield url
+    db.dispose_engines()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> sa.engine.Engine:
+    """The pooled engine for the session database."""
+    return db.get_engine(Settings(database_url=database_url), url=database_url)
+
+
+@pytest.fixture
+def clean_db(engine: sa.engine.Engine) -> sa.engine.Engine:
+    """The session database with every data table emptied."""
+    with engine.begin() as conn:
+        existing = set(sa.inspect(conn).get_table_names())
+        tables = [t for t in DATA_TABLES if t in existing]
+        extra = [t for t in ("promotions", "api_logs") if t in existing]
+        conn.execute(sa.text(f"TRUNCATE {', '.join(tables + extra)} RESTART IDENTITY CASCADE"))
+    return engine
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    """Settings pointing at the session database and a per-test artifact folder."""
+    return Settings(
+        database_url=database_url,
+        home=tmp_path / "home",
+        artifacts_uri=str(tmp_path / "artifacts"),
+    )
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """moto's S3 (and CloudWatch, CloudFormation) server over HTTP on loopback."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def s3_bucket(moto_server: str) -> str:
+    """A fresh bucket on the moto server; returns its name."""
+    import boto3
+
+    name = f"bookrec-test-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis database on the local server, flushed before and after the test."""
+    import redis
+
+    url = os.environ.get("BOOKREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail(f"Redis is not answering at {url}; .ci/run starts it")
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's test harness (a temporary server on SQLite) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen handler; errors become a message and exit code 1/2."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _prefect_defaults()
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
@@ -41,6 +42,24 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"bookrec {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def _prefect_defaults() -> None:
+    """The project's own Prefect defaults: state under <home>/prefect, telemetry off.
+
+    Set only where the environment says nothing, so a configured PREFECT_API_URL or
+    PREFECT_HOME wins.
+    """
+    import os
+
+    from bookrec.settings import get_settings
+
+    home = get_settings().home_dir
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 class CommandError(Exception):

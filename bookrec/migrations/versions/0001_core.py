@@ -18,7 +18,7 @@ def upgrade() -> None:
     """Create the tables that ingest fills."""
     op.create_table(
         "books",
-        sa.Column("isbn", sa.Text, primary_key=True),
+        sa.Column("isbn", sa.Text(collation="C"), primary_key=True),
         sa.Column("title", sa.Text, nullable=False),
         sa.Column("author", sa.Text),
         sa.Column("year", sa.SmallInteger),
@@ -42,7 +42,7 @@ def upgrade() -> None:
     op.create_table(
         "ratings",
         sa.Column("user_id", sa.Integer, primary_key=True, autoincrement=False),
-        sa.Column("isbn", sa.Text, primary_key=True),
+        sa.Column("isbn", sa.Text(collation="C"), primary_key=True),
         sa.Column("rating", sa.SmallInteger, nullable=False),
         sa.Column("source", sa.Text, nullable=False, server_default="ingest"),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now()),

@@ -1,0 +1,332 @@
+"""Cleaning rules for Book-Crossing rows, one named function per rule.
+
+Each rule is a pure function of one value, so it can be tested on the real dirty
+rows quoted in ``shared/data/book-crossing/DIRTY_PATTERNS.txt`` and applied to
+whole columns through ``map_unique`` (which runs the rule once per distinct value).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import ftfy
+import numpy as np
+import pandas as pd
+
+# ---------------------------------------------------------------- ISBN
+
+_ISBN_SEPARATORS = re.compile(r"[\s\-\.\"'\\_/]+")
+_ISBN10 = re.compile(r"\d{9}[\dX]")
+_ISBN13 = re.compile(r"97[89]\d{10}")
+# A leading ISBN followed by junk that is not part of it ("3518365479<90", "3442248027  3").
+_LEADING_ISBN10 = re.compile(r"\s*[\"'\\]*(\d{9}[\dXx])(?![0-9A-Za-z])")
+_LEADING_ISBN13 = re.compile(r"\s*[\"'\\]*(97[89]\d{10})(?![0-9A-Za-z])")
+
+
+def isbn10_is_valid(isbn: str) -> bool:
+    """ISBN-10 checksum: sum of digit * weight (10..1) is divisible by 11; 'X' is 10 (last only)."""
+    if not _ISBN10.fullmatch(isbn):
+        return False
+    total = sum((10 - i) * (10 if ch == "X" else int(ch)) for i, ch in enumerate(isbn))
+    return total % 11 == 0
+
+
+def isbn13_is_valid(isbn: str) -> bool:
+    """ISBN-13 (EAN-13) checksum with alternating weights 1 and 3, prefix 978 or 979."""
+    if not _ISBN13.fullmatch(isbn):
+        return False
+    total = sum((1 if i % 2 == 0 else 3) * int(ch) for i, ch in enumerate(isbn))
+    return total % 10 == 0
+
+
+def isbn13_to_isbn10(isbn13: str) -> str | None:
+    """The ISBN-10 of a 978-prefixed ISBN-13 (979 has none)."""
+    if not isbn13.startswith("978"):
+        return None
+    body = isbn13[3:12]
+    check = (11 - sum((10 - i) * int(ch) for i, ch in enumerate(body)) % 11) % 11
+    return body + ("X" if check == 10 else str(check))
+
+
+def normalize_isbn(raw: object) -> str | None:
+    """Canonical ISBN for a raw key, or None when it is not a valid ISBN.
+
+    Canonical form: ISBN-10 with an uppercase check digit; a valid 978 ISBN-13 becomes
+    its ISBN-10 (so ratings keyed by ISBN-13 meet the book rows keyed by ISBN-10); a
+    979 ISBN-13 stays 13 digits. Separators (spaces, hyphens, dots, stray quotes and
+    backslashes) are removed; a valid ISBN followed by junk keeps the ISBN; checksums
+    must hold; ASINs ('B000...') and words are refused.
+    """
+    if not isinstance(raw, str):
+        return None
+    compact = _ISBN_SEPARATORS.sub("", raw).upper()
+    candidates = [compact]
+    for pattern in (_LEADING_ISBN13, _LEADING_ISBN10):
+        match = pattern.match(raw)
+        if match:
+            candidates.append(match.group(1).upper())
+    for candidate in candidates:
+        if len(candidate) == 10 and isbn10_is_valid(candidate):
+            return candidate
+        if len(candidate) == 13 and isbn13_is_valid(candidate):
+            return isbn13_to_isbn10(candidate) or candidate
+    return None
+
+
+def normalize_isbns(values: object) -> list[str | None]:
+    """``normalize_isbn`` for many values at once, with a vectorised checksum fast path.
+
+    Values that are already a compact 10-character key with a valid checksum are
+    accepted in bulk; every other value goes through ``normalize_isbn``, so the result
+    is identical to calling it one value at a time.
+    """
+    items = list(values)  # type: ignore[call-overload]
+    result: list[str | None] = [None] * len(items)
+    fast = [
+        i for i, v in enumerate(items)
+        if isinstance(v, str) and len(v) == 10 and v.isascii() and _ISBN10.fullmatch(v)
+    ]
+    if fast:
+        codes = np.frombuffer("".join(items[i] for i in fast).encode("ascii"), dtype=np.uint8)
+        digits = codes.reshape(-1, 10).astype(np.int64) - 48
+        digits[digits == ord("X") - 48] = 10
+        ok = (digits @ np.arange(10, 0, -1)) % 11 == 0
+        for i, good in zip(fast, ok.tolist(), strict=True):
+            if good:
+                result[i] = items[i]
+    done = {i for i, good in zip(fast, ok.tolist(), strict=True) if good} if fast else set()
+    for i, value in enumerate(items):
+        if i not in done:
+            result[i] = normalize_isbn(value)
+    return result
+
+
+def isbn_rejection_reason(raw: object) -> str:
+    """Why ``normalize_isbn`` refused ``raw``: a short reason code for the quarantine."""
+    if not isinstance(raw, str) or not raw.strip():
+        return "isbn_missing"
+    compact = _ISBN_SEPARATORS.sub("", raw).upper()
+    if re.fullmatch(r"B0[0-9A-Z]{8}", compact):
+        return "isbn_is_asin"
+    if len(compact) in (10, 13) and re.fullmatch(r"[\dX]+", compact):
+        return "isbn_bad_checksum"
+    return "isbn_malformed"
+
+
+# ---------------------------------------------------------------- text
+
+_NA_STRINGS = frozenset({"", "n/a", "na", "n.a.", "null", "none", "nan", "-", "--", "?", "unknown"})
+_TAGS = re.compile(r"</?[A-Za-z][A-Za-z0-9]*\s*/?>")
+_SPACES = re.compile(r"\s+")
+# UTF-8 -> latin-1 -> UTF-8 -> latin-1 with the 0x83 byte lost: 'Ã?Â¼' stood for 'ü'.
+_TRIPLE_MOJIBAKE = re.compile("\u00c3\\?\u00c2([\u0080-\u00bf])")
+_MOJIBAKE_HINT = re.compile("[\u00c2-\u00f4][\u0080-\u00bf\u20ac\u201a-\u2122\u0152-\u017e]")
+
+
+def is_na(value: object) -> bool:
+    """True for missing values and the strings people write for them ('n/a', 'NULL', 'None')."""
+    if value is None or (isinstance(value, float) and value != value):
+        return True
+    return isinstance(value, str) and value.strip().lower() in _NA_STRINGS
+
+
+def decode_html_entities(text: str) -> str:
+    """Decode '&amp;', '&#22235;' and '&lt;i>' and drop the markup tags the decoding reveals."""
+    if "&" not in text and "<" not in text:
+        return text
+    return _TAGS.sub("", html.unescape(text))
+
+
+def repair_mojibake(text: str) -> str:
+    """Undo UTF-8 text that was decoded as latin-1 (or cp1252) once or twice.
+
+    The triple-encoded form with a lost byte ('LÃ?Â¼bbe') is fixed by the rule in
+    DIRTY_PATTERNS.txt (U+00C0 + (x - 0x80)); the reversible double encoding
+    ('ExupÃ©ry') by ftfy, which also knows the cp1252 variants ('â€™').
+    Correct latin-1 text ('méxico') is left alone.
+    """
+    if "\u00c3?\u00c2" in text:
+        text = _TRIPLE_MOJIBAKE.sub(lambda m: chr(0xC0 + ord(m.group(1)) - 0x80), text)
+    if _MOJIBAKE_HINT.search(text):
+        text = ftfy.fix_encoding(text)
+    return text
+
+
+def repair_kaggle_escapes(text: str) -> str:
+    """Undo what a doublequote CSV parser left of backslash-escaped quotes (Kaggle layout).
+
+    'Of Mice and Men (Steinbeck \\Essentials\\")"' becomes
+    'Of Mice and Men (Steinbeck "Essentials")': an escaped quote is a quote, a lone
+    backslash stood for a quote whose character was eaten, and a trailing unbalanced
+    quote is dropped.
+    """
+    if "\\" not in text:
+        return text
+    text = text.replace('\\"', '"').replace("\\", '"')
+    if text.count('"') % 2 == 1 and text.endswith('"'):
+        text = text[:-1]
+    return text
+
+
+def _needs_work(text: str) -> bool:
+    """False for the common case of plain ASCII text with single spaces and no entities."""
+    return (
+        not text.isascii()
+        or "&" in text
+        or "<" in text
+        or "  " in text
+        or text != text.strip()
+        or "\t" in text
+        or "\n" in text
+        or "\r" in text
+        or len(text) <= 7  # short enough to be an NA spelling
+    )
+
+
+def clean_text(value: object) -> str | None:
+    """Entities, mojibake, stray whitespace and NA-like strings: the text rule for every field."""
+    if isinstance(value, str) and not _needs_work(value):
+        return value
+    if is_na(value):
+        return None
+    text = repair_mojibake(decode_html_entities(str(value)))
+    text = _SPACES.sub(" ", text).strip()
+    return None if is_na(text) else text
+
+
+# ---------------------------------------------------------------- numbers
+
+MIN_YEAR = 1450  # printing press; earlier "years" in BX are Hijri or typos
+MIN_AGE, MAX_AGE = 5, 100
+
+
+def max_plausible_year() -> int:
+    """Latest publication year accepted: next year (pre-announced editions)."""
+    return datetime.now(UTC).year + 1
+
+
+def parse_int(value: object) -> int | None:
+    """An integer from '1999', ' 18.0 ' or 18; None for anything else."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if number != number or number != int(number) or abs(number) > 2**31:
+        return None
+    return int(number)
+
+
+def plausible_year(value: object, max_year: int | None = None) -> int | None:
+    """Publication year, or None when it is 0, in the future, or before printing."""
+    year = parse_int(value)
+    upper = max_year if max_year is not None else max_plausible_year()
+    if year is None or year < MIN_YEAR or year > upper:
+        return None
+    return year
+
+
+def plausible_age(value: object) -> int | None:
+    """Age in years, or None outside 5..100 (0, 1-4 and 244 are data-entry noise)."""
+    age = parse_int(value)
+    if age is None or age < MIN_AGE or age > MAX_AGE:
+        return None
+    return age
+
+
+def parse_user_id(value: object) -> int | None:
+    """A user id: a positive 32-bit integer written as digits."""
+    text = str(value).strip() if value is not None else ""
+    if not text.isdigit():
+        return None
+    number = int(text)
+    return number if 0 < number < 2**31 else None
+
+
+def parse_rating(value: object) -> int | None:
+    """A rating 0..10 (0 is an implicit interaction, 1..10 explicit)."""
+    text = str(value).strip() if value is not None else ""
+    if not text.isdigit():
+        return None
+    number = int(text)
+    return number if 0 <= number <= 10 else None
+
+
+# ---------------------------------------------------------------- locations
+
+
+def split_location(value: object) -> tuple[str | None, str | None, str | None]:
+    """(city, region, country) from 'city, region, country'.
+
+    Parts are cleaned and NA-like parts dropped to None. The last part is the country,
+    the first the city, anything between is the region (joined with ', '); a single
+    part is taken as the city, two parts as city and country.
+    """
+    text = clean_text(value)
+    if text is None:
+        return None, None, None
+    parts = [clean_text(p) for p in text.split(",")]
+    if len(parts) == 1:
+        return parts[0], None, None
+    if len(parts) == 2:
+        return parts[0], None, parts[1]
+    middle = [p for p in parts[1:-1] if p]
+    return parts[0], (", ".join(middle) or None), parts[-1]
+
+
+# ---------------------------------------------------------------- Kaggle shifted rows
+
+_YEARISH = re.compile(r"\d{1,4}")
+
+
+def unshift_kaggle_book(fields: list[str]) -> list[str] | None:
+    """Repair a Kaggle book row shifted one column left, or None if it is not one.
+
+    In 3 Kaggle rows the author is glued into the title ('...\\";Michael Teitelbaum"'),
+    the year sits in the author column, the publisher in the year column, the URLs
+    moved left and Image-URL-L is empty. Shift them back and split title from author.
+    """
+    if len(fields) != 8:
+        return None
+    isbn, title, author, year, publisher, url_s, url_m, url_l = fields
+    if not (
+        _YEARISH.fullmatch(author.strip())
+        and not _YEARISH.fullmatch(year.strip())
+        and publisher.startswith("http")
+        and not url_l.strip()
+    ):
+        return None
+    head, sep, tail = title.rpartition('";')
+    if not sep:
+        head, sep, tail = title.rpartition(";")
+    if not sep:
+        return None
+    new_title = repair_kaggle_escapes(head)
+    new_author = tail.strip().strip('"')
+    return [isbn, new_title, new_author, author, year, publisher, url_s, url_m]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def map_unique(series: pd.Series, rule: Callable[[object], object]) -> pd.Series:
+    """Apply a one-value rule to a column, computing it once per distinct value."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=False)
+    mapped = np.empty(len(uniques), dtype=object)
+    mapped[:] = [rule(value) for value in np.asarray(uniques, dtype=object).tolist()]
+    return pd.Series(mapped[codes], index=series.index, dtype=object)
+
+
+def map_unique_isbns(series: pd.Series) -> pd.Series:
+    """``normalize_isbn`` over a column, once per distinct value, with the bulk fast path."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=False)
+    mapped = np.empty(len(uniques), dtype=object)
+    mapped[:] = normalize_isbns(np.asarray(uniques, dtype=object).tolist())
+    return pd.Series(mapped[codes], index=series.index, dtype=object)

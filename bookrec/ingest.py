@@ -1,0 +1,629 @@
+"""Ingest: parse, clean and load the three Book-Crossing files into PostgreSQL.
+
+Three steps that exchange small things so Prefect tasks can wrap them:
+
+1. ``parse_file`` + ``clean_*``: every record of a file ends as a clean row, a merged
+   duplicate, or a quarantined row with its line number, raw text and reason.
+2. ``write_spool``: the clean rows as COPY-ready CSV, the quarantine as CSV, and the
+   counts, in a spool folder.
+3. ``load_spool``: one transaction that COPYs the spool into temporary staging tables,
+   upserts from there (counting inserted / updated / unchanged), stores the quarantine
+   and an ``ingest_runs`` row. A failure anywhere rolls everything back.
+
+Accounting: for each file rows_read = inserted + updated + unchanged + merged + quarantined.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from operator import itemgetter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from bookrec import cleaning
+from bookrec import columns as C
+from bookrec.sources import HEADERS, KINDS, IngestFileError, SourceFile, fetch, locate, read_text
+
+DIALECTS = {
+    "original": {"delimiter": ";", "quotechar": '"', "escapechar": "\\", "doublequote": False},
+    "kaggle": {"delimiter": ",", "quotechar": '"', "doublequote": True},
+}
+TARGET_COLUMNS = {"books": C.BOOK_COLUMNS, "ratings": C.RATING_COLUMNS, "users": C.USER_COLUMNS}
+KEYS = {"books": [C.ISBN], "ratings": [C.USER_ID, C.ISBN], "users": [C.USER_ID]}
+_MAX_FIELD = 1 << 20
+
+
+@dataclass
+class ParsedFile:
+    """The well-formed records of one CSV file, and the malformed ones with their reasons.
+
+    ``frame`` has one object column per expected field; ``starts``/``ends`` give the
+    physical line span (1-based) of each of its rows; ``bad`` holds (start, end, reason)
+    for records that could not be parsed or had the wrong number of fields.
+    """
+
+    kind: str
+    name: str
+    text: str
+    frame: pd.DataFrame
+    starts: np.ndarray
+    ends: np.ndarray
+    bad: list[tuple[int, int, str]] = field(default_factory=list)
+    _lines: list[str] | None = None
+
+    @property
+    def rows_read(self) -> int:
+        """Records seen in the file (well-formed or not), header excluded."""
+        return len(self.frame) + len(self.bad)
+
+    def raw(self, start: int, end: int) -> str:
+        """The original text of lines start..end (1-based, inclusive)."""
+        if self._lines is None:
+            self._lines = io.StringIO(self.text, newline="\n").readlines()
+        return "".join(self._lines[start - 1 : end]).rstrip("\r\n")
+
+
+@dataclass
+class CleanFile:
+    """A cleaned file: rows ready to load, the quarantine, and how many rows were merged."""
+
+    kind: str
+    name: str
+    rows_read: int
+    frame: pd.DataFrame
+    quarantine: pd.DataFrame  # columns: line_number, raw, reason
+    merged: int
+
+
+@dataclass
+class SpoolFile:
+    """What ``write_spool`` left on disk for one file (small, JSON-able)."""
+
+    kind: str
+    name: str
+    rows_read: int
+    rows_clean: int
+    merged: int
+    quarantined: int
+    reasons: dict[str, int]
+    data_path: str
+    quarantine_path: str
+
+
+def _norm_header(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def _check_header(text: str, layout: str, kind: str, name: str) -> None:
+    first = text[: text.find("\n") + 1 or len(text)]
+    try:
+        header = next(csv.reader([first], **DIALECTS[layout]))
+    except (StopIteration, csv.Error) as exc:
+        raise IngestFileError(name, f"cannot read the header ({exc})", line=1) from exc
+    expected = HEADERS[kind]
+    if [_norm_header(h) for h in header] != [_norm_header(h) for h in expected]:
+        raise IngestFileError(
+            name, f"wrong header for the {kind} file: expected {expected}, got {header}", line=1
+        )
+
+
+def parse_file(text: str, layout: str, kind: str, name: str) -> ParsedFile:
+    """Split ``text`` into records with the layout's CSV dialect, checking the header.
+
+    The usual case (every record on its own line) is parsed by pandas' C parser in one
+    pass; otherwise (records spanning lines, blank lines, unparseable records) the csv
+    module goes record by record, keeping exact line numbers and carrying on after
+    errors. Records with the wrong number of fields go to ``bad``.
+    """
+    _check_header(text, layout, kind, name)
+    width = len(HEADERS[kind])
+    parsed = _parse_fast(text, layout, kind, name, width) or _parse_slow(
+        text, layout, kind, name, width
+    )
+    if parsed.rows_read == 0:
+        raise IngestFileError(name, "has a header but no data rows")
+    return parsed
+
+
+def _physical_lines(text: str) -> int:
+    return text.count("\n") + (0 if text.endswith("\n") else 1)
+
+
+def _parse_fast(text: str, layout: str, kind: str, name: str, width: int) -> ParsedFile | None:
+    """One C-level pass, or None when records do not map one-to-one onto lines."""
+    names = [f"f{i}" for i in range(width + 1)]
+    options = dict(DIALECTS[layout])
+    if layout == "kaggle":
+        options.pop("escapechar", None)
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text), header=None, skiprows=1, names=names, dtype=object,
+            na_filter=False, keep_default_na=False, engine="c", skip_blank_lines=False,
+            on_bad_lines="error", **options,
+        )
+    except (pd.errors.ParserError, csv.Error, ValueError):
+        return None
+    if len(frame) != _physical_lines(text) - 1 or "\r" in text.replace("\r\n", ""):
+        return None
+    frame["_width"] = _fast_widths(text, frame, width, layout)
+    lines = np.arange(2, len(frame) + 2, dtype=np.int64)
+    return _split_by_width(kind, name, text, frame, lines, lines, [], width, layout)
+
+
+def _fast_widths(text: str, frame: pd.DataFrame, width: int, layout: str) -> np.ndarray:
+    """Exact field counts for a one-record-per-line parse.
+
+    pandas pads short records with '' and cannot tell 'a;b;c;' from 'a;b;c', so the
+    rows that might be off (an empty last field, a surplus field, a line ending in the
+    delimiter) are re-counted with the csv module; all others have ``width`` fields.
+    """
+    delimiter = DIALECTS[layout]["delimiter"]
+    suspect = np.array((frame[f"f{width - 1}"] == "") | (frame[f"f{width}"] != ""), dtype=bool)
+    newlines = 0
+    position = 0
+    for match in re.finditer(re.escape(delimiter) + r"\r?$", text, re.M):
+        newlines += text.count("\n", position, match.start())
+        position = match.start()
+        if newlines >= 1:
+            suspect[newlines - 1] = True
+    widths = np.full(len(frame), width, dtype=np.int64)
+    indices = np.flatnonzero(suspect)
+    if len(indices):
+        lines = io.StringIO(text, newline="\n").readlines()
+        dialect = DIALECTS[layout]
+        for i in indices.tolist():
+            widths[i] = len(next(csv.reader([lines[i + 1]], **dialect), []))
+    return widths
+
+
+def _parse_slow(text: str, layout: str, kind: str, name: str, width: int) -> ParsedFile:
+    """Record by record with the csv module: exact line spans, errors kept with reasons."""
+    csv.field_size_limit(_MAX_FIELD)
+    lines = io.StringIO(text, newline="\n").readlines()
+    reader = csv.reader(iter(lines), **DIALECTS[layout])
+    next(reader)
+    previous = reader.line_num
+    records: list[list[str]] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    errors: list[tuple[int, int, str]] = []
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            errors.append((previous + 1, max(reader.line_num, previous + 1), f"csv_error: {exc}"))
+            previous = reader.line_num
+            continue
+        if record:
+            records.append(record)
+            starts.append(previous + 1)
+            ends.append(reader.line_num)
+        previous = reader.line_num
+    widths = np.fromiter(map(len, records), dtype=np.int64, count=len(records))
+    padded = [r + [None] * (width + 1 - len(r)) if len(r) <= width else r[: width + 1] for r in records]
+    names = [f"f{i}" for i in range(width + 1)]
+    frame = pd.DataFrame(
+        {n: pd.Series(list(map(itemgetter(j), padded)), dtype=object) for j, n in enumerate(names)}
+    ) if padded else pd.DataFrame({n: pd.Series(dtype=object) for n in names})
+    # Remember true widths: a None in the extra column cannot tell 'width+1' from 'width+2'.
+    frame["_width"] = widths
+    parsed = _split_by_width(
+        kind, name, text, frame, np.asarray(starts, dtype=np.int64),
+        np.asarray(ends, dtype=np.int64), errors, width, layout,
+    )
+    parsed._lines = lines
+    return parsed
+
+
+def _split_by_width(kind, name, text, frame, starts, ends, bad, width, layout) -> ParsedFile:
+    """Keep records with exactly ``width`` fields (Kaggle's shifted books repaired first)."""
+    cols = [f"f{i}" for i in range(width)]
+    widths = frame.pop("_width").to_numpy()
+    if kind == "books" and layout == "kaggle" and len(frame):
+        candidates = np.flatnonzero((widths == width) & (frame[cols[-1]].to_numpy() == ""))
+        for i in candidates.tolist():
+            fixed = cleaning.unshift_kaggle_book(frame.iloc[i][cols].tolist())
+            if fixed is not None:
+                frame.iloc[i, : len(cols)] = fixed
+    ok = widths == width
+    bad = list(bad) + [
+        (int(starts[i]), int(ends[i]), f"wrong_field_count: expected {width}, got {widths[i]}")
+        for i in np.flatnonzero(~ok).tolist()
+    ]
+    good = frame.loc[ok, cols].reset_index(drop=True)
+    return ParsedFile(kind, name, text, good, starts[ok], ends[ok], bad)
+
+
+def _quarantine_frame(parsed: ParsedFile, rejected: np.ndarray, reasons: list[str]) -> pd.DataFrame:
+    """Quarantine rows: the malformed records plus the rows that cleaning rejected."""
+    rows = [(start, parsed.raw(start, end), reason) for start, end, reason in parsed.bad]
+    rows += [
+        (int(parsed.starts[i]), parsed.raw(int(parsed.starts[i]), int(parsed.ends[i])), reason)
+        for i, reason in zip(rejected.tolist(), reasons, strict=True)
+    ]
+    rows.sort(key=lambda row: row[0])
+    return pd.DataFrame(rows, columns=["line_number", "raw", "reason"])
+
+
+def _reason_code(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
+def _dedupe(frame: pd.DataFrame, keys: list[str], priority: list[str]) -> tuple[pd.DataFrame, int]:
+    """Keep one row per key: the one that sorts last by ``priority`` (documented per file)."""
+    dup = frame.duplicated(keys, keep=False)
+    if not dup.any():
+        return frame, 0
+    ordered = frame[dup].sort_values(keys + priority, kind="stable")
+    losers = ordered.index[ordered.duplicated(keys, keep="last")]
+    return frame.drop(index=losers), len(losers)
+
+
+def _named(parsed: ParsedFile, names: list[str]) -> pd.DataFrame:
+    """The parsed rows with their column names and their row position in ``parsed``."""
+    df = parsed.frame.copy()
+    df.columns = names
+    df["_pos"] = np.arange(len(df))
+    return df
+
+
+def _reject(df: pd.DataFrame, reasons: pd.Series) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    """Split off the rows that have a reason; return (kept rows, rejected positions, reasons)."""
+    rejected = reasons.notna().to_numpy()
+    positions = df["_pos"].to_numpy()[rejected]
+    return df[~rejected].copy(), positions, reasons[rejected].tolist()
+
+
+def _finish(kind, parsed, df, positions, reasons, merged) -> CleanFile:
+    return CleanFile(
+        kind, parsed.name, parsed.rows_read,
+        df[TARGET_COLUMNS[kind]].reset_index(drop=True),
+        _quarantine_frame(parsed, positions, reasons), merged,
+    )
+
+
+def _urls(series: pd.Series) -> pd.Series:
+    """Image URLs: stripped, empty or NA-like to None (no other text repair applies)."""
+    return cleaning.map_unique(series, lambda v: None if cleaning.is_na(v) else str(v).strip())
+
+
+def clean_books(parsed: ParsedFile, layout: str) -> CleanFile:
+    """Books: ISBN normalised and checked, text repaired, implausible years to NULL.
+
+    Duplicate ISBNs after normalisation ('042511774x' and '042511774X') are merged:
+    the row whose raw key was already canonical wins, then the one with more fields
+    filled, then the later line.
+    """
+    df = _named(parsed, C.BOOK_COLUMNS)
+    raw_isbn = df[C.ISBN]
+    df[C.ISBN] = cleaning.map_unique_isbns(raw_isbn)
+    for col in (C.TITLE, C.AUTHOR, C.PUBLISHER):
+        if layout == "kaggle":
+            df[col] = cleaning.map_unique(df[col], cleaning.repair_kaggle_escapes)
+        df[col] = cleaning.map_unique(df[col], cleaning.clean_text)
+    for col in (C.IMAGE_S, C.IMAGE_M, C.IMAGE_L):
+        df[col] = _urls(df[col])
+    max_year = cleaning.max_plausible_year()
+    df[C.YEAR] = cleaning.map_unique(
+        df[C.YEAR], lambda v: cleaning.plausible_year(v, max_year)
+    ).astype("Int16")
+
+    reasons = pd.Series(None, index=df.index, dtype=object)
+    reasons[df[C.TITLE].isna()] = "missing_title"
+    bad_isbn = df[C.ISBN].isna()
+    reasons[bad_isbn] = cleaning.map_unique(raw_isbn[bad_isbn], cleaning.isbn_rejection_reason)
+    canonical = (raw_isbn.str.strip() == df[C.ISBN]).astype(np.int8)
+    df, positions, why = _reject(df, reasons)
+    df["_canonical"] = canonical[df.index]
+    df["_filled"] = df[C.BOOK_COLUMNS].notna().sum(axis=1)
+    df, merged = _dedupe(df, [C.ISBN], ["_canonical", "_filled", "_pos"])
+    return _finish("books", parsed, df, positions, why, merged)
+
+
+def clean_ratings(parsed: ParsedFile, layout: str) -> CleanFile:
+    """Ratings: user id, ISBN and rating checked; ISBNs with no book row are kept (CF uses them).
+
+    Duplicate (user, ISBN) pairs after normalisation are merged: an explicit rating
+    (1-10) beats an implicit 0, then the row whose raw ISBN was already canonical wins,
+    then the later line.
+    """
+    df = _named(parsed, C.RATING_COLUMNS)
+    raw_isbn = df[C.ISBN]
+    df[C.USER_ID] = cleaning.map_unique(df[C.USER_ID], cleaning.parse_user_id)
+    df[C.ISBN] = cleaning.map_unique_isbns(raw_isbn)
+    df[C.RATING] = cleaning.map_unique(df[C.RATING], cleaning.parse_rating)
+
+    reasons = pd.Series(None, index=df.index, dtype=object)
+    reasons[df[C.RATING].isna()] = "invalid_rating"
+    bad_isbn = df[C.ISBN].isna()
+    reasons[bad_isbn] = cleaning.map_unique(raw_isbn[bad_isbn], cleaning.isbn_rejection_reason)
+    reasons[df[C.USER_ID].isna()] = "invalid_user_id"
+    canonical = (raw_isbn == df[C.ISBN]).astype(np.int8)
+    df, positions, why = _reject(df, reasons)
+    df[C.USER_ID] = df[C.USER_ID].astype("int64")
+    df[C.RATING] = df[C.RATING].astype("int16")
+    df["_explicit"] = (df[C.RATING] > 0).astype(np.int8)
+    df["_canonical"] = canonical[df.index]
+    df, merged = _dedupe(df, [C.USER_ID, C.ISBN], ["_explicit", "_canonical", "_pos"])
+    return _finish("ratings", parsed, df, positions, why, merged)
+
+
+def clean_users(parsed: ParsedFile, layout: str) -> CleanFile:
+    """Users: id checked, location cleaned and split into city/region/country, ages 5..100.
+
+    A user id that appears twice keeps its later line.
+    """
+    df = _named(parsed, [C.USER_ID, C.LOCATION, C.AGE])
+    df[C.USER_ID] = cleaning.map_unique(df[C.USER_ID], cleaning.parse_user_id)
+    reasons = pd.Series(None, index=df.index, dtype=object)
+    reasons[df[C.USER_ID].isna()] = "invalid_user_id"
+    df, positions, why = _reject(df, reasons)
+    df[C.USER_ID] = df[C.USER_ID].astype("int64")
+    locations = df[C.LOCATION]
+    df[C.LOCATION] = cleaning.map_unique(locations, cleaning.clean_text)
+    parts = cleaning.map_unique(locations, cleaning.split_location)
+    df[C.CITY] = parts.map(itemgetter(0))
+    df[C.REGION] = parts.map(itemgetter(1))
+    df[C.COUNTRY] = parts.map(itemgetter(2))
+    df[C.AGE] = cleaning.map_unique(df[C.AGE], cleaning.plausible_age).astype("Int16")
+    df, merged = _dedupe(df, [C.USER_ID], ["_pos"])
+    return _finish("users", parsed, df, positions, why, merged)
+
+
+CLEANERS = {"books": clean_books, "ratings": clean_ratings, "users": clean_users}
+
+
+def clean_path(path: Path, kind: str, layout: str, display: str) -> CleanFile:
+    """Read, parse and clean one local file (pure apart from reading it)."""
+    text = read_text(path, layout, display)
+    return CLEANERS[kind](parse_file(text, layout, kind, display), layout)
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    """Write ``frame`` as header-less CSV for COPY; missing values become empty fields (NULL)."""
+    columns = []
+    for name in frame.columns:
+        col = frame[name]
+        values = col.astype(object).where(col.notna(), None) if col.hasnans else col.astype(object)
+        columns.append(values.tolist())
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(zip(*columns, strict=True))
+
+
+def write_spool(clean: CleanFile, spool_dir: Path) -> SpoolFile:
+    """Write the clean rows and the quarantine of one file as CSV into ``spool_dir``."""
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    data_path = spool_dir / f"{clean.kind}.csv"
+    quarantine_path = spool_dir / f"{clean.kind}.quarantine.csv"
+    _write_csv(data_path, clean.frame)
+    _write_csv(quarantine_path, clean.quarantine)
+    reasons = Counter(_reason_code(r) for r in clean.quarantine["reason"])
+    return SpoolFile(
+        kind=clean.kind,
+        name=clean.name,
+        rows_read=clean.rows_read,
+        rows_clean=len(clean.frame),
+        merged=clean.merged,
+        quarantined=len(clean.quarantine),
+        reasons=dict(sorted(reasons.items())),
+        data_path=str(data_path),
+        quarantine_path=str(quarantine_path),
+    )
+
+
+def _compare_columns(kind: str) -> list[str]:
+    return [c for c in TARGET_COLUMNS[kind] if c not in KEYS[kind]]
+
+
+def _upsert(cur, kind: str) -> tuple[int, int]:
+    """Apply staging -> target, touching only new and changed rows; return (inserted, updated).
+
+    The staging table is compared with the target in one hash join, so rows whose
+    values are unchanged cost no write at all (a re-ingest of the same files is
+    read-only). New rows are inserted with ON CONFLICT so that a rating posted through
+    the API meanwhile is overwritten rather than failing the ingest.
+    """
+    cols = TARGET_COLUMNS[kind]
+    keys = KEYS[kind]
+    compare = _compare_columns(kind)
+    changed = " OR ".join(f"t.{c} IS DISTINCT FROM s.{c}" for c in compare)
+    key_match = " AND ".join(f"t.{k} = d.{k}" for k in keys)
+    col_list = ", ".join(cols)
+    extra_set = ", source = 'ingest'" if kind == "ratings" else ""
+    cur.execute(
+        f"CREATE TEMP TABLE diff_{kind} ON COMMIT DROP AS "
+        f"SELECT {', '.join('s.' + c for c in cols)}, t.{keys[0]} IS NULL AS is_new "
+        f"FROM stage_{kind} s LEFT JOIN {kind} t USING ({', '.join(keys)}) "
+        f"WHERE t.{keys[0]} IS NULL OR {changed}"
+    )
+    cur.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {kind})")
+    if cur.fetchone()[0]:
+        inserted = _bulk_insert_into_empty(cur, kind, col_list, keys)
+        return inserted, 0
+    cur.execute(
+        f"INSERT INTO {kind} AS t ({col_list}) SELECT {col_list} FROM diff_{kind} WHERE is_new "
+        f"ORDER BY {', '.join(keys)} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+        + ", ".join(f"{c} = EXCLUDED.{c}" for c in compare)
+        + f", updated_at = now(){extra_set}"
+    )
+    inserted = cur.rowcount
+    cur.execute(
+        f"UPDATE {kind} t SET "
+        + ", ".join(f"{c} = d.{c}" for c in compare)
+        + f", updated_at = now(){extra_set} FROM diff_{kind} d WHERE NOT d.is_new AND {key_match}"
+    )
+    updated = cur.rowcount
+    return int(inserted), int(updated)
+
+
+def _bulk_insert_into_empty(cur, kind: str, col_list: str, keys: list[str]) -> int:
+    """First load: drop the table's indexes, insert in key order, rebuild them (much faster).
+
+    The table is locked against writers for the rest of the transaction; readers still
+    see the old (empty) table until commit.
+    """
+    cur.execute(f"LOCK TABLE {kind} IN EXCLUSIVE MODE")
+    cur.execute(
+        "SELECT i.indexname, i.indexdef, c.conname FROM pg_indexes i "
+        "LEFT JOIN pg_constraint c ON c.conname = i.indexname AND c.contype = 'p' "
+        "WHERE i.schemaname = current_schema() AND i.tablename = %s",
+        (kind,),
+    )
+    indexes = cur.fetchall()
+    for name, _definition, constraint in indexes:
+        if constraint:
+            cur.execute(f'ALTER TABLE {kind} DROP CONSTRAINT "{constraint}"')
+        else:
+            cur.execute(f'DROP INDEX "{name}"')
+    cur.execute(
+        f"INSERT INTO {kind} ({col_list}) SELECT {col_list} FROM diff_{kind} "
+        f"ORDER BY {', '.join(keys)}"
+    )
+    inserted = cur.rowcount
+    for name, definition, constraint in indexes:
+        if constraint:
+            cur.execute(
+                f'ALTER TABLE {kind} ADD CONSTRAINT "{constraint}" PRIMARY KEY ({", ".join(keys)})'
+            )
+        else:
+            cur.execute(definition)
+    return int(inserted)
+
+
+def load_spool(
+    engine: Engine, spools: list[SpoolFile], *, source: str, layout: str, started_at: datetime
+) -> dict:
+    """Load every spooled file in ONE transaction and return the ingest report.
+
+    Staging tables are temporary (dropped at commit); the upserts only touch rows
+    whose values changed, so a second ingest of the same files reports all unchanged.
+    """
+    by_kind = {s.kind: s for s in spools}
+    files: dict[str, dict] = {}
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(72210002)"))
+        conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
+        conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
+        conn.execute(sa.text("SET LOCAL maintenance_work_mem = '512MB'"))
+        cur = conn.connection.dbapi_connection.cursor()
+        for kind in KINDS:
+            spool = by_kind[kind]
+            cur.execute(
+                f"CREATE TEMP TABLE stage_{kind} ON COMMIT DROP AS "
+                f"SELECT {', '.join(TARGET_COLUMNS[kind])} FROM {kind} WITH NO DATA"
+            )
+            with open(spool.data_path, encoding="utf-8") as fh:
+                cur.copy_expert(
+                    f"COPY stage_{kind} ({', '.join(TARGET_COLUMNS[kind])}) FROM STDIN WITH (FORMAT csv)",
+                    fh,
+                )
+            inserted, updated = _upsert(cur, kind)
+            files[kind] = {
+                "rows_read": spool.rows_read,
+                "inserted": inserted,
+                "updated": updated,
+                "unchanged": spool.rows_clean - inserted - updated,
+                "merged": spool.merged,
+                "quarantined": spool.quarantined,
+                "reasons": spool.reasons,
+            }
+        finished = datetime.now(UTC)
+        duration = (finished - started_at).total_seconds()
+        run_id = conn.execute(
+            sa.text(
+                "INSERT INTO ingest_runs (started_at, finished_at, source, layout, counts, duration_s) "
+                "VALUES (:s, :f, :src, :lay, CAST(:c AS jsonb), :d) RETURNING id"
+            ),
+            {"s": started_at, "f": finished, "src": source, "lay": layout,
+             "c": json.dumps(files), "d": duration},
+        ).scalar_one()
+        cur.execute(
+            "CREATE TEMP TABLE stage_quarantine (line_number int, raw text, reason text) ON COMMIT DROP"
+        )
+        for kind in KINDS:
+            spool = by_kind[kind]
+            cur.execute("TRUNCATE stage_quarantine")
+            with open(spool.quarantine_path, encoding="utf-8") as fh:
+                cur.copy_expert("COPY stage_quarantine FROM STDIN WITH (FORMAT csv)", fh)
+            cur.execute(
+                "INSERT INTO quarantine (run_id, source_file, kind, line_number, raw, reason) "
+                "SELECT %s, %s, %s, line_number, raw, reason FROM stage_quarantine",
+                (run_id, spool.name, kind),
+            )
+    for counts in files.values():
+        counts["unchanged"] = max(counts["unchanged"], 0)
+    return {"files": files, "duration_s": round(duration, 3), "run_id": run_id,
+            "source": source, "layout": layout}
+
+
+def public_report(report: dict) -> dict:
+    """The report as ``bookrec ingest --json`` prints it: files and duration only."""
+    return {"files": report["files"], "duration_s": report["duration_s"]}
+
+
+def report_markdown(report: dict) -> str:
+    """A markdown summary of an ingest report (for the Prefect UI)."""
+    lines = [
+        f"# Ingest of `{report.get('source', '?')}` ({report.get('layout', '?')} layout)",
+        "",
+        f"Duration: {report['duration_s']:.1f} s",
+        "",
+        "| file | read | inserted | updated | unchanged | merged | quarantined |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, c in report["files"].items():
+        lines.append(
+            f"| {kind} | {c['rows_read']:,} | {c['inserted']:,} | {c['updated']:,} | "
+            f"{c['unchanged']:,} | {c['merged']:,} | {c['quarantined']:,} |"
+        )
+    reasons = [(k, r, n) for k, c in report["files"].items() for r, n in c["reasons"].items()]
+    if reasons:
+        lines += ["", "| file | quarantine reason | rows |", "|---|---|---:|"]
+        lines += [f"| {k} | {r} | {n:,} |" for k, r, n in reasons]
+    return "\n".join(lines)
+
+
+def report_table(report: dict) -> list[dict]:
+    """One row per file, for a Prefect table artifact."""
+    return [
+        {"file": kind, **{k: v for k, v in counts.items() if k != "reasons"},
+         "reasons": ", ".join(f"{r}={n}" for r, n in counts["reasons"].items())}
+        for kind, counts in report["files"].items()
+    ]
+
+
+def run_ingest(engine: Engine, settings, source: str, layout: str = "auto",
+               spool_dir: Path | None = None) -> dict:
+    """The whole ingest without Prefect (benchmarks and scripts): locate, clean, load."""
+    import tempfile
+
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    resolved, files = locate(source, layout, settings)
+    with tempfile.TemporaryDirectory(dir=spool_dir) as tmp:
+        spools = []
+        for kind in KINDS:
+            file: SourceFile = files[kind]
+            path = fetch(file, Path(tmp) / "raw", settings)
+            spools.append(write_spool(clean_path(path, kind, resolved, file.uri), Path(tmp)))
+        report = load_spool(engine, spools, source=source, layout=resolved, started_at=started)
+    report["duration_s"] = round(time.perf_counter() - t0, 3)
+    return report
+
+
+def spool_to_dict(spool: SpoolFile) -> dict:
+    """JSON-able form of a SpoolFile (what tasks hand each other)."""
+    return asdict(spool)

@@ -1,0 +1,90 @@
+"""Prefect tasks for ingest: thin wrappers over ``bookrec.ingest`` and ``bookrec.sources``.
+
+Retries with exponential backoff sit on the tasks that do I/O (listing and reading
+S3, loading PostgreSQL); parsing and cleaning are pure and fail fast.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.tasks import exponential_backoff
+
+from bookrec import db, ingest, sources
+from bookrec.settings import get_settings
+
+_IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+               "retry_jitter_factor": 0.5}
+
+
+def _not_a_bad_file(task, task_run, state) -> bool:
+    """Retry transient failures only: a bad file stays bad however often it is read."""
+    try:
+        state.result()
+    except sources.IngestFileError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="locate-source", retry_condition_fn=_not_a_bad_file, **_IO_RETRIES)
+def locate_source(source: str, layout: str) -> dict:
+    """Find the three files under a folder or S3 prefix; returns the layout and their URIs."""
+    resolved, files = sources.locate(source, layout, get_settings())
+    return {"layout": resolved, "files": {kind: f.uri for kind, f in files.items()}}
+
+
+@task(name="make-spool-dir")
+def make_spool_dir() -> str:
+    """A fresh working folder under the project home for this run's spool files."""
+    base = get_settings().home_dir / "spool"
+    base.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(prefix="ingest-", dir=base)
+
+
+@task(name="fetch-file", retry_condition_fn=_not_a_bad_file, **_IO_RETRIES)
+def fetch_file(kind: str, uri: str, spool_dir: str) -> str:
+    """A local path for the file: itself when local, else a download from S3."""
+    path = sources.fetch(sources.SourceFile(kind, uri), Path(spool_dir) / "raw", get_settings())
+    return str(path)
+
+
+@task(name="clean-file")
+def clean_file(kind: str, path: str, layout: str, display: str, spool_dir: str) -> dict:
+    """Parse and clean one file into the spool; returns its counts and spool paths."""
+    cleaned = ingest.clean_path(Path(path), kind, layout, display)
+    return ingest.spool_to_dict(ingest.write_spool(cleaned, Path(spool_dir)))
+
+
+@task(name="load-into-postgres", **_IO_RETRIES)
+def load_into_postgres(spools: list[dict], source: str, layout: str, started_at: datetime) -> dict:
+    """One transaction: migrate if needed, COPY into staging, upsert, record the run."""
+    engine = db.get_engine(get_settings())
+    db.upgrade(engine)
+    files = [ingest.SpoolFile(**s) for s in spools]
+    return ingest.load_spool(engine, files, source=source, layout=layout, started_at=started_at)
+
+
+@task(name="publish-ingest-report")
+def publish_ingest_report(report: dict) -> None:
+    """The report as a table and a markdown artifact in the Prefect UI."""
+    create_table_artifact(
+        key="ingest-report", table=ingest.report_table(report),
+        description=f"Ingest of {report.get('source')}: rows per outcome and file",
+    )
+    create_markdown_artifact(
+        key="ingest-summary", markdown=ingest.report_markdown(report),
+        description="Ingest summary",
+    )
+
+
+@task(name="remove-spool-dir")
+def remove_spool_dir(spool_dir: str) -> None:
+    """Delete this run's spool folder."""
+    shutil.rmtree(spool_dir, ignore_errors=True)

@@ -85,21 +85,22 @@ def normalize_isbns(values: object) -> list[str | None]:
     """
     items = list(values)  # type: ignore[call-overload]
     result: list[str | None] = [None] * len(items)
-    fast = [
-        i for i, v in enumerate(items)
-        if isinstance(v, str) and len(v) == 10 and v.isascii() and _ISBN10.fullmatch(v)
-    ]
+    fast = [i for i, v in enumerate(items) if type(v) is str and len(v) == 10]
+    accepted: set[int] = set()
     if fast:
-        codes = np.frombuffer("".join(items[i] for i in fast).encode("ascii"), dtype=np.uint8)
-        digits = codes.reshape(-1, 10).astype(np.int64) - 48
-        digits[digits == ord("X") - 48] = 10
-        ok = (digits @ np.arange(10, 0, -1)) % 11 == 0
-        for i, good in zip(fast, ok.tolist(), strict=True):
-            if good:
-                result[i] = items[i]
-    done = {i for i, good in zip(fast, ok.tolist(), strict=True) if good} if fast else set()
+        joined = "".join(items[i] for i in fast).encode("ascii", "replace")
+        codes = np.frombuffer(joined, dtype=np.uint8).reshape(-1, 10).astype(np.int64)
+        digits = codes - 48
+        is_digit = (digits >= 0) & (digits <= 9)
+        last_x = codes[:, 9] == ord("X")
+        shaped = is_digit[:, :9].all(axis=1) & (is_digit[:, 9] | last_x)
+        digits[:, 9] = np.where(last_x, 10, digits[:, 9])
+        ok = shaped & ((digits @ np.arange(10, 0, -1)) % 11 == 0)
+        for i in np.asarray(fast)[ok].tolist():
+            result[i] = items[i]
+            accepted.add(i)
     for i, value in enumerate(items):
-        if i not in done:
+        if i not in accepted:
             result[i] = normalize_isbn(value)
     return result
 

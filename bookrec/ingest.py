@@ -154,11 +154,29 @@ def _parse_fast(text: str, layout: str, kind: str, name: str, width: int) -> Par
         )
     except (pd.errors.ParserError, csv.Error, ValueError):
         return None
-    if len(frame) != _physical_lines(text) - 1 or "\r" in text.replace("\r\n", ""):
+    if "\r" in text.replace("\r\n", ""):
         return None
-    frame["_width"] = _fast_widths(text, frame, width, layout)
-    lines = np.arange(2, len(frame) + 2, dtype=np.int64)
-    return _split_by_width(kind, name, text, frame, lines, lines, [], width, layout)
+    extra_lines = np.zeros(len(frame), dtype=np.int64)
+    if len(frame) != _physical_lines(text) - 1:
+        # Records with a quoted newline span several lines; count them from the fields.
+        for col in frame.columns:
+            values = frame[col]
+            extra_lines += np.fromiter(
+                (v.count("\n") if type(v) is str and "\n" in v else 0 for v in values.tolist()),
+                dtype=np.int64, count=len(values),
+            )
+        if len(frame) + int(extra_lines.sum()) != _physical_lines(text) - 1:
+            return None  # blank lines or something else pandas saw differently
+    starts = 2 + np.concatenate(([0], np.cumsum(extra_lines)[:-1])) + np.arange(len(frame))
+    ends = starts + extra_lines
+    if extra_lines.any():
+        widths = _widths_by_csv(text, width, layout)
+        if widths is None or len(widths) != len(frame):
+            return None
+        frame["_width"] = widths
+    else:
+        frame["_width"] = _fast_widths(text, frame, width, layout)
+    return _split_by_width(kind, name, text, frame, starts, ends, [], width, layout)
 
 
 def _fast_widths(text: str, frame: pd.DataFrame, width: int, layout: str) -> np.ndarray:
@@ -185,6 +203,16 @@ def _fast_widths(text: str, frame: pd.DataFrame, width: int, layout: str) -> np.
         for i in indices.tolist():
             widths[i] = len(next(csv.reader([lines[i + 1]], **dialect), []))
     return widths
+
+
+def _widths_by_csv(text: str, width: int, layout: str) -> np.ndarray | None:
+    """Field counts of every record from the csv module (files with multi-line records)."""
+    lines = io.StringIO(text, newline="\n").readlines()
+    reader = csv.reader(iter(lines[1:]), **DIALECTS[layout])
+    try:
+        return np.fromiter((len(r) for r in reader if r), dtype=np.int64)
+    except csv.Error:
+        return None
 
 
 def _parse_slow(text: str, layout: str, kind: str, name: str, width: int) -> ParsedFile:
@@ -239,9 +267,10 @@ def _split_by_width(kind, name, text, frame, starts, ends, bad, width, layout) -
             if fixed is not None:
                 frame.iloc[i, : len(cols)] = fixed
     ok = widths == width
+    blank = widths == 0  # an empty line is no record: skipped, not counted
     bad = list(bad) + [
         (int(starts[i]), int(ends[i]), f"wrong_field_count: expected {width}, got {widths[i]}")
-        for i in np.flatnonzero(~ok).tolist()
+        for i in np.flatnonzero(~ok & ~blank).tolist()
     ]
     good = frame.loc[ok, cols].reset_index(drop=True)
     return ParsedFile(kind, name, text, good, starts[ok], ends[ok], bad)
@@ -297,7 +326,11 @@ def _finish(kind, parsed, df, positions, reasons, merged) -> CleanFile:
 
 def _urls(series: pd.Series) -> pd.Series:
     """Image URLs: stripped, empty or NA-like to None (no other text repair applies)."""
-    return cleaning.map_unique(series, lambda v: None if cleaning.is_na(v) else str(v).strip())
+    values = [
+        None if not isinstance(v, str) or (len(v) <= 7 and cleaning.is_na(v)) else v.strip() or None
+        for v in series.tolist()
+    ]
+    return pd.Series(values, index=series.index, dtype=object)
 
 
 def clean_books(parsed: ParsedFile, layout: str) -> CleanFile:

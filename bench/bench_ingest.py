@@ -1,0 +1,172 @@
+"""Ingest benchmark: bookrec's ingest vs the naive pandas path vs a bare COPY floor.
+
+Each path runs in its own process (so peak RSS is its own) against its own fresh
+database on the same PostgreSQL server, on the same files:
+
+- bookrec: ``bookrec.ingest.run_ingest`` (parse, clean, quarantine, COPY to staging,
+  upsert, ingest_runs), the work the ingest flow does minus Prefect's bookkeeping;
+- naive: ``pandas.read_csv`` + ``DataFrame.to_sql`` of the three files, no cleaning;
+- floor: read the files and ``COPY`` them raw into text tables (no cleaning at all).
+
+    python bench/bench_ingest.py --data ../shared/data/book-crossing/original \\
+        --database-url postgresql+psycopg2://postgres@127.0.0.1:5432/postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import sqlalchemy as sa
+
+FILES = {"books": "BX-Books.csv.gz", "ratings": "BX-Book-Ratings.csv.gz", "users": "BX-Users.csv.gz"}
+READ_OPTIONS = dict(sep=";", quotechar='"', escapechar="\\", doublequote=False, encoding="latin-1")
+
+
+def _scratch_db(admin_url: str) -> str:
+    name = f"bench_ingest_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_db(admin_url: str, url: str) -> None:
+    name = sa.engine.make_url(url).database
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def run_bookrec(data: Path, url: str, repeat: int) -> dict:
+    """The project's ingest, first load then (repeat - 1) re-ingests of the same files."""
+    from bookrec import db
+    from bookrec.ingest import run_ingest
+    from bookrec.settings import Settings
+
+    settings = Settings(database_url=url)
+    engine = db.get_engine(settings)
+    db.upgrade(engine)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        report = run_ingest(engine, settings, str(data))
+        times.append(time.perf_counter() - t0)
+    rows = {k: v["rows_read"] for k, v in report["files"].items()}
+    return {"seconds": times[0], "reingest_seconds": times[1:], "rows": rows}
+
+
+def run_naive(data: Path, url: str, repeat: int) -> dict:
+    """pandas read_csv + to_sql, as a first attempt would write it."""
+    import pandas as pd
+
+    engine = sa.create_engine(url)
+    t0 = time.perf_counter()
+    rows = {}
+    for kind, name in FILES.items():
+        frame = pd.read_csv(data / name, dtype=str, **READ_OPTIONS)
+        frame.to_sql(f"naive_{kind}", engine, if_exists="replace", index=False, chunksize=10_000)
+        rows[kind] = len(frame)
+    return {"seconds": time.perf_counter() - t0, "rows": rows}
+
+
+def run_floor(data: Path, url: str, repeat: int) -> dict:
+    """Read the gzip files and COPY them as they are into text tables: the lower bound."""
+    import gzip
+    import io
+
+    columns = {"books": 8, "ratings": 3, "users": 3}
+    engine = sa.create_engine(url)
+    raw = engine.raw_connection()
+    t0 = time.perf_counter()
+    rows = {}
+    with raw.cursor() as cur:
+        for kind, name in FILES.items():
+            cols = ", ".join(f"c{i} text" for i in range(columns[kind]))
+            cur.execute(f"CREATE TABLE floor_{kind} ({cols})")
+            data_bytes = gzip.decompress((data / name).read_bytes())
+            cur.copy_expert(
+                f"COPY floor_{kind} FROM STDIN WITH (FORMAT csv, HEADER true, DELIMITER ';', "
+                "QUOTE '\"', ESCAPE '\\', ENCODING 'LATIN1')",
+                io.BytesIO(data_bytes),
+            )
+            rows[kind] = cur.rowcount
+    raw.commit()
+    raw.close()
+    return {"seconds": time.perf_counter() - t0, "rows": rows}
+
+
+PATHS = {"bookrec": run_bookrec, "naive": run_naive, "floor": run_floor}
+
+
+def _child(path: str, data: str, url: str, repeat: int) -> None:
+    result = PATHS[path](Path(data), url, repeat)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def main() -> None:
+    """Run the three paths, each in a fresh process and a fresh database, and print a table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/book-crossing/original"))
+    parser.add_argument(
+        "--database-url", default=os.environ.get(
+            "BOOKREC_BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="maintenance database of the server to use; scratch databases are made there",
+    )
+    parser.add_argument("--paths", default="floor,bookrec,naive")
+    parser.add_argument("--repeat", type=int, default=2, help="bookrec runs (2nd+ are re-ingests)")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child[0], args.child[1], args.child[2], int(args.child[3]))
+        return
+
+    results = {}
+    for path in args.paths.split(","):
+        url = _scratch_db(args.database_url)
+        try:
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", path, str(args.data.resolve()), url,
+                 str(args.repeat)],
+                capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+            )
+        except subprocess.CalledProcessError as exc:
+            print(exc.stderr, file=sys.stderr)
+            raise
+        finally:
+            _drop_db(args.database_url, url)
+        results[path] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{path:8s} {results[path]['seconds']:7.1f} s  peak RSS "
+              f"{results[path]['peak_rss_mb']:7.0f} MB  rows {results[path]['rows']}", flush=True)
+
+    print()
+    print("| path | wall s | peak RSS MB | vs bookrec |")
+    print("|---|---:|---:|---:|")
+    ours = results.get("bookrec", {}).get("seconds")
+    for path, r in results.items():
+        ratio = f"{r['seconds'] / ours:.2f}x" if ours else "-"
+        print(f"| {path} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} |")
+    if "bookrec" in results:
+        re_runs = results["bookrec"].get("reingest_seconds") or []
+        if re_runs:
+            print(f"\nre-ingest of the same files (all unchanged): {min(re_runs):.1f} s")
+        if "naive" in results:
+            print(f"speed-up over naive: {results['naive']['seconds'] / ours:.2f}x (goal >= 2x)")
+        if "floor" in results:
+            print(f"bookrec / floor: {ours / results['floor']['seconds']:.2f}x (goal <= 2.5x)")
+    print(f"load average during the run: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -482,10 +482,6 @@ def _upsert(cur, kind: str) -> tuple[int, int]:
         f"FROM stage_{kind} s LEFT JOIN {kind} t USING ({', '.join(keys)}) "
         f"WHERE t.{keys[0]} IS NULL OR {changed}"
     )
-    cur.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {kind})")
-    if cur.fetchone()[0]:
-        inserted = _bulk_insert_into_empty(cur, kind, col_list, keys)
-        return inserted, 0
     cur.execute(
         f"INSERT INTO {kind} AS t ({col_list}) SELECT {col_list} FROM diff_{kind} WHERE is_new "
         f"ORDER BY {', '.join(keys)} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
@@ -502,11 +498,16 @@ def _upsert(cur, kind: str) -> tuple[int, int]:
     return int(inserted), int(updated)
 
 
-def _bulk_insert_into_empty(cur, kind: str, col_list: str, keys: list[str]) -> int:
-    """First load: drop the table's indexes, insert in key order, rebuild them (much faster).
+def _copy_sql(table: str, kind: str) -> str:
+    return f"COPY {table} ({', '.join(TARGET_COLUMNS[kind])}) FROM STDIN WITH (FORMAT csv)"
 
-    The table is locked against writers for the rest of the transaction; readers still
-    see the old (empty) table until commit.
+
+def _load_into_empty(cur, kind: str, data_path: str) -> int:
+    """First load of a table: drop its indexes, COPY straight in, rebuild them (the fast path).
+
+    The spool is already clean and free of duplicate keys. The table is locked against
+    writers for the rest of the transaction; readers see the old (empty) table until
+    commit, and a failure rolls the indexes back with everything else.
     """
     cur.execute(f"LOCK TABLE {kind} IN EXCLUSIVE MODE")
     cur.execute(
@@ -521,16 +522,13 @@ def _bulk_insert_into_empty(cur, kind: str, col_list: str, keys: list[str]) -> i
             cur.execute(f'ALTER TABLE {kind} DROP CONSTRAINT "{constraint}"')
         else:
             cur.execute(f'DROP INDEX "{name}"')
-    cur.execute(
-        f"INSERT INTO {kind} ({col_list}) SELECT {col_list} FROM diff_{kind} "
-        f"ORDER BY {', '.join(keys)}"
-    )
+    with open(data_path, encoding="utf-8") as fh:
+        cur.copy_expert(_copy_sql(kind, kind), fh)
     inserted = cur.rowcount
-    for name, definition, constraint in indexes:
+    for _name, definition, constraint in indexes:
         if constraint:
-            cur.execute(
-                f'ALTER TABLE {kind} ADD CONSTRAINT "{constraint}" PRIMARY KEY ({", ".join(keys)})'
-            )
+            keys = ", ".join(KEYS[kind])
+            cur.execute(f'ALTER TABLE {kind} ADD CONSTRAINT "{constraint}" PRIMARY KEY ({keys})')
         else:
             cur.execute(definition)
     return int(inserted)
@@ -554,16 +552,17 @@ def load_spool(
         cur = conn.connection.dbapi_connection.cursor()
         for kind in KINDS:
             spool = by_kind[kind]
-            cur.execute(
-                f"CREATE TEMP TABLE stage_{kind} ON COMMIT DROP AS "
-                f"SELECT {', '.join(TARGET_COLUMNS[kind])} FROM {kind} WITH NO DATA"
-            )
-            with open(spool.data_path, encoding="utf-8") as fh:
-                cur.copy_expert(
-                    f"COPY stage_{kind} ({', '.join(TARGET_COLUMNS[kind])}) FROM STDIN WITH (FORMAT csv)",
-                    fh,
+            cur.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {kind})")
+            if cur.fetchone()[0]:
+                inserted, updated = _load_into_empty(cur, kind, spool.data_path), 0
+            else:
+                cur.execute(
+                    f"CREATE TEMP TABLE stage_{kind} ON COMMIT DROP AS "
+                    f"SELECT {', '.join(TARGET_COLUMNS[kind])} FROM {kind} WITH NO DATA"
                 )
-            inserted, updated = _upsert(cur, kind)
+                with open(spool.data_path, encoding="utf-8") as fh:
+                    cur.copy_expert(_copy_sql(f"stage_{kind}", kind), fh)
+                inserted, updated = _upsert(cur, kind)
             files[kind] = {
                 "rows_read": spool.rows_read,
                 "inserted": inserted,

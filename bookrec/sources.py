@@ -38,9 +38,14 @@ class IngestFileError(ValueError):
 
     def __init__(self, file: str, message: str, line: int | None = None):
         self.file = file
+        self.message = message
         self.line = line
         where = f"{file}:{line}" if line is not None else file
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self):
+        """Pickle by the constructor's arguments (it crosses process boundaries)."""
+        return (type(self), (self.file, self.message, self.line))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ KINDS = ("books", "ratings", "users")
 
 @flow(name="ingest", flow_run_name="ingest-{layout}", log_prints=True)
 def ingest_flow(
-    source: str = "data/sample",
+    source: str = "data/sample/original",
     layout: Literal["auto", "original", "kaggle"] = "auto",
 ) -> dict:
     """Locate, clean and load the three files; every row ends inserted, updated, unchanged,

@@ -33,11 +33,12 @@ def ingest_flow(
     located = locate_source(source, layout)
     spool_dir = make_spool_dir()
     try:
-        spools = []
+        futures = []
         for kind in KINDS:
             uri = located["files"][kind]
             path = fetch_file(kind, uri, spool_dir)
-            spools.append(clean_file(kind, path, located["layout"], uri, spool_dir))
+            futures.append(clean_file.submit(kind, path, located["layout"], uri, spool_dir))
+        spools = [future.result() for future in futures]
         report = load_into_postgres(spools, source, located["layout"], started)
     finally:
         remove_spool_dir(spool_dir)

@@ -57,9 +57,10 @@ def fetch_file(kind: str, uri: str, spool_dir: str) -> str:
 
 @task(name="clean-file")
 def clean_file(kind: str, path: str, layout: str, display: str, spool_dir: str) -> dict:
-    """Parse and clean one file into the spool; returns its counts and spool paths."""
-    cleaned = ingest.clean_path(Path(path), kind, layout, display)
-    return ingest.spool_to_dict(ingest.write_spool(cleaned, Path(spool_dir)))
+    """Parse and clean one file into the spool (in a forked process, so the three files use
+    every core); returns its counts and spool paths."""
+    spool = ingest.clean_to_spool_in_subprocess(Path(path), kind, layout, display, Path(spool_dir))
+    return ingest.spool_to_dict(spool)
 
 
 @task(name="load-into-postgres", **_IO_RETRIES)

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
 
     # Artifact store: a folder path or s3://bucket/prefix; unset means <home>/artifacts.
     artifacts_uri: str | None = None
+    # Promotion gate: JSON overrides of bookrec.gate.Thresholds, e.g. {"max_relative_drop": 0.02}.
+    gate_thresholds: dict[str, float | str] = Field(default_factory=dict)
 
     # Redis: unset means an in-process cache and no pub/sub.
     redis_url: str | None = None
@@ -45,6 +47,9 @@ class Settings(BaseSettings):
     aws_region: str = "us-east-1"
     cloudwatch_endpoint_url: str | None = None
     cloudwatch_namespace: str = "bookrec"
+    cloudwatch_metrics: str = Field(
+        "emf", description="Pipeline metrics: emf (log lines), api (PutMetricData) or off"
+    )
 
     # Serving.
     admin_token: SecretStr | None = None

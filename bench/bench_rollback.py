@@ -1,0 +1,135 @@
+"""Time a rollback end to end (goal: under 10 s) with baselines from the same run.
+
+    .venv/bin/python -m bench.bench_rollback [--model FOLDER] [--store s3://bucket/prefix]
+
+Promotes two versions of a model into a fresh store, then times ``rollback_flow()``:
+verify the store, download and check every sha256 (reused from the local cache when it
+still verifies), load and answer the golden queries in a separate process, move the
+pointer, record the decision, emit the event, run the reload flow. Baselines measured in
+the same run: ``load_model`` in this process (the floor of "verify and load") and an
+empty Prefect flow run (the orchestration overhead). ``--model`` takes a trained version
+folder (e.g. the full-data model from ``bookrec train``); without it a synthetic hybrid
+is fitted. Uses ``BOOKREC_DATABASE_URL`` (migrated here) and ``PREFECT_API_URL`` if set,
+else Prefect's temporary test server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def _synthetic_model(folder: Path, seed: int, n_users: int, n_books: int) -> None:
+    """Fit a hybrid on random ratings with a popularity skew and save it to ``folder``."""
+    import numpy as np
+    import pandas as pd
+
+    from bookrec import columns as C
+    from bookrec.models.dataset import build_dataset
+    from bookrec.models.fit import fit_hybrid
+    from bookrec.models.persist import save_model
+
+    rng = np.random.default_rng(seed)
+    isbns = np.array([f"{i:09d}X" for i in range(n_books)])
+    books = pd.DataFrame({C.ISBN: isbns, C.TITLE: [f"Title {i % 997} {i}" for i in range(n_books)],
+                          C.AUTHOR: [f"Author {i % 503}" for i in range(n_books)],
+                          C.PUBLISHER: ["Pub"] * n_books})
+    per_user = rng.integers(3, 40, n_users)
+    p = 1.0 / np.arange(1, n_books + 1) ** 0.8
+    items = rng.choice(n_books, size=int(per_user.sum()), p=p / p.sum())
+    ratings = pd.DataFrame({C.USER_ID: np.repeat(np.arange(1, n_users + 1), per_user),
+                            C.ISBN: isbns[items], C.RATING: rng.integers(0, 11, len(items))})
+    model = fit_hybrid(build_dataset(ratings, books), {"max_items": 3000, "keep": 200})
+    metrics = {"ndcg@20": 0.1 + seed / 100, "coverage@20": 0.05,
+               "baselines": {"most_popular": {"ndcg@20": 0.05}}}
+    save_model(model, folder, data_fingerprint={"synthetic": seed}, metrics=metrics)
+
+
+def _copy_with_metrics(src: Path, dst: Path, ndcg: float) -> None:
+    """A second version of the same trained folder with its own manifest metrics."""
+    from bookrec.artifacts import read_manifest, write_manifest
+
+    shutil.copytree(src, dst)
+    (dst / "manifest.json").unlink()
+    old = read_manifest(src)
+    metrics = {**old.get("metrics", {}), "ndcg@20": ndcg}
+    extra = {k: v for k, v in old.items() if k not in (
+        "schema_version", "kind", "params", "data_fingerprint", "code_version", "metrics",
+        "created_at", "files")}
+    write_manifest(dst, kind=old["kind"], params=old["params"],
+                   data_fingerprint=old["data_fingerprint"], metrics=metrics, extra=extra)
+
+
+def main() -> None:
+    """Set up, promote twice, time the rollback and the baselines, print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="a trained version folder to use")
+    parser.add_argument("--store", help="artifact store URI (default: a temporary folder)")
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--books", type=int, default=20_000)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-rollback-"))
+    os.environ["BOOKREC_HOME"] = str(work / "home")
+    os.environ["BOOKREC_ARTIFACTS_URI"] = args.store or str(work / "store")
+    os.environ.setdefault("BOOKREC_SERVING_URLS", "http://127.0.0.1:9")
+
+    from bookrec import db
+    from bookrec.models.persist import load_model
+    from bookrec.registry import Registry
+    from bookrec.settings import get_settings
+
+    settings = get_settings()
+    db.upgrade(db.get_engine(settings))
+    started = time.perf_counter()
+    if args.model:
+        _copy_with_metrics(args.model, work / "a", 0.10)
+    else:
+        _synthetic_model(work / "a", 0, args.users, args.books)
+    _copy_with_metrics(work / "a", work / "b", 0.11)
+    print(f"model ready in {time.perf_counter() - started:.1f} s "
+          f"({sum(f.stat().st_size for f in (work / 'a').iterdir()) / 1e6:.1f} MB)")
+    registry = Registry.from_settings(settings)
+    for name in ("a", "b"):
+        registry.add_version(work / name, f"bench-{name}")
+
+    harness = contextlib.nullcontext()
+    if not os.environ.get("PREFECT_API_URL"):
+        from prefect.testing.utilities import prefect_test_harness
+
+        harness = prefect_test_harness(server_startup_timeout=120)
+    with harness:
+        from prefect import flow
+
+        from flows.promote import promote_flow
+        from flows.rollback import rollback_flow
+
+        @flow(name="bench-empty")
+        def empty() -> None:
+            """Nothing: the cost of running a flow at all."""
+
+        promote_flow("bench-a")
+        promote_flow("bench-b")
+        t0 = time.perf_counter()
+        empty()
+        empty_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        load_model(work / "a")
+        load_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = rollback_flow()
+        rollback_s = time.perf_counter() - t0
+    assert result["champion"] == "bench-a", result
+    print(f"baseline  empty Prefect flow run        {empty_s:6.2f} s")
+    print(f"baseline  load_model in-process         {load_s:6.2f} s")
+    print(f"rollback  rollback_flow() wall          {rollback_s:6.2f} s   (goal < 10 s)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

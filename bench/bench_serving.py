@@ -1,0 +1,480 @@
+"""Serving benchmark: throughput and p99 with wrk on loopback, hot reload under load, memory.
+
+Run:  .venv/bin/python bench/bench_serving.py [--duration 10] [--workers 4] [--max-items 5000]
+
+What it does, all in one run and on the same gunicorn configuration (serving/gunicorn_conf.py):
+1. fits the hybrid on the full Book-Crossing data (Kaggle CSVs; cached under --work),
+   saves it as two versions in a local registry and promotes the first; loads the books
+   into a fresh PostgreSQL database; uses a private Redis database for the cache;
+2. baseline: a trivial Flask app returning a JSON body of the same size as the popular
+   list, under the same gunicorn config; then the cached/precomputed API paths (popular,
+   warmed per-user lists, book details, similar), then uncached paths (random users and
+   ISBNs, title search). wrk -c16, reports req/s and p99;
+3. reload under load: steady wrk run, then a run during which the second version is
+   promoted and signalled; reports failed/5xx responses, p99 vs steady, and how long
+   until every worker serves the new version (from the merged /metrics);
+4. memory: total PSS of the 4 workers + master with the model, the same app with no
+   model, and the RSS one process needs to load and touch one copy of the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import requests
+import sqlalchemy as sa
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+from bookrec import db  # noqa: E402
+from bookrec.settings import Settings  # noqa: E402
+
+CONF = REPO / "serving" / "gunicorn_conf.py"
+VERSIONS = ("bench-a", "bench-b")
+
+
+def free_port() -> int:
+    """A free loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- setup ---------------------------------------------------------------------------------
+def fit_models(work: Path, max_items: int) -> tuple[Path, object, object]:
+    """Fit (or reuse) the full-data model; returns (models folder, ratings, books)."""
+    from fulldata import load_csv
+
+    from bookrec.models.dataset import build_dataset
+    from bookrec.models.fit import fit_hybrid
+    from bookrec.models.persist import save_model
+
+    ratings, books = load_csv()
+    models = work / f"models-{max_items}"
+    if not all((models / v / "manifest.json").is_file() for v in VERSIONS):
+        shutil.rmtree(models, ignore_errors=True)
+        started = time.perf_counter()
+        model = fit_hybrid(build_dataset(ratings, books), {"max_items": max_items})
+        print(f"fit on {len(ratings):,} ratings in {time.perf_counter() - started:.0f} s")
+        for version in VERSIONS:
+            save_model(model, models / version, extra={"version": version})
+    return models, ratings, books
+
+
+def prepare_store(work: Path, models: Path) -> str:
+    """A fresh local registry with both versions, the first promoted."""
+    from bookrec.registry import Registry
+
+    store = work / f"store-{uuid.uuid4().hex[:6]}"
+    registry = Registry.from_settings(Settings(artifacts_uri=str(store), home=work / "home"))
+    for version in VERSIONS:
+        registry.add_version(models / version, version)
+    registry.promote(VERSIONS[0], by="bench", reason="bench")
+    return str(store)
+
+
+def prepare_database(books) -> tuple[str, str]:
+    """A new database on the local server with the schema and the books (admin URL, URL)."""
+    import io
+
+    admin_url = os.environ.get(
+        "BENCH_PG_ADMIN", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+    )
+    name = f"bookrec_bench_{os.getpid()}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    engine = sa.create_engine(url)
+    db.upgrade(engine)
+    frame = books.copy()
+    frame["year"] = frame["year"].where(frame["year"].str.fullmatch(r"\d{1,4}"), "")
+    frame["year"] = frame["year"].map(lambda y: y if y and 0 < int(y) < 32000 else "")
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, header=False)
+    buf.seek(0)
+    raw = engine.raw_connection()
+    try:
+        with raw.cursor() as cur:
+            cur.copy_expert(
+                "COPY books (isbn, title, author, year, publisher, image_url_s, image_url_m, "
+                "image_url_l) FROM STDIN WITH (FORMAT csv)",
+                buf,
+            )
+        raw.commit()
+    finally:
+        raw.close()
+    engine.dispose()
+    return admin_url, url
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    """Drop the benchmark database."""
+    name = sa.engine.make_url(url).database
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+# -- servers -------------------------------------------------------------------------------
+class Server:
+    """gunicorn with the project's config, serving ``app`` (default: the bookrec API)."""
+
+    def __init__(self, env: dict[str, str], workers: int, app: str | None, log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKREC_")}
+        full_env.update(env)
+        full_env["PROMETHEUS_MULTIPROC_DIR"] = str(log.with_suffix(".prom"))
+        full_env["PYTHONPATH"] = f"{REPO}:{REPO / 'bench'}"
+        argv = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(CONF),
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(workers),
+        ]
+        if app:
+            argv.append(app)
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            argv, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self.workers = workers
+
+    def wait(self, path: str = "/livez", timeout_s: float = 120) -> None:
+        """Until ``path`` answers 200 and all workers are up."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if (
+                    requests.get(self.url + path, timeout=2).status_code == 200
+                    and len(psutil.Process(self.proc.pid).children()) == self.workers
+                ):
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"server did not start; see {self._log.name}")
+
+    def pss_mb(self) -> float:
+        """Total PSS of the master and its workers, in MB."""
+        procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children()]
+        return sum(p.memory_full_info().pss for p in procs) / 2**20
+
+    def mapped_mb(self, folder: Path) -> float:
+        """PSS of the model files mapped under ``folder``, summed over master and workers."""
+        procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children()]
+        prefix = str(folder.resolve())
+        return (
+            sum(
+                m.pss
+                for p in procs
+                for m in p.memory_maps(grouped=True)
+                if m.path.startswith(prefix)
+            )
+            / 2**20
+        )
+
+    def stop(self) -> None:
+        """Graceful stop."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def trivial_app():
+    """The baseline: one Flask route returning a fixed JSON body (size set by the caller)."""
+    from flask import Flask, Response
+
+    body = Path(os.environ["BENCH_TRIVIAL_BODY"]).read_bytes()
+    app = Flask(__name__)
+
+    @app.get("/trivial")
+    def trivial():
+        return Response(body, mimetype="application/json")
+
+    return app
+
+
+# -- wrk -----------------------------------------------------------------------------------
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def wrk(url: str, paths: list[str], duration: int, connections: int = 16) -> dict:
+    """Run wrk over ``paths`` (round robin per thread); req/s, p99 ms, errors."""
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    quoted = ",".join(json.dumps(p) for p in paths)
+    script.write_text(
+        "local paths = {" + quoted + "}\nlocal i = math.random(#paths)\n"
+        "request = function()\n  i = i % #paths + 1\n  return wrk.format('GET', paths[i])\nend\n"
+    )
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    script.unlink()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99_value, p99_unit = re.search(r"99%\s+([\d.]+)(us|ms|s|m)\b", out).groups()
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return {
+        "rps": rps,
+        "p99_ms": float(p99_value) * _UNITS[p99_unit],
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": sum(map(int, sock.groups())) if sock else 0,
+        "requests": total,
+    }
+
+
+def worker_versions(url: str) -> dict[str, str]:
+    """pid -> served version from the merged metrics."""
+    text = requests.get(url + "/metrics", timeout=5).text
+    pattern = r'bookrec_model_version_info\{pid="(\d+)",version="([^"]+)"\} 1\.0'
+    return dict(re.findall(pattern, text))
+
+
+def model_rss_mb(folder: Path) -> float:
+    """RSS growth of a fresh process that loads one copy of the model and touches it."""
+    code = (
+        "import sys, psutil, numpy as np\n"
+        "from bookrec.models.persist import load_model\n"
+        "p = psutil.Process(); before = p.memory_info().rss\n"
+        f"m = load_model({str(folder)!r}, mmap=True)\n"
+        "[int(np.ascontiguousarray(a).view(np.uint8).sum()) for a in m.arrays.values()]\n"
+        "m.popular(10); m.recommend(int(m.user_ids[0]), 10)\n"
+        "print((p.memory_info().rss - before) / 2**20)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+# -- main ----------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--max-items", type=int, default=5000, help="CF items of the model")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bookrec-bench")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
+    args = parser.parse_args()
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+
+    models, ratings, books = fit_models(work, args.max_items)
+    store = prepare_store(work, models)
+    admin_url, db_url = prepare_database(books)
+    channel = f"bookrec:bench:{os.getpid()}"
+    env = {
+        "BOOKREC_HOME": str(work / "home"),
+        "BOOKREC_ARTIFACTS_URI": store,
+        "BOOKREC_DATABASE_URL": db_url,
+        "BOOKREC_REDIS_URL": args.redis,
+        "BOOKREC_RELOAD_CHANNEL": channel,
+        "BOOKREC_RATE_LIMIT": "100000000 per minute",
+        "BOOKREC_MODEL_POLL_INTERVAL_S": "5",
+        "BOOKREC_ADMIN_TOKEN": uuid.uuid4().hex,
+    }
+    import redis as redis_lib
+
+    rclient = redis_lib.Redis.from_url(args.redis)
+    rclient.flushdb()
+    servers: list[Server] = []
+    results: dict = {"workers": args.workers, "duration_s": args.duration, "connections": 16}
+    try:
+        api = Server(env, args.workers, None, work / "api.log")
+        servers.append(api)
+        api.wait("/readyz")
+        popular = requests.get(api.url + "/v1/books/popular?k=10", timeout=5).content
+        body_file = work / "trivial.json"
+        body_file.write_bytes(popular)
+        trivial = Server(
+            {**env, "BENCH_TRIVIAL_BODY": str(body_file)},
+            args.workers,
+            "bench_serving:trivial_app()",
+            work / "trivial.log",
+        )
+        servers.append(trivial)
+        trivial.wait("/trivial")
+
+        rng = random.Random(7)
+        users = sorted(set(ratings["user_id"].tolist()))
+        model_isbns = [
+            r["isbn"]
+            for r in requests.get(api.url + "/v1/books/popular?k=100", timeout=5).json()["items"]
+        ]
+        warm_users = rng.sample(users, 200)
+        cached_paths = {
+            "popular k=10": ["/v1/books/popular?k=10"],
+            "user recs (cached, 200 users)": [
+                f"/v1/users/{u}/recommendations?k=10" for u in warm_users
+            ],
+            "book details (cached)": [f"/v1/books/{i}" for i in model_isbns],
+            "similar (cached)": [f"/v1/books/{i}/similar?k=10" for i in model_isbns],
+        }
+        for paths in cached_paths.values():
+            for path in paths:
+                assert requests.get(api.url + path, timeout=30).status_code == 200, path
+        all_isbns = rng.sample(sorted(set(ratings["isbn"])), 20000)
+        uncached_paths = {
+            "user recs (uncached, random users)": [
+                f"/v1/users/{u}/recommendations?k=10" for u in rng.sample(users, 20000)
+            ],
+            "similar (uncached, random ISBNs)": [f"/v1/books/{i}/similar?k=10" for i in all_isbns],
+            "search (uncached words)": [
+                f"/v1/books?q={w}"
+                for w in rng.sample(
+                    sorted(
+                        {
+                            t.split()[0].lower()
+                            for t in books["title"].head(50000)
+                            if t.split() and t.split()[0].isalpha()
+                        }
+                    ),
+                    3000,
+                )
+            ],
+        }
+
+        base = wrk(trivial.url, ["/trivial"], args.duration)
+        results["trivial"] = base
+        print(
+            f"trivial Flask JSON ({len(popular)} B): {base['rps']:.0f} req/s, "
+            f"p99 {base['p99_ms']:.1f} ms"
+        )
+        results["cached"] = {}
+        for name, paths in cached_paths.items():
+            r = wrk(api.url, paths, args.duration)
+            r["ratio_to_trivial"] = round(r["rps"] / base["rps"], 3)
+            results["cached"][name] = r
+            print(
+                f"{name}: {r['rps']:.0f} req/s ({r['ratio_to_trivial']:.2f}x trivial), "
+                f"p99 {r['p99_ms']:.1f} ms, non-2xx {r['non_2xx']}"
+            )
+        trivial.stop()
+        servers.remove(trivial)
+        results["uncached"] = {}
+        for name, paths in uncached_paths.items():
+            r = wrk(api.url, paths, args.duration)
+            results["uncached"][name] = r
+            print(
+                f"{name}: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.1f} ms, "
+                f"non-2xx {r['non_2xx']} (404 for ISBNs unknown to the model count here)"
+            )
+
+        pss_before_reload = api.pss_mb()
+        mapped_before = api.mapped_mb(work / "home" / "serving" / "models")
+        # Reload under load: a mix of cached and uncached user lists.
+        mix = cached_paths["user recs (cached, 200 users)"] + cached_paths["popular k=10"] * 50
+        steady = wrk(api.url, mix, args.duration)
+        results["reload_steady"] = steady
+        from bookrec.registry import Registry
+
+        registry = Registry.from_settings(Settings(artifacts_uri=store, home=work / "home"))
+        converged: dict = {}
+
+        def promote_and_watch() -> None:
+            time.sleep(1.0)
+            registry.promote(VERSIONS[1], by="bench", reason="reload under load")
+            started = time.monotonic()
+            rclient.publish(channel, json.dumps({"version": VERSIONS[1]}))
+            while time.monotonic() - started < 30:
+                seen = worker_versions(api.url)
+                if len(seen) == args.workers and set(seen.values()) == {VERSIONS[1]}:
+                    converged["seconds"] = round(time.monotonic() - started, 2)
+                    return
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=promote_and_watch)
+        watcher.start()
+        during = wrk(api.url, mix, args.duration)
+        watcher.join()
+        results["reload_during"] = during
+        results["reload_all_workers_s"] = converged.get("seconds")
+        print(
+            f"reload under load: steady p99 {steady['p99_ms']:.1f} ms / {steady['rps']:.0f} "
+            f"req/s; during reload p99 {during['p99_ms']:.1f} ms "
+            f"({during['p99_ms'] / steady['p99_ms']:.2f}x), {during['requests']} requests, "
+            f"non-2xx {during['non_2xx']}, socket errors {during['socket_errors']}; "
+            f"all {args.workers} workers on the new version after "
+            f"{converged.get('seconds')} s"
+        )
+
+        # Memory.
+        with_model = api.pss_mb()
+        mapped_after = api.mapped_mb(work / "home" / "serving" / "models")
+        api.stop()
+        servers.remove(api)
+        empty_store = work / f"empty-{uuid.uuid4().hex[:6]}"
+        bare = Server(
+            {**env, "BOOKREC_ARTIFACTS_URI": str(empty_store)},
+            args.workers,
+            None,
+            work / "bare.log",
+        )
+        servers.append(bare)
+        bare.wait("/livez")
+        without_model = bare.pss_mb()
+        one_copy = model_rss_mb(models / VERSIONS[0])
+        files_mb = sum(p.stat().st_size for p in (models / VERSIONS[0]).iterdir()) / 2**20
+        results["memory_mb"] = {
+            "pss_total_with_model_before_reload": round(pss_before_reload, 1),
+            "pss_total_with_model": round(with_model, 1),
+            "pss_total_without_model": round(without_model, 1),
+            "model_share_of_pss": round(with_model - without_model, 1),
+            "one_model_copy_rss": round(one_copy, 1),
+            "model_files": round(files_mb, 1),
+            "mapped_model_pss_before_reload": round(mapped_before, 1),
+            "mapped_model_pss_after_reload": round(mapped_after, 1),
+        }
+        ratio = (with_model - without_model) / one_copy
+        results["memory_mb"]["ratio"] = round(ratio, 2)
+        print(
+            f"memory: PSS master+{args.workers} workers {with_model:.0f} MB with the model, "
+            f"{without_model:.0f} MB without: the model costs {with_model - without_model:.0f} "
+            f"MB in total vs {one_copy:.0f} MB for one copy in one process "
+            f"({ratio:.2f}x; model files {files_mb:.0f} MB)"
+        )
+    finally:
+        for server in servers:
+            server.stop()
+        rclient.flushdb()
+        rclient.close()
+        drop_database(admin_url, db_url)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""The promotion gate: pure checks that turn metrics and a smoke report into a decision.
+
+Metric check: the candidate and the champion on the same holdout; the candidate's
+primary metric (NDCG@20) may not drop more than ``max_relative_drop`` relative to the
+champion's, and its coverage may not fall below ``coverage_floor``. With no champion
+yet, the candidate must beat the most-popular baseline evaluated in the same run.
+Serving check: the smoke report must be ``ok`` and within the latency, memory and
+load-time budgets. Nothing here does I/O; the promote flow gathers the inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+PROMOTED = "promoted"
+REJECTED = "rejected"
+
+
+class GateConfigError(ValueError):
+    """A threshold setting is unknown or has the wrong type."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Configurable limits (``BOOKREC_GATE_THRESHOLDS`` as JSON overrides any of them)."""
+
+    metric: str = "ndcg@20"
+    max_relative_drop: float = 0.01
+    coverage_metric: str = "coverage@20"
+    coverage_floor: float = 0.001
+    baseline: str = "most_popular"
+    min_lift_over_baseline: float = 0.0
+    max_p99_ms: float = 250.0
+    max_rss_mb: float = 6144.0
+    max_load_s: float = 30.0
+
+    @classmethod
+    def from_mapping(cls, overrides: dict[str, Any] | None) -> Thresholds:
+        """Defaults updated by ``overrides``; an unknown key or a wrong type names the key."""
+        types = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in (overrides or {}).items():
+            if key not in types:
+                raise GateConfigError(
+                    f"gate threshold {key!r} is unknown (known: {', '.join(sorted(types))})"
+                )
+            if types[key] == "str":
+                if not isinstance(value, str) or not value:
+                    raise GateConfigError(f"gate threshold {key!r} must be a non-empty string")
+            else:
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise GateConfigError(f"gate threshold {key!r} must be a number, got {value!r}")
+                if not math.isfinite(value) or value < 0:
+                    raise GateConfigError(f"gate threshold {key!r} must be finite and >= 0")
+                value = float(value)
+            values[key] = value
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict, for the audit row and the Prefect artifact."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named gate check and its outcome."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The decision with every check behind it."""
+
+    decision: str  # promoted | rejected
+    reason: str
+    checks: tuple[Check, ...]
+
+
+def _number(metrics: dict[str, Any] | None, key: str) -> float | None:
+    """A finite metric value or None (missing, not a number, NaN)."""
+    if not metrics:
+        return None
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def baseline_metrics(metrics: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The metrics of baseline ``name`` recorded next to the model's own (same split).
+
+    Accepts ``{"baselines": {name: {...}}}`` or a list of rows naming the model, and the
+    usual spellings of most-popular.
+    """
+    aliases = {name}
+    if name.replace("-", "_") in ("most_popular", "popular"):
+        aliases |= {"most_popular", "most-popular", "popular", "popularity"}
+    baselines = metrics.get("baselines")
+    if isinstance(baselines, dict):
+        for alias in sorted(aliases):
+            if isinstance(baselines.get(alias), dict):
+                return baselines[alias]
+    if isinstance(baselines, list):
+        for row in baselines:
+            if isinstance(row, dict) and aliases & {row.get("model"), row.get("name")}:
+                return row
+    return None
+
+
+def same_holdout(candidate_manifest: dict[str, Any], champion_manifest: dict[str, Any]) -> bool:
+    """True if both were evaluated on the same split: same rating snapshot, same split params."""
+
+    def key(manifest: dict[str, Any]) -> tuple[Any, Any]:
+        params = manifest.get("params") or {}
+        split = params.get("evaluation") or {
+            k: params.get(k) for k in ("seed", "min_interactions", "test_fraction")
+        }
+        return manifest.get("data_fingerprint"), split
+
+    return key(candidate_manifest) == key(champion_manifest)
+
+
+def check_metrics(
+    candidate: dict[str, Any],
+    champion: dict[str, Any] | None,
+    thresholds: Thresholds,
+) -> list[Check]:
+    """Metric checks of ``candidate`` against ``champion`` (None: the first model ever)."""
+    t = thresholds
+    checks = []
+    cand = _number(candidate, t.metric)
+    if cand is None:
+        return [Check(t.metric, False, f"candidate has no numeric {t.metric!r} metric")]
+    champ = _number(champion, t.metric) if champion is not None else None
+    if champ is not None:
+        floor = champ * (1.0 - t.max_relative_drop)
+        change = (cand - champ) / champ if champ else 0.0
+        checks.append(
+            Check(
+                t.metric,
+                cand >= floor - 1e-12,
+                f"{t.metric} {cand:.5f} vs champion {champ:.5f} ({change:+.2%}); "
+                f"may not drop more than {t.max_relative_drop:.2%}",
+            )
+        )
+    else:
+        base = _number(baseline_metrics(candidate, t.baseline), t.metric)
+        why = "first model" if champion is None else f"champion has no {t.metric}"
+        if base is None:
+            checks.append(
+                Check(f"{t.metric} vs {t.baseline}", False,
+                      f"{why}: candidate metrics record no {t.baseline} baseline {t.metric}")
+            )
+        else:
+            need = base * (1.0 + t.min_lift_over_baseline)
+            checks.append(
+                Check(
+                    f"{t.metric} vs {t.baseline}",
+                    cand > need,
+                    f"{why}: {t.metric} {cand:.5f} must beat {t.baseline} {base:.5f}"
+                    + (f" by {t.min_lift_over_baseline:.0%}" if t.min_lift_over_baseline else ""),
+                )
+            )
+    cov = _number(candidate, t.coverage_metric)
+    if cov is None:
+        checks.append(Check(t.coverage_metric, False, f"candidate has no {t.coverage_metric}"))
+    else:
+        checks.append(
+            Check(
+                t.coverage_metric,
+                cov >= t.coverage_floor,
+                f"{t.coverage_metric} {cov:.4f}, floor {t.coverage_floor:.4f}",
+            )
+        )
+    return checks
+
+
+def check_smoke(report: dict[str, Any], thresholds: Thresholds) -> list[Check]:
+    """Serving checks from a ``bookrec.smoke`` report: it loaded, answered, within budgets."""
+    if not report.get("ok"):
+        return [Check("serving", False, f"smoke test failed: {report.get('error') or 'unknown'}")]
+    t = thresholds
+    p99 = float(report.get("latency_ms", {}).get("p99", math.inf))
+    rss = float(report.get("peak_rss_mb", math.inf))
+    load = float(report.get("load_s", math.inf))
+    return [
+        Check("serving", True, f"loaded and answered {report.get('queries', 0)} golden queries"),
+        Check("latency", p99 <= t.max_p99_ms, f"p99 {p99:.1f} ms, budget {t.max_p99_ms:g} ms"),
+        Check("memory", rss <= t.max_rss_mb, f"peak RSS {rss:.0f} MB, budget {t.max_rss_mb:g} MB"),
+        Check("load time", load <= t.max_load_s, f"load {load:.2f} s, budget {t.max_load_s:g} s"),
+    ]
+
+
+def decide(checks: list[Check]) -> GateResult:
+    """Promote only if every check passed; the reason lists the failures (or the passes)."""
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        return GateResult(REJECTED, "; ".join(c.detail for c in failed), tuple(checks))
+    return GateResult(PROMOTED, "; ".join(c.detail for c in checks), tuple(checks))
+
+
+def comparison_rows(
+    candidate: dict[str, Any], champion: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Candidate-vs-champion rows for every numeric metric either of them has."""
+    names = sorted(
+        {k for k in candidate if _number(candidate, k) is not None}
+        | {k for k in (champion or {}) if _number(champion, k) is not None}
+    )
+    rows = []
+    for name in names:
+        cand, champ = _number(candidate, name), _number(champion, name)
+        change = (cand - champ) / champ if cand is not None and champ else None
+        rows.append(
+            {
+                "metric": name,
+                "candidate": cand,
+                "champion": champ,
+                "change": f"{change:+.2%}" if change is not None else "",
+            }
+        )
+    return rows

@@ -1,0 +1,548 @@
+"""The served model: CF where the user has history, content for little-read books,
+popularity for strangers. Every recommendation names its source and, where it can,
+a reason.
+
+A ``HybridRecommender`` is nothing but named arrays plus a small JSON of parameters,
+so ``persist.save_model`` writes it without pickle and ``load_model`` memory-maps it
+back (workers share the pages). Item ids are positions in the sorted ISBN array.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from bookrec.models.base import NO_ITEM, top_n
+
+CF, CONTENT, POPULAR = "cf", "content", "popular"
+STRING_FIELDS = ("title", "author", "publisher", "image_url_m")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommended book, with where it came from and why."""
+
+    isbn: str
+    score: float
+    source: str  # "cf" | "content" | "popular"
+    reason: str | None
+    title: str | None
+    author: str | None
+    image_url: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class HybridParams:
+    """Hyperparameters of the served model (all JSON-serialisable)."""
+
+    cf_algorithm: str = "ease"  # "ease" | "rp3beta"
+    l2: float = 50.0
+    dropout: float = 0.15  # DLAE: extra L2 of dropout/(1-dropout) x item frequency
+    max_items: int = 10_000
+    keep: int = 1000  # non-zeros kept per row of the item-item weights
+    explicit_weight: float = 0.0  # extra weight of an explicit rating (x rating/10)
+    rp3_alpha: float = 1.0
+    rp3_beta: float = 0.5
+    cf_positive_only: bool = True  # a CF score <= 0 is "no evidence": leave it to content
+    content_slots: int = 0  # list positions given to content picks of little-read books
+    content_min_similarity: float = 0.3  # for content_slots picks
+    content_fill_min_similarity: float = 0.05  # for filling a short CF list
+    require_metadata: bool = True  # only recommend ISBNs with a book row (title, cover)
+    popularity_damping: float = 10.0
+    popularity_rating_weight: float = 0.5
+    popular_list_size: int = 2000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> HybridParams:
+        """Build from a dict, refusing unknown names (typos must not pass silently)."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown hybrid parameter(s): {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+class StringTable:
+    """Strings stored as one UTF-8 blob plus offsets (memory-mappable, no JSON parse)."""
+
+    def __init__(self, blob: np.ndarray, offsets: np.ndarray):
+        self.blob = blob
+        self.offsets = offsets
+
+    @classmethod
+    def build(cls, values: Sequence[str | None]) -> StringTable:
+        """Pack ``values`` (None and "" are both stored as empty)."""
+        encoded = [(v or "").encode("utf-8") for v in values]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=offsets[1:])
+        blob = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+        return cls(blob, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def get(self, i: int) -> str | None:
+        """The i-th string, None when empty."""
+        start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+        return bytes(self.blob[start:end]).decode("utf-8") if end > start else None
+
+
+_NON_ALNUM = re.compile(r"[^0-9A-Za-z]")
+
+
+def isbn_candidates(isbn: str) -> list[str]:
+    """Forms an ISBN may be stored under: as given, cleaned and uppercased, and a
+    978-prefixed ISBN-13 as its ISBN-10."""
+    raw = str(isbn).strip()
+    clean = _NON_ALNUM.sub("", raw).upper()
+    out = [raw, clean]
+    if len(clean) == 13 and clean.isdigit() and clean.startswith("978"):
+        body = clean[3:12]
+        check = (11 - sum((10 - i) * int(d) for i, d in enumerate(body)) % 11) % 11
+        out.append(body + ("X" if check == 10 else str(check)))
+    return list(dict.fromkeys(out))
+
+
+class HybridRecommender:
+    """CF + content + popularity over one catalogue; see module docstring."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], params: dict[str, Any],
+                 manifest: dict[str, Any] | None = None):
+        # Plain ndarray views of the memory maps: same shared pages, no memmap overhead.
+        arrays = {name: np.asarray(value) for name, value in arrays.items()}
+        self.arrays = arrays
+        self.params = HybridParams.from_dict(params)
+        self.manifest = manifest or {}
+        self.version: str = str(self.manifest.get("version", ""))
+        a = arrays
+        self.user_ids = a["user_ids"]
+        self.isbns = a["isbns"]
+        self.work_of_item = a["work_of_item"]
+        self.item_counts = a["item_counts"]
+        self.strings = {
+            name: StringTable(a[f"{name}_blob"], a[f"{name}_offsets"]) for name in STRING_FIELDS
+        }
+        self.has_meta = np.diff(a["title_offsets"]) > 0
+        n_cf = len(a["cf_items"])
+        self.cf_items = a["cf_items"]
+        self.cf_pos = a["cf_pos"]
+        self.cf_weights = sp.csr_matrix(
+            (a["cf_data"], a["cf_indices"], a["cf_indptr"]), shape=(n_cf, n_cf)
+        )
+        self.cf_work = self.work_of_item[self.cf_items] if n_cf else np.empty(0, np.int32)
+        self.cf_ok = self.has_meta[self.cf_items] if self.params.require_metadata else np.ones(
+            n_cf, bool
+        )
+        n_rows = len(a["content_items"])
+        n_terms = len(a["tfidf_t_indptr"]) - 1
+        self.content_items = a["content_items"]
+        self.content_row = a["content_row"]
+        self.tfidf = sp.csr_matrix(
+            (a["tfidf_data"], a["tfidf_indices"], a["tfidf_indptr"]), shape=(n_rows, n_terms)
+        )
+        self.tfidf_t = sp.csr_matrix(
+            (a["tfidf_t_data"], a["tfidf_t_indices"], a["tfidf_t_indptr"]),
+            shape=(n_terms, n_rows),
+        )
+        self.content_works = self.work_of_item[self.content_items]
+        self.content_in_cf = (
+            self.cf_pos[self.content_items] >= 0 if n_rows else np.empty(0, bool)
+        )
+        self.popular_items = a["popular_items"]
+        self.popular_scores = a["popular_scores"]
+        self._isbn_width = self.isbns.dtype.itemsize
+
+    # ---- lookups ---------------------------------------------------------------------
+
+    def _user_index(self, user_id: int) -> int:
+        """Row of ``user_id`` or -1."""
+        pos = int(np.searchsorted(self.user_ids, user_id))
+        return pos if pos < len(self.user_ids) and self.user_ids[pos] == user_id else -1
+
+    def _item_index(self, isbn: str) -> int:
+        """Position of ``isbn`` (tolerating hyphens, lowercase x, ISBN-13) or -1."""
+        for cand in isbn_candidates(isbn):
+            key = cand.encode("utf-8", "replace")
+            if not key or len(key) > self._isbn_width:
+                continue
+            pos = int(np.searchsorted(self.isbns, np.bytes_(key)))
+            if pos < len(self.isbns) and self.isbns[pos] == key:
+                return pos
+        return -1
+
+    def knows_user(self, user_id: int) -> bool:
+        """True when the user has a training history."""
+        row = self._user_index(user_id)
+        return row >= 0 and self.arrays["hist_indptr"][row + 1] > self.arrays["hist_indptr"][row]
+
+    def knows_book(self, isbn: str) -> bool:
+        """True when the ISBN is in the catalogue (rated or with a book row)."""
+        return self._item_index(isbn) >= 0
+
+    def isbn(self, item: int) -> str:
+        """The ISBN string of an item id."""
+        return self.isbns[item].decode("utf-8")
+
+    def book(self, isbn: str) -> dict | None:
+        """Catalogue entry for ``isbn`` (None if unknown)."""
+        item = self._item_index(isbn)
+        if item < 0:
+            return None
+        year = int(self.arrays["years"][item])
+        entry = {name: self.strings[name].get(item) for name in STRING_FIELDS}
+        return {
+            "isbn": self.isbn(item),
+            "title": entry["title"],
+            "author": entry["author"],
+            "year": year if year > 0 else None,
+            "publisher": entry["publisher"],
+            "image_url_m": entry["image_url_m"],
+            "ratings": int(self.item_counts[item]),
+        }
+
+    def history(self, user_id: int) -> list[str]:
+        """ISBNs the user has interacted with in the training snapshot."""
+        row = self._user_index(user_id)
+        if row < 0:
+            return []
+        return [self.isbn(i) for i in self._hist(row)[0]]
+
+    def _hist(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """(items, ratings) of one user row."""
+        a = self.arrays
+        start, end = a["hist_indptr"][row], a["hist_indptr"][row + 1]
+        return a["hist_items"][start:end], a["hist_ratings"][start:end]
+
+    def _make(self, item: int, score: float, source: str, reason: str | None) -> Recommendation:
+        """A ``Recommendation`` with the catalogue fields filled in."""
+        return Recommendation(
+            isbn=self.isbn(item),
+            score=round(float(score), 6),
+            source=source,
+            reason=reason,
+            title=self.strings["title"].get(item),
+            author=self.strings["author"].get(item),
+            image_url=self.strings["image_url_m"].get(item),
+        )
+
+    def _label(self, item: int) -> str:
+        """A title for reasons, the ISBN when there is no title."""
+        return self.strings["title"].get(item) or f"ISBN {self.isbn(item)}"
+
+    # ---- scoring cores -------------------------------------------------------------------
+
+    def _cf_input(self, rows: np.ndarray) -> sp.csr_matrix:
+        """Users' training histories as CF input weights over the CF items."""
+        a = self.arrays
+        indptr = a["hist_indptr"]
+        n_cf = len(self.cf_items)
+        r_idx, c_idx, vals = [], [], []
+        for r, row in enumerate(rows):
+            if row < 0:
+                continue
+            items = a["hist_items"][indptr[row] : indptr[row + 1]]
+            ratings = a["hist_ratings"][indptr[row] : indptr[row + 1]]
+            pos = self.cf_pos[items]
+            ok = pos >= 0
+            r_idx.append(np.full(int(ok.sum()), r))
+            c_idx.append(pos[ok])
+            vals.append(1.0 + self.params.explicit_weight * ratings[ok].astype(np.float32) / 10.0)
+        if not r_idx:
+            return sp.csr_matrix((len(rows), n_cf), dtype=np.float32)
+        return sp.csr_matrix(
+            (np.concatenate(vals).astype(np.float32),
+             (np.concatenate(r_idx), np.concatenate(c_idx))),
+            shape=(len(rows), n_cf),
+        )
+
+    def _cf_ranked(self, rows: np.ndarray, n: int, exclude_works: list[np.ndarray]):
+        """Per user, up to ``n`` CF item positions (best first, one per work) and scores."""
+        x = self._cf_input(rows)
+        if x.shape[1] == 0:
+            return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in rows], x
+        scores = np.asarray((x @ self.cf_weights).toarray(), dtype=np.float32)
+        has_input = np.diff(x.indptr) > 0
+        scores[~has_input] = -np.inf
+        scores[:, ~self.cf_ok] = -np.inf
+        for r in np.flatnonzero(has_input):
+            scores[r, np.isin(self.cf_work, exclude_works[r])] = -np.inf
+        if self.params.cf_positive_only:
+            # Zero scores mean "no evidence": leave those to content and popularity.
+            scores[scores <= 0] = -np.inf
+        ids, best = top_n(scores, n + 10)
+        out = []
+        for r in range(len(rows)):
+            keep = ids[r] >= 0
+            pid, psc = ids[r][keep], best[r][keep]
+            _, first = np.unique(self.cf_work[pid], return_index=True)
+            first.sort()
+            out.append((pid[first][:n], psc[first][:n]))
+        return out, x
+
+    def _content_scores(self, items: np.ndarray, weights: np.ndarray | None = None):
+        """Cosine similarity to the (weighted) sum of ``items``' vectors, as sparse
+        (content rows, scores): only rows sharing a term with the profile."""
+        rows = self.content_row[items]
+        ok = rows >= 0
+        if not ok.any():
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        w = np.ones(int(ok.sum()), np.float32) if weights is None else weights[ok]
+        profile = sp.csr_matrix(w[None, :]) @ self.tfidf[rows[ok]]
+        norm = float(np.sqrt(profile.multiply(profile).sum())) or 1.0
+        result = sp.csr_matrix(profile @ self.tfidf_t)
+        return result.indices.astype(np.int64), (result.data / norm).astype(np.float32)
+
+    def _top_content(self, idx, scores, n, banned_rows, *, min_score=0.0, tail_only=False):
+        """Best ``n`` content rows from sparse (idx, scores), skipping ``banned_rows``."""
+        keep = scores > min_score
+        if len(banned_rows):
+            keep &= ~np.isin(idx, banned_rows)
+        if tail_only:
+            keep &= ~self.content_in_cf[idx]
+        idx, scores = idx[keep], scores[keep]
+        if len(idx) > n:
+            part = np.argpartition(-scores, n - 1)[:n]
+            idx, scores = idx[part], scores[part]
+        order = np.lexsort((idx, -scores))
+        return idx[order], scores[order]
+
+    def _popular(self, k: int, exclude_works: np.ndarray, taken: set[int]):
+        """Up to ``k`` (item, score) from the precomputed popular list, skipping works."""
+        out = []
+        excluded = set(exclude_works.tolist())
+        for item, score in zip(self.popular_items, self.popular_scores, strict=True):
+            work = int(self.work_of_item[item])
+            if work in excluded or work in taken:
+                continue
+            out.append((int(item), float(score)))
+            taken.add(work)
+            if len(out) >= k:
+                break
+        return out
+
+    # ---- public API ----------------------------------------------------------------------
+
+    def popular(self, k: int = 10, exclude: Iterable[str] = ()) -> list[Recommendation]:
+        """The most popular books (one edition per work), skipping ``exclude`` and its editions."""
+        works = self._works_of_isbns(exclude)
+        return [
+            self._make(i, s, POPULAR, "popular with readers")
+            for i, s in self._popular(k, works, set())
+        ]
+
+    def _items_of_isbns(self, isbns: Iterable[str]) -> np.ndarray:
+        """Item ids of the known ISBNs in ``isbns``."""
+        return np.array([i for i in (self._item_index(x) for x in isbns) if i >= 0], np.int64)
+
+    def _works_of_isbns(self, isbns: Iterable[str]) -> np.ndarray:
+        """Works of the known ISBNs in ``isbns``."""
+        return np.unique(self.work_of_item[self._items_of_isbns(isbns)])
+
+    def recommend(
+        self, user_id: int, k: int = 10, exclude: Iterable[str] = ()
+    ) -> list[Recommendation]:
+        """Top ``k`` books for one user (unknown users get popular books)."""
+        return self.recommend_many([user_id], k, exclude=[list(exclude)])[0]
+
+    def recommend_many(
+        self,
+        user_ids: Sequence[int],
+        k: int = 10,
+        *,
+        exclude: Sequence[Iterable[str]] | None = None,
+        reasons: bool = True,
+    ) -> list[list[Recommendation]]:
+        """Top ``k`` for many users in one vectorised pass."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        rows = np.array([self._user_index(int(u)) for u in user_ids], dtype=np.int64)
+        extra = [self._items_of_isbns(e) for e in exclude] if exclude else None
+        picks = self._rank(rows, k, extra)
+        out = []
+        for row, user_picks in zip(rows, picks, strict=True):
+            recs = []
+            hist_items = self._hist(row)[0] if row >= 0 else np.empty(0, np.int32)
+            cf_reason = self._cf_reasons(row, [i for i, _, s in user_picks if s == CF]) \
+                if reasons else {}
+            for item, score, source in user_picks:
+                if source == CF:
+                    why = cf_reason.get(item)
+                    reason = f"because you rated {self._label(why)}" if why is not None else None
+                elif source == CONTENT:
+                    why = self._content_reason(hist_items, item) if reasons else None
+                    reason = f"similar to {self._label(why)}, which you rated" \
+                        if why is not None else None
+                else:
+                    reason = "popular with readers"
+                recs.append(self._make(item, score, source, reason))
+            out.append(recs)
+        return out
+
+    def recommend_indices(self, rows: np.ndarray, k: int) -> np.ndarray:
+        """Item ids (n_users x k, -1 padded) for user rows: the evaluation entry point."""
+        picks = self._rank(np.asarray(rows, dtype=np.int64), k, None)
+        out = np.full((len(picks), k), NO_ITEM, np.int64)
+        for r, user_picks in enumerate(picks):
+            for c, (item, _, _) in enumerate(user_picks[:k]):
+                out[r, c] = item
+        return out
+
+    def _rank(self, rows: np.ndarray, k: int, extra: list[np.ndarray] | None):
+        """Per user, k (item, score, source) triples: CF, then content, then popular."""
+        exclude_works, exclude_items = [], []
+        for r, row in enumerate(rows):
+            items = self._hist(row)[0] if row >= 0 else np.empty(0, np.int32)
+            if extra is not None:
+                items = np.union1d(items, extra[r])
+            exclude_items.append(items)
+            exclude_works.append(np.unique(self.work_of_item[items]))
+        results: list[list[tuple[int, float, str]]] = [[] for _ in rows]
+        for start in range(0, len(rows), 1024):
+            chunk = rows[start : start + 1024]
+            cf, _ = self._cf_ranked(chunk, k, exclude_works[start : start + 1024])
+            for offset, (pos, scores) in enumerate(cf):
+                results[start + offset] = [
+                    (int(self.cf_items[p]), float(s), CF) for p, s in zip(pos, scores, strict=True)
+                ]
+        slots = self.params.content_slots
+        for r, row in enumerate(rows):
+            picks = results[r]
+            taken = {int(self.work_of_item[i]) for i, _, _ in picks}
+            want_content = k - len(picks) if len(picks) < k else min(slots, k)
+            if row >= 0 and want_content > 0 and len(self.content_items):
+                items, ratings = self._hist(row)
+                content = self._content_picks(
+                    items, ratings, want_content,
+                    np.concatenate([exclude_items[r], [i for i, _, _ in picks]]).astype(np.int64),
+                    tail_only=len(picks) >= k,
+                )
+                picks = (picks[: k - len(content)] if len(picks) >= k else picks) + content
+                taken |= {int(self.work_of_item[i]) for i, _, _ in content}
+            if len(picks) < k:
+                fill = self._popular(k - len(picks), exclude_works[r], taken)
+                picks = picks + [(i, s, POPULAR) for i, s in fill]
+            results[r] = picks[:k]
+        return results
+
+    def _content_picks(self, items, ratings, n, banned_items, *, tail_only):
+        """Up to ``n`` content picks for a history (only little-read books if ``tail_only``).
+
+        ``banned_items``: items whose works must not come back (every edition of a work
+        shares its content row, so banning the row bans the work).
+        """
+        weights = 1.0 + ratings.astype(np.float32) / 10.0
+        idx, scores = self._content_scores(items, weights)
+        banned = self.content_row[np.asarray(banned_items, dtype=np.int64)]
+        p = self.params
+        ids, best = self._top_content(
+            idx, scores, n, banned[banned >= 0],
+            min_score=p.content_min_similarity if tail_only else p.content_fill_min_similarity,
+            tail_only=tail_only,
+        )
+        return [(int(self.content_items[i]), float(s), CONTENT) for i, s in zip(ids, best,
+                                                                                 strict=True)]
+
+    def _cf_reasons(self, row: int, picked: list[int]) -> dict[int, int]:
+        """For each CF pick, the history item that contributed most to its score."""
+        if row < 0 or not picked:
+            return {}
+        items, ratings = self._hist(row)
+        pos = self.cf_pos[items]
+        ok = pos >= 0
+        if not ok.any():
+            return {}
+        hist_items, hist_pos = items[ok], pos[ok]
+        weights = 1.0 + self.params.explicit_weight * ratings[ok].astype(np.float32) / 10.0
+        w = self.cf_weights
+        starts, ends = w.indptr[hist_pos], w.indptr[hist_pos + 1]
+        lengths = ends - starts
+        flat = np.repeat(starts - np.cumsum(np.r_[0, lengths[:-1]]), lengths) + np.arange(
+            lengths.sum()
+        )
+        owner = np.repeat(np.arange(len(hist_pos)), lengths)
+        slot = np.full(len(self.cf_items), -1, np.int64)
+        slot[self.cf_pos[np.asarray(picked)]] = np.arange(len(picked))
+        pick_of = slot[w.indices[flat]]
+        hit = pick_of >= 0
+        contrib = w.data[flat][hit] * weights[owner[hit]]
+        pick_of, owner = pick_of[hit], owner[hit]
+        order = np.lexsort((-contrib, pick_of))
+        first = np.r_[True, pick_of[order][1:] != pick_of[order][:-1]] if len(order) else order
+        best = order[first]
+        return {
+            picked[int(pick_of[b])]: int(hist_items[owner[b]]) for b in best if contrib[b] > 0
+        }
+
+    def _content_reason(self, hist_items: np.ndarray, item: int) -> int | None:
+        """The history book most similar in content to ``item``."""
+        target = self.content_row[item]
+        if target < 0 or len(hist_items) == 0:
+            return None
+        rows = self.content_row[hist_items]
+        ok = rows >= 0
+        if not ok.any():
+            return None
+        t = self.tfidf
+        t_idx = t.indices[t.indptr[target] : t.indptr[target + 1]]
+        t_val = t.data[t.indptr[target] : t.indptr[target + 1]]
+        sims = []
+        for r in rows[ok][-500:]:
+            r_idx = t.indices[t.indptr[r] : t.indptr[r + 1]]
+            _, a, b = np.intersect1d(t_idx, r_idx, assume_unique=True, return_indices=True)
+            sims.append(float(t_val[a] @ t.data[t.indptr[r] + b]))
+        sims = np.array(sims)
+        hist_items = hist_items[ok][-500:]
+        best = int(sims.argmax())
+        return int(hist_items[best]) if sims[best] > 0 else None
+
+    def similar(self, isbn: str, k: int = 10) -> list[Recommendation]:
+        """Books like ``isbn`` (never its other editions): CF neighbours, then content,
+        then popular. Raises ``KeyError`` for an unknown ISBN."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        item = self._item_index(isbn)
+        if item < 0:
+            raise KeyError(isbn)
+        work = int(self.work_of_item[item])
+        label = self._label(item)
+        taken = {work}
+        out: list[Recommendation] = []
+        editions = np.flatnonzero(self.cf_work == work) if len(self.cf_items) else []
+        if len(editions):
+            best_edition = editions[np.argmax(self.item_counts[self.cf_items[editions]])]
+            row = self.cf_weights[best_edition].toarray().ravel()
+            row[~self.cf_ok] = -np.inf
+            row[editions] = -np.inf
+            row[row <= 0] = -np.inf
+            ids, best = top_n(row[None, :], k + 10)
+            for p, s in zip(ids[0], best[0], strict=True):
+                if p < 0 or len(out) >= k:
+                    continue
+                cand = int(self.cf_items[p])
+                w = int(self.work_of_item[cand])
+                if w in taken:
+                    continue
+                taken.add(w)
+                out.append(self._make(cand, s, CF, f"readers of {label} also read this"))
+        if len(out) < k and self.content_row[item] >= 0:
+            idx, scores = self._content_scores(np.array([item]))
+            banned = self.content_row[np.array([item] + [self._item_index(r.isbn) for r in out])]
+            ids, best = self._top_content(idx, scores, k - len(out), banned[banned >= 0])
+            for p, s in zip(ids, best, strict=True):
+                cand = int(self.content_items[p])
+                taken.add(int(self.work_of_item[cand]))
+                out.append(self._make(cand, s, CONTENT, f"similar to {label}"))
+        if len(out) < k:
+            for cand, s in self._popular(k - len(out), np.array([work]), taken):
+                out.append(self._make(cand, s, POPULAR, "popular with readers"))
+        return out

@@ -1,0 +1,480 @@
+"""The model registry: immutable versions and a champion pointer in the artifact store.
+
+Layout under the store root::
+
+    models/<version>/<file>...        written once, manifest.json last (If-None-Match)
+    models/<version>.status.json      small mutable status next to the immutable version
+    models/champion.json              the pointer, replaced only by compare-and-swap (If-Match)
+
+A version without its manifest is incomplete (an interrupted upload) and can never
+be promoted. The pointer carries the stack of earlier champions so that a rollback
+knows "the one before" without a database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bookrec.artifacts import (
+    MANIFEST,
+    ArtifactError,
+    manifest_sha256,
+    read_manifest,
+    verify_folder,
+)
+from bookrec.store import ArtifactStore, ObjectNotFound, PreconditionFailed, open_store
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bookrec.settings import Settings
+
+MODELS = "models/"
+POINTER_KEY = "models/champion.json"
+HISTORY_LIMIT = 50
+_IO_THREADS = 8  # parallel object requests: a model is a few dozen files
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class RegistryError(RuntimeError):
+    """A registry operation was refused; the message says why."""
+
+
+class VersionExists(RegistryError):
+    """A version with different content is already in the store (versions are immutable)."""
+
+
+class VersionNotFound(RegistryError):
+    """No such version in the store."""
+
+
+class IncompleteVersion(RegistryError):
+    """The version has no manifest or is missing files (an interrupted upload)."""
+
+
+class PromotionConflict(RegistryError):
+    """The champion pointer changed between reading and writing it (a concurrent promotion)."""
+
+
+@dataclass(frozen=True)
+class ChampionState:
+    """The pointer as read, with the ETag a compare-and-swap must match."""
+
+    pointer: dict[str, Any] | None
+    etag: str | None
+
+    @property
+    def version(self) -> str | None:
+        """The champion's version, or None before the first promotion."""
+        return self.pointer["version"] if self.pointer else None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One row of ``list_versions``."""
+
+    version: str
+    status: str  # champion | promoted | rejected | candidate | incomplete
+    champion: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created_at: str | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The shape ``bookrec models --json`` prints."""
+        return {
+            "version": self.version,
+            "status": self.status,
+            "champion": self.champion,
+            "metrics": self.metrics,
+        }
+
+
+def check_version(version: str) -> str:
+    """Refuse version ids that are not a simple file name (they become store keys)."""
+    if not isinstance(version, str) or not _VERSION_RE.match(version) or version.endswith(".json"):
+        raise RegistryError(
+            f"invalid version id {version!r}: use letters, digits, '.', '_' or '-' (max 128)"
+        )
+    return version
+
+
+def new_version_id(now: datetime | None = None) -> str:
+    """A sortable, unique version id such as ``20261125T173455Z-3f9a1c``."""
+    now = now or datetime.now(UTC)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _dumps(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, indent=2, sort_keys=True).encode("utf-8")
+
+
+class Registry:
+    """Versions, statuses and the champion pointer on one ``ArtifactStore``."""
+
+    def __init__(self, store: ArtifactStore):
+        """Wrap ``store`` (see ``from_settings`` for the usual way in)."""
+        self.store = store
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Registry:
+        """The registry on ``settings.artifacts_uri`` (a folder by default, or S3)."""
+        return cls(open_store(settings.resolved_artifacts_uri, settings))
+
+    # -- keys -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _file_key(version: str, name: str) -> str:
+        return f"{MODELS}{check_version(version)}/{name}"
+
+    @staticmethod
+    def _status_key(version: str) -> str:
+        return f"{MODELS}{check_version(version)}.status.json"
+
+    # -- writing versions -------------------------------------------------------------------
+
+    def add_version(
+        self,
+        local_dir: Path,
+        version: str,
+        *,
+        progress: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Upload a verified model folder as ``version``: data files first, manifest last.
+
+        Every write is create-only, so an existing version is never overwritten. Re-running
+        after an interrupted upload resumes it (files already there with the same sha256
+        are kept); different content under the same id raises ``VersionExists``.
+        """
+        local_dir = Path(local_dir)
+        check_version(version)
+        manifest = verify_folder(local_dir)
+        manifest_bytes = (local_dir / MANIFEST).read_bytes()
+        try:
+            existing = self.store.get(self._file_key(version, MANIFEST))
+        except ObjectNotFound:
+            existing = None
+        if existing is not None:
+            if existing == manifest_bytes:
+                return manifest
+            raise VersionExists(f"version {version} already exists with a different manifest")
+        for name, sha in sorted(manifest["files"].items()):
+            key = self._file_key(version, name)
+            try:
+                self.store.put_file(key, local_dir / name, if_none_match=True)
+            except PreconditionFailed:
+                info = self.store.stat(key)
+                if info is None or info.sha256 != sha:
+                    raise VersionExists(
+                        f"version {version}: {name} already exists with different content"
+                    ) from None
+            if progress is not None:
+                progress(name)
+        try:
+            self.store.put(self._file_key(version, MANIFEST), manifest_bytes, if_none_match=True)
+        except PreconditionFailed:
+            if self.store.get(self._file_key(version, MANIFEST)) != manifest_bytes:
+                raise VersionExists(f"version {version} was added concurrently") from None
+        if progress is not None:
+            progress(MANIFEST)
+        return manifest
+
+    # -- reading versions -------------------------------------------------------------------
+
+    def manifest_bytes(self, version: str) -> bytes:
+        """The stored manifest's bytes; ``IncompleteVersion`` or ``VersionNotFound`` if absent."""
+        try:
+            return self.store.get(self._file_key(version, MANIFEST))
+        except ObjectNotFound:
+            if self.store.list(f"{MODELS}{version}/"):
+                raise IncompleteVersion(
+                    f"version {version} has no {MANIFEST}: its upload did not finish"
+                ) from None
+            raise VersionNotFound(f"no version {version} in {self.store.uri}") from None
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        """The stored manifest, parsed and schema-checked (checksums are checked on fetch)."""
+        data = self.manifest_bytes(version)
+        try:
+            manifest = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"version {version}: {MANIFEST} is not valid JSON ({exc})") from exc
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise ArtifactError(f"version {version}: {MANIFEST} has no 'files' table")
+        for name in manifest["files"]:
+            if (not isinstance(name, str) or not name or "/" in name or "\\" in name
+                    or name.startswith(".") or name == MANIFEST):
+                raise ArtifactError(f"version {version}: manifest names a bad file {name!r}")
+        return manifest
+
+    def check_complete(self, version: str) -> str:
+        """Check that the manifest and every file it lists are in the store; return its sha256.
+
+        Cheap (metadata only); ``fetch_version`` checks the bytes themselves.
+        """
+        data = self.manifest_bytes(version)
+        manifest = self.manifest(version)
+        names = sorted(manifest["files"])
+        keys = [self._file_key(version, name) for name in names]
+        with ThreadPoolExecutor(_IO_THREADS) as pool:
+            infos = list(pool.map(self.store.stat, keys))
+        for name, info in zip(names, infos, strict=True):
+            if info is None:
+                raise IncompleteVersion(f"version {version}: {name} is missing from the store")
+            if info.sha256 is not None and info.sha256 != manifest["files"][name]:
+                raise ArtifactError(f"version {version}: {name} does not match its manifest")
+        return hashlib.sha256(data).hexdigest()
+
+    def fetch_version(
+        self, version: str, dest_dir: Path, *, expected_manifest_sha256: str | None = None
+    ) -> Path:
+        """Download ``version`` to ``dest_dir/<version>``, verify every checksum, return the path.
+
+        ``expected_manifest_sha256`` (from the pointer or a status object) also pins the
+        manifest itself. The store must still hold every file; an existing local copy with
+        the same manifest that still verifies is then reused instead of downloaded again.
+        """
+        dest_dir = Path(dest_dir)
+        data = self.manifest_bytes(version)
+        wanted_sha = hashlib.sha256(data).hexdigest()
+        self.check_complete(version)  # a local copy is no use if serving cannot fetch it
+        if expected_manifest_sha256 is not None and wanted_sha != expected_manifest_sha256:
+            raise ArtifactError(
+                f"version {version}: manifest in the store ({wanted_sha[:12]}) is not the one "
+                f"recorded ({expected_manifest_sha256[:12]}); it was changed after upload"
+            )
+        final = dest_dir / check_version(version)
+        if (final / MANIFEST).is_file() and manifest_sha256(final) == wanted_sha:
+            try:
+                verify_folder(final)
+                return final
+            except ArtifactError:
+                pass  # a damaged local copy: download again
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        partial = dest_dir / f".{version}.{uuid.uuid4().hex}.partial"
+        partial.mkdir()
+        try:
+            (partial / MANIFEST).write_bytes(data)
+            manifest = read_manifest(partial)
+
+            def download(name: str) -> None:
+                try:
+                    self.store.get_file(self._file_key(version, name), partial / name)
+                except ObjectNotFound:
+                    raise ArtifactError(
+                        f"version {version}: {name} is listed in the manifest but missing "
+                        "from the store"
+                    ) from None
+
+            with ThreadPoolExecutor(_IO_THREADS) as pool:
+                list(pool.map(download, sorted(manifest["files"])))
+            verify_folder(partial)
+            self._install(partial, final)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return final
+
+    @staticmethod
+    def _install(partial: Path, final: Path) -> None:
+        """Move a verified download into place, replacing an older or damaged copy."""
+        if final.exists():
+            old = final.parent / f".{final.name}.{uuid.uuid4().hex}.old"
+            try:
+                os.rename(final, old)
+            except FileNotFoundError:
+                old = None
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.rename(partial, final)
+        except OSError:
+            # Another process installed the same version first; keep theirs if it verifies.
+            verify_folder(final)
+
+    # -- status and listing -----------------------------------------------------------------
+
+    def status(self, version: str) -> dict[str, Any] | None:
+        """The version's status object (rejected / promoted, reason, when, by), if any."""
+        try:
+            return json.loads(self.store.get(self._status_key(version)))
+        except ObjectNotFound:
+            return None
+
+    def _write_status(self, version: str, payload: dict[str, Any]) -> None:
+        self.store.put(self._status_key(version), _dumps(payload))
+
+    def mark_rejected(
+        self, version: str, reason: str, *, by: str, details: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Record that the gate rejected ``version``; the files stay in the store, untouched."""
+        if self.champion_state().version == version:
+            raise RegistryError(f"version {version} is the champion; roll back before rejecting it")
+        payload = {"status": "rejected", "reason": reason, "at": _now(), "by": by}
+        if details:
+            payload["details"] = details
+        self._write_status(version, payload)
+        return payload
+
+    def list_versions(self) -> list[VersionInfo]:
+        """Every version in the store with its status and metrics, newest first."""
+        state = self.champion_state()
+        earlier = set(state.pointer.get("previous", [])) if state.pointer else set()
+        versions = [v for v in self.store.list_dirs(MODELS) if _VERSION_RE.match(v)]
+
+        def read(version: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+            try:
+                manifest = self.manifest(version)
+            except (RegistryError, ArtifactError):
+                manifest = None
+            return self.status(version) or {}, manifest
+
+        with ThreadPoolExecutor(_IO_THREADS) as pool:
+            found = list(pool.map(read, versions))
+        rows = []
+        for version, (status, manifest) in zip(versions, found, strict=True):
+            if manifest is None:
+                rows.append(VersionInfo(version, "incomplete", False, reason="no manifest"))
+                continue
+            if version == state.version:
+                label = "champion"
+            elif version in earlier or status.get("status") == "promoted":
+                label = "promoted"
+            elif status.get("status") == "rejected":
+                label = "rejected"
+            else:
+                label = "candidate"
+            rows.append(
+                VersionInfo(
+                    version,
+                    label,
+                    version == state.version,
+                    manifest.get("metrics") or {},
+                    manifest.get("created_at"),
+                    status.get("reason"),
+                )
+            )
+        rows.sort(key=lambda r: (r.created_at or "", r.version), reverse=True)
+        return rows
+
+    def next_candidate(self) -> str | None:
+        """The newest complete version never promoted nor rejected."""
+        for row in self.list_versions():
+            if row.status == "candidate":
+                return row.version
+        return None
+
+    # -- the champion pointer ---------------------------------------------------------------
+
+    def champion_state(self) -> ChampionState:
+        """The pointer and its ETag (both None before the first promotion)."""
+        try:
+            data, etag = self.store.get_with_etag(POINTER_KEY)
+        except ObjectNotFound:
+            return ChampionState(None, None)
+        try:
+            pointer = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RegistryError(f"{POINTER_KEY} is not valid JSON ({exc})") from exc
+        return ChampionState(pointer, etag)
+
+    def champion(self) -> dict[str, Any] | None:
+        """The champion pointer: version, manifest_sha256, promoted_at, by, reason (or None)."""
+        return self.champion_state().pointer
+
+    def rollback_target(self, version: str | None = None) -> str:
+        """The version a rollback goes to: ``version`` if it was promoted before, else the
+        champion before the current one."""
+        state = self.champion_state()
+        if state.pointer is None:
+            raise RegistryError("there is no champion to roll back from")
+        previous = list(state.pointer.get("previous", []))
+        if version is None:
+            if not previous:
+                raise RegistryError(
+                    f"champion {state.version} has no earlier promoted version to roll back to"
+                )
+            return previous[-1]
+        check_version(version)
+        if version == state.version:
+            raise RegistryError(f"version {version} is already the champion")
+        status = self.status(version) or {}
+        if version not in previous and status.get("status") != "promoted":
+            raise RegistryError(f"version {version} was never promoted; promote it instead")
+        return version
+
+    def promote(
+        self,
+        version: str,
+        *,
+        by: str,
+        reason: str,
+        expected: ChampionState | None = None,
+        manifest_sha256: str | None = None,
+        action: str = "promoted",
+        details: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Point the champion at ``version`` by compare-and-swap on the pointer's ETag.
+
+        ``expected`` is the state the caller's decision was based on (read now if omitted);
+        if the pointer changed since, ``PromotionConflict`` is raised and nothing is written.
+        ``manifest_sha256`` pins the manifest the caller checked. ``action`` is "promoted"
+        or "rolled back" (a rollback pops the stack of earlier champions).
+        """
+        sha = self.check_complete(version)
+        if manifest_sha256 is not None and sha != manifest_sha256:
+            raise ArtifactError(
+                f"version {version}: manifest changed since it was checked "
+                f"({manifest_sha256[:12]} -> {sha[:12]})"
+            )
+        state = expected if expected is not None else self.champion_state()
+        if state.version == version:
+            raise RegistryError(f"version {version} is already the champion")
+        previous = list(state.pointer.get("previous", [])) if state.pointer else []
+        if version in previous and action == "rolled back":
+            previous = previous[: len(previous) - 1 - previous[::-1].index(version)]
+        elif state.version is not None:
+            previous.append(state.version)
+        pointer = {
+            "version": version,
+            "manifest_sha256": sha,
+            "promoted_at": _now(),
+            "by": by,
+            "reason": reason,
+            "action": action,
+            "previous": previous[-HISTORY_LIMIT:],
+        }
+        data = _dumps(pointer)
+        try:
+            if state.etag is None:
+                self.store.put(POINTER_KEY, data, if_none_match=True)
+            else:
+                self.store.put(POINTER_KEY, data, if_match=state.etag)
+        except PreconditionFailed:
+            # A retried request whose first attempt landed looks like a lost race: check.
+            if self.champion() != pointer:
+                now = self.champion_state().version
+                raise PromotionConflict(
+                    f"champion changed from {state.version} to {now} while {action} "
+                    f"{version}; nothing was changed, re-run to decide against the new champion"
+                ) from None
+        if action == "promoted" or (self.status(version) or {}).get("status") != "promoted":
+            payload = {"status": "promoted", "reason": reason, "at": pointer["promoted_at"],
+                       "by": by, "manifest_sha256": sha}
+            if details:
+                payload["details"] = details
+            self._write_status(version, payload)
+        return pointer

@@ -1,0 +1,90 @@
+"""Admin endpoints (bearer token, compared in constant time): reload and model info."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+
+from flask import Blueprint, request
+
+from serving import validation as v
+from serving.openapi import operation
+from serving.services import dumps, json_response, services
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as the registry
+EXPECT = v.Param(
+    "version",
+    "query",
+    {"type": "string", "pattern": _VERSION.pattern},
+    "Version the caller expects to be the champion (reported back as `matches`)",
+)
+_MANIFEST_KEYS = ("kind", "created_at", "code_version", "params", "metrics", "data_fingerprint")
+
+
+@bp.before_request
+def require_token() -> None:
+    """Refuse the call unless it carries the configured bearer token.
+
+    With no token configured every admin call is refused.
+    """
+    token = services().settings.admin_token
+    if token is None or not token.get_secret_value():
+        raise v.ApiError(403, "admin_disabled", "BOOKREC_ADMIN_TOKEN is not set; /admin is off")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise v.ApiError(
+            401,
+            "unauthorized",
+            "Authorization: a valid bearer token is required",
+            headers={"WWW-Authenticate": 'Bearer realm="bookrec-admin"'},
+        )
+
+
+@bp.post("/reload")
+@operation(
+    "Reload the champion model now",
+    tag="admin",
+    response="ReloadResult",
+    params=[EXPECT],
+    errors=(400, 429),
+    auth=True,
+)
+def reload_model():
+    """Check the champion pointer and load a new champion in this worker (the others follow
+    on the pub/sub signal or their next poll). Answers what this worker now serves."""
+    expected = request.args.get("version")
+    if expected is not None and not _VERSION.match(expected):
+        raise v.invalid("version", "must be a version id (letters, digits, '.', '_', '-'; max 128)")
+    result = dict(services().holder.reload_now())
+    if expected is not None:
+        result["expected"] = expected
+        result["matches"] = result.get("version") == expected
+    return json_response(dumps(result))
+
+
+@bp.get("/model")
+@operation(
+    "The model this worker serves",
+    tag="admin",
+    response="ModelInfo",
+    errors=(429,),
+    auth=True,
+)
+def model_info():
+    """Version, manifest summary, champion pointer and the last reload outcome."""
+    holder = services().holder
+    model = holder.model
+    manifest = getattr(model, "manifest", None) or {}
+    payload = {
+        "version": holder.version,
+        "ready": holder.ready,
+        "pid": os.getpid(),
+        "loaded_at": holder.loaded_at,
+        "champion": holder.champion,
+        "manifest": {k: manifest.get(k) for k in _MANIFEST_KEYS if k in manifest},
+        "last_reload": holder.last_result,
+    }
+    return json_response(dumps(payload))

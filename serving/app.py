@@ -1,0 +1,140 @@
+"""The Flask app factory: settings, services, hooks, rate limits and blueprints.
+
+``create_app`` is the only way to get an app; nothing happens at import time. Under
+gunicorn each worker builds its own app (see ``serving/gunicorn_conf.py``), loads the
+champion model and starts its background threads (model loader, pub/sub listener,
+API-log writer).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import uuid
+from typing import Any
+
+from flask import Flask, Response, current_app, g, request
+
+from bookrec.settings import Settings, get_settings
+from serving import admin, books, health, pages, ratings, recommendations
+from serving.apilog import ApiLogWriter, now
+from serving.cache import Cache
+from serving.catalog import Catalog
+from serving.errors import register_error_handlers
+from serving.metrics import Metrics
+from serving.model_holder import ModelHolder
+from serving.ratelimit import init_rate_limits
+from serving.services import Services
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def create_app(settings: Settings | None = None, test_config: dict[str, Any] | None = None):
+    """Build the API app.
+
+    ``test_config`` may set Flask config keys and ``BOOKREC_BACKGROUND`` (False: no
+    background threads; the model is still loaded once, synchronously).
+    """
+    settings = settings or get_settings()
+    app = Flask(__name__)
+    app.config.update(JSON_SORT_KEYS=False, BOOKREC_BACKGROUND=True, MAX_CONTENT_LENGTH=64 * 1024)
+    if test_config:
+        app.config.update(test_config)
+    _configure_logging()
+
+    metrics = Metrics()
+    catalog = Catalog(settings)
+    svc = Services(
+        settings=settings,
+        metrics=metrics,
+        cache=Cache(settings, metrics),
+        catalog=catalog,
+        holder=ModelHolder(settings, metrics),
+        apilog=ApiLogWriter(settings, metrics, catalog.engine),
+    )
+    app.extensions["bookrec"] = svc
+    init_rate_limits(app, settings, metrics)
+    register_error_handlers(app)
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+    for blueprint in (recommendations.bp, books.bp, ratings.bp, admin.bp, health.bp, pages.bp):
+        app.register_blueprint(blueprint)
+
+    svc.holder.check(reason="startup")
+    if app.config["BOOKREC_BACKGROUND"]:
+        svc.start_background()
+    return app
+
+
+def create_worker_app():
+    """The app of one gunicorn worker: its background threads start in ``post_worker_init``
+    (``Services.after_fork``, which also copes with a preloading master), and the loaded
+    objects are frozen out of the garbage collector's scans."""
+    import gc
+
+    app = create_app(test_config={"BOOKREC_BACKGROUND": False})
+    app.extensions["bookrec"].background = True
+    gc.freeze()
+    return app
+
+
+def _configure_logging() -> None:
+    """One JSON line per request on stdout (the ``bookrec.api`` logger, message only)."""
+    logger = logging.getLogger("bookrec.api")
+    if not any(getattr(h, "_bookrec", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._bookrec = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _start_request() -> None:
+    """Stamp the request: start time, request id, and the model snapshot it will use."""
+    ctx = g._get_current_object()  # plain objects: the proxies cost a lookup per access
+    req = request._get_current_object()
+    ctx.started = now()
+    incoming = req.headers.get("X-Request-Id", "")
+    ctx.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    ctx.model = current_app.extensions["bookrec"].holder.model
+    ctx.source = None
+    ctx.user_id = None
+
+
+def _finish_request(response: Response) -> Response:
+    """Add the version and request-id headers, count the request, log it."""
+    ctx = g._get_current_object()
+    req = request._get_current_object()
+    svc = current_app.extensions["bookrec"]
+    started = getattr(ctx, "started", None)  # None: refused before _start_request ran
+    model = ctx.model if started is not None else svc.holder.model
+    version = model.version if model is not None else "none"
+    request_id = getattr(ctx, "request_id", None) or uuid.uuid4().hex
+    headers = response.headers
+    headers["X-Model-Version"] = version
+    headers["X-Request-Id"] = request_id
+    rule = req.url_rule
+    route = rule.rule if rule is not None else "<unmatched>"
+    elapsed = now() - started if started is not None else 0.0
+    status = response.status_code
+    method = req.method
+    metrics = svc.metrics
+    metrics.requests.labels(route, method, str(status)).inc()
+    metrics.latency.labels(route).observe(elapsed)
+    svc.apilog.record(
+        {
+            "request_id": request_id,
+            "method": method,
+            "route": route,
+            "path": req.path[:500],
+            "status": status,
+            "latency_ms": round(elapsed * 1000, 3),
+            "model_version": version,
+            "source": getattr(ctx, "source", None),
+            "user_id": getattr(ctx, "user_id", None),
+            "client": req.remote_addr,
+        }
+    )
+    return response

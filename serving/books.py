@@ -1,0 +1,153 @@
+"""Book endpoints: similar books, popular books, one book's details, and search."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, g, request
+
+from serving import validation as v
+from serving.cache import Cache
+from serving.catalog import CatalogUnavailable
+from serving.openapi import operation
+from serving.services import dumps, json_response, rec_to_dict, require_model, services
+
+bp = Blueprint("books", __name__)
+_IMAGE_KEYS = ("image_url_s", "image_url_m", "image_url_l")
+
+
+@bp.get("/v1/books/<isbn>/similar")
+@operation(
+    "Books similar to a book",
+    tag="books",
+    response="RecommendationList",
+    params=[v.ISBN, v.K],
+    errors=(400, 404, 429, 503),
+)
+def similar_books(isbn: str):
+    """Books that readers of this book also liked, blended with content similarity."""
+    canonical = v.parse_isbn(isbn)
+    k = v.parse_k(request.args.get("k"))
+    model = require_model()
+    g.source = "cache"
+
+    def compute() -> tuple[bytes, bool]:
+        try:
+            recs = model.similar(canonical, k=k)
+        except KeyError:
+            raise v.ApiError(
+                404, "unknown_book", f"isbn: {canonical} is not in the model", field="isbn"
+            ) from None
+        g.source = "model"
+        payload = {
+            "model_version": model.version,
+            "isbn": canonical,
+            "k": k,
+            "items": [rec_to_dict(r) for r in recs],
+        }
+        return dumps(payload), True
+
+    key = Cache.key(model.version, "similar", canonical, k)
+    return json_response(services().cache.get_or_compute("similar", key, compute))
+
+
+@bp.get("/v1/books/popular")
+@operation(
+    "Most popular books",
+    tag="books",
+    response="RecommendationList",
+    params=[v.K],
+    errors=(400, 429, 503),
+)
+def popular_books():
+    """The most popular books (Bayesian-averaged ratings weighted by how many readers)."""
+    k = v.parse_k(request.args.get("k"))
+    model = require_model()
+    g.source = "cache"
+
+    def compute() -> tuple[bytes, bool]:
+        g.source = "model"
+        items = [rec_to_dict(r) for r in model.popular(k)]
+        return dumps({"model_version": model.version, "k": k, "items": items}), True
+
+    key = Cache.key(model.version, "popular", k)
+    return json_response(services().cache.get_or_compute("popular", key, compute))
+
+
+def _book_json(row: dict[str, Any], source: str) -> dict[str, Any]:
+    book = {key: row.get(key) for key in ("isbn", "title", "author", "year", "publisher")}
+    for key in _IMAGE_KEYS:
+        book[key] = row.get(key)
+    year = book["year"]
+    book["year"] = int(year) if year is not None else None
+    book["source"] = source
+    return book
+
+
+@bp.get("/v1/books/<isbn>")
+@operation(
+    "One book's details",
+    tag="books",
+    response="Book",
+    params=[v.ISBN],
+    errors=(400, 404, 429),
+)
+def book_details(isbn: str):
+    """Title, author, year, publisher and cover URLs from the catalogue.
+
+    With PostgreSQL down, the model's own copy of the metadata answers.
+    """
+    canonical = v.parse_isbn(isbn)
+    svc = services()
+    model = g.get("model")
+    g.source = "cache"
+
+    def compute() -> tuple[bytes, bool]:
+        try:
+            row = svc.catalog.book(canonical)
+            source, cacheable = "database", True
+        except CatalogUnavailable:
+            svc.metrics.fallbacks.labels(reason="postgres_down").inc()
+            row = model.book(canonical) if model is not None else None
+            source, cacheable = "model", False
+        if row is None:
+            raise v.ApiError(404, "unknown_book", f"isbn: no book {canonical}", field="isbn")
+        g.source = source
+        return dumps(_book_json(row, source)), cacheable
+
+    version = model.version if model is not None else "none"
+    key = Cache.key(version, "book", canonical)
+    return json_response(svc.cache.get_or_compute("book", key, compute))
+
+
+@bp.get("/v1/books")
+@operation(
+    "Search books by title or author",
+    tag="books",
+    response="BookSearch",
+    params=[v.QUERY],
+    errors=(400, 429, 503),
+)
+def search_books():
+    """Up to 20 books whose title or author contains the text, prefix matches first."""
+    text = v.parse_query(request.args.get("q"))
+    svc = services()
+    g.source = "cache"
+
+    def compute() -> tuple[bytes, bool]:
+        try:
+            rows = svc.catalog.search(text)
+        except CatalogUnavailable:
+            svc.metrics.fallbacks.labels(reason="postgres_down").inc()
+            raise v.ApiError(
+                503,
+                "search_unavailable",
+                "search needs PostgreSQL, which is not answering",
+                headers={"Retry-After": "5"},
+            ) from None
+        g.source = "database"
+        items = [_book_json(r, "database") for r in rows]
+        return dumps({"q": text, "count": len(items), "items": items}), True
+
+    key = Cache.key("catalog", "search", text.casefold())
+    return json_response(svc.cache.get_or_compute("search", key, compute))

@@ -1,0 +1,188 @@
+"""Cache-aside for API responses: Redis when configured, an in-process LRU otherwise.
+
+Values are the serialised JSON bodies, so a hit costs one lookup and no encoding. Keys
+carry the model version, so a promotion never serves results of the previous model.
+Redis is reached with short socket timeouts and no retries; when it errors or is slow the
+request is answered from the in-process cache (computing the value if needed), a metric
+counts it, and Redis is left alone for a second before it is tried again. With Redis, a
+short-lived in-process copy (5 s) sits in front of it so hot keys cost no round trip; a
+user's lists may so lag a posted rating by up to 5 s on other workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from bookrec.settings import Settings
+from serving.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "bookrec:api:"
+LOCAL_TTL_S = 5.0  # in-process copy in front of Redis: hot keys skip the round trip
+
+
+class Breaker:
+    """Skips a failing dependency for ``cooldown_s`` after an error (cheap, thread-safe enough)."""
+
+    def __init__(self, cooldown_s: float = 1.0):
+        self.cooldown_s = cooldown_s
+        self._open_until = 0.0
+
+    @property
+    def open(self) -> bool:
+        """True while the dependency should not be tried."""
+        return time.monotonic() < self._open_until
+
+    def trip(self) -> None:
+        """Record a failure: skip the dependency for a while."""
+        self._open_until = time.monotonic() + self.cooldown_s
+
+
+class MemoryCache:
+    """A thread-safe LRU with per-entry expiry."""
+
+    def __init__(self, maxsize: int = 10_000):
+        self.maxsize = maxsize
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        """The value, or None when missing or expired."""
+        with self._lock:
+            item = self._data.get(key)
+            if item is None:
+                return None
+            expires, value = item
+            if expires < time.monotonic():
+                del self._data[key]
+                return None
+            self._data.move_to_end(key)
+            return value
+
+    def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Store ``value`` for ``ttl_s`` seconds, evicting the least recently used."""
+        with self._lock:
+            self._data[key] = (time.monotonic() + ttl_s, value)
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def delete(self, keys: list[str]) -> None:
+        """Drop these keys if present."""
+        with self._lock:
+            for key in keys:
+                self._data.pop(key, None)
+
+
+class Cache:
+    """Cache-aside front: ``get_or_compute(kind, key, compute)``."""
+
+    def __init__(self, settings: Settings, metrics: Metrics):
+        """Connect lazily to Redis when ``settings.redis_url`` is set."""
+        self.ttl_s = settings.cache_ttl_s
+        self.metrics = metrics
+        self.memory = MemoryCache()
+        self.breaker = Breaker()
+        self.redis = None
+        if settings.redis_url:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            timeout = settings.redis_socket_timeout_s
+            self.redis = redis.Redis.from_url(
+                settings.redis_url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=0,
+            )
+
+    @property
+    def backend(self) -> str:
+        """'redis' or 'memory'."""
+        return "redis" if self.redis is not None else "memory"
+
+    @staticmethod
+    def key(version: str, *parts: object) -> str:
+        """A cache key scoped to a model version."""
+        return KEY_PREFIX + version + ":" + ":".join(str(p) for p in parts)
+
+    def _redis_failed(self, exc: Exception) -> None:
+        self.breaker.trip()
+        self.metrics.fallbacks.labels(reason="redis_down").inc()
+        log.warning("redis unavailable, answering from memory: %s", exc)
+
+    def get(self, key: str) -> bytes | None:
+        """The cached value from Redis (or memory when Redis is down or not configured)."""
+        if self.redis is None or self.breaker.open:
+            if self.redis is not None:
+                self.metrics.fallbacks.labels(reason="redis_down").inc()
+            return self.memory.get(key)
+        local = self.memory.get(key)
+        if local is not None:
+            return local
+        import redis
+
+        try:
+            value = self.redis.get(key)
+        except redis.RedisError as exc:
+            self._redis_failed(exc)
+            return None
+        if value is not None:
+            self.memory.set(key, value, min(LOCAL_TTL_S, self.ttl_s))
+        return value
+
+    def set(self, key: str, value: bytes) -> None:
+        """Store a value (in memory as well when Redis is unavailable)."""
+        if self.redis is None or self.breaker.open:
+            self.memory.set(key, value, self.ttl_s)
+            return
+        import redis
+
+        try:
+            self.redis.set(key, value, ex=self.ttl_s)
+        except redis.RedisError as exc:
+            self._redis_failed(exc)
+            self.memory.set(key, value, self.ttl_s)
+            return
+        self.memory.set(key, value, min(LOCAL_TTL_S, self.ttl_s))
+
+    def delete(self, keys: list[str]) -> None:
+        """Forget some entries (a user's results after a new rating)."""
+        self.memory.delete(keys)
+        if self.redis is None or self.breaker.open or not keys:
+            return
+        import redis
+
+        try:
+            self.redis.delete(*keys)
+        except redis.RedisError as exc:
+            self._redis_failed(exc)
+
+    def get_or_compute(
+        self, kind: str, key: str, compute: Callable[[], tuple[bytes, bool]]
+    ) -> bytes:
+        """Cache-aside: the cached body, or ``compute()`` -> (body, cacheable) stored if cacheable.
+
+        Degraded answers (a store was down) are returned but not cached.
+        """
+        value = self.get(key)
+        if value is not None:
+            self.metrics.cache_hits.labels(kind=kind).inc()
+            return value
+        self.metrics.cache_misses.labels(kind=kind).inc()
+        value, cacheable = compute()
+        if cacheable:
+            self.set(key, value)
+        return value
+
+    def close(self) -> None:
+        """Close the Redis connection pool."""
+        if self.redis is not None:
+            self.redis.close()

@@ -1,0 +1,84 @@
+"""gunicorn configuration for the bookrec API (``bookrec serve`` passes it with ``-c``).
+
+Each worker builds its own app after the fork (no ``preload_app``): the model arrays are
+memory-mapped from one local folder, so the workers share those pages through the page
+cache, and after a reload no process keeps the old version mapped (a preloading master
+would, doubling the model's footprint). Background threads start in ``post_worker_init``.
+Prometheus samples go to a multiprocess folder that ``/metrics`` merges. Command-line
+flags (``--bind``, ``--workers``) override the values here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+
+def _metrics_folder() -> str:
+    """An empty multiprocess metrics folder, set in the environment before the app (and
+    prometheus_client) is imported: the preloaded app creates its metrics right away, and
+    files of an earlier run would be counted."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        folder = tempfile.mkdtemp(prefix="bookrec-prom-")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    return folder
+
+
+_metrics_folder()
+
+wsgi_app = "serving.app:create_worker_app()"
+bind = os.environ.get("BOOKREC_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("BOOKREC_WORKERS", "4"))
+worker_class = "gthread"
+threads = int(os.environ.get("BOOKREC_THREADS", "4"))
+preload_app = False
+keepalive = 5
+limit_request_line = 8190  # gunicorn's maximum; longer request lines get its HTML 414
+timeout = 60
+graceful_timeout = 15
+max_requests = 0
+accesslog = None  # the app writes one JSON line per request itself
+errorlog = "-"
+loglevel = os.environ.get("BOOKREC_LOG_LEVEL", "info")
+proc_name = "bookrec-api"
+
+
+def on_starting(server) -> None:
+    """Import the app's code (Flask, NumPy, SciPy, the model loader) in the master once, so
+    the forked workers share those pages; the model itself is loaded by each worker."""
+    import importlib
+
+    for module in ("serving.app", "bookrec.models.persist", "bookrec.registry"):
+        importlib.import_module(module)
+
+
+def when_ready(server) -> None:
+    """Forget the samples the master wrote while preloading (it serves no requests)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(os.getpid())
+
+
+def post_worker_init(worker) -> None:
+    """Reset fork-inherited connections and start this worker's background threads."""
+    services = getattr(worker.wsgi, "extensions", {}).get("bookrec")
+    if services is not None:  # absent for the benchmark's trivial baseline app
+        services.after_fork()
+
+
+def worker_exit(server, worker) -> None:
+    """Flush the API log and stop background threads of an exiting worker."""
+    app = getattr(worker, "wsgi", None)
+    if app is not None and "bookrec" in getattr(app, "extensions", {}):
+        app.extensions["bookrec"].close()
+
+
+def child_exit(server, worker) -> None:
+    """Drop a dead worker's live gauges from the merged metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

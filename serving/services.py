@@ -1,0 +1,101 @@
+"""The per-app service objects (model holder, cache, catalogue, metrics, API log) and helpers
+the blueprints share to reach them and to build JSON responses."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Response, current_app, g
+
+from bookrec.settings import Settings
+from serving.apilog import ApiLogWriter
+from serving.cache import Cache
+from serving.catalog import Catalog
+from serving.metrics import Metrics
+from serving.model_holder import ModelHolder
+from serving.validation import ApiError
+
+
+@dataclass
+class Services:
+    """Everything a request may need, created once per app by ``create_app``."""
+
+    settings: Settings
+    metrics: Metrics
+    cache: Cache
+    catalog: Catalog
+    holder: ModelHolder
+    apilog: ApiLogWriter
+    background: bool = False
+
+    def start_background(self) -> None:
+        """Start the model loader, pub/sub listener and API-log writer threads."""
+        self.background = True
+        self.holder.start()
+        self.apilog.start()
+
+    def after_fork(self) -> None:
+        """In a freshly forked worker: drop inherited connections, re-mark the model version,
+        and start the background threads (threads do not survive a fork)."""
+        self.catalog.after_fork()
+        self.holder.after_fork()
+        if self.background:
+            self.start_background()
+            # A worker forked late (a restart) may hold an old preloaded model: check now.
+            self.holder.request_reload()
+
+    def close(self) -> None:
+        """Stop background threads, flush logs and close connections."""
+        self.holder.stop()
+        self.apilog.stop()
+        self.cache.close()
+
+
+def services() -> Services:
+    """The services of the current app."""
+    return current_app.extensions["bookrec"]
+
+
+def require_model() -> Any:
+    """The model this request uses (one snapshot per request), or a 503 if none is loaded."""
+    model = g.get("model")
+    if model is None:
+        raise ApiError(
+            503,
+            "model_not_loaded",
+            "no model is loaded yet; try again shortly",
+            headers={"Retry-After": "5"},
+        )
+    return model
+
+
+def dumps(payload: Any) -> bytes:
+    """Compact UTF-8 JSON."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def json_response(body: bytes, status: int = 200) -> Response:
+    """A response from an already-serialised JSON body (what the cache stores)."""
+    return Response(body, status=status, mimetype="application/json")
+
+
+def rec_to_dict(rec: Any) -> dict[str, Any]:
+    """A ``Recommendation`` as the API's JSON object."""
+    return {
+        "isbn": rec.isbn,
+        "title": rec.title,
+        "author": rec.author,
+        "image_url": rec.image_url,
+        "score": _finite(rec.score),
+        "source": rec.source,
+        "reason": rec.reason,
+    }
+
+
+def _finite(value: Any) -> float:
+    """A JSON-safe score (NaN and infinities become 0)."""
+    number = float(value)
+    return round(number, 6) if math.isfinite(number) else 0.0

@@ -1,0 +1,179 @@
+"""Input validation for the API: one declaration per parameter, used to check and to document.
+
+Each ``Param`` parses a raw string into a value or raises ``ApiError`` naming the field,
+and also renders its OpenAPI description, so the document and the checks cannot drift.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from bookrec.cleaning import normalize_isbn
+
+MAX_USER_ID = 2**31 - 1
+MAX_K = 100
+MAX_QUERY_LEN = 200
+_ISBN_SHAPE = re.compile(r"^(?:[0-9]{9}[0-9X]|97[89][0-9]{10})$")
+_ISBN_SEPARATORS = re.compile(r"[\s-]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SPACES = re.compile(r" {2,}")
+ISBN_PATTERN = r"^(?:[0-9]{9}[0-9Xx]|97[89][0-9]{10})$"
+
+
+class ApiError(Exception):
+    """A client error that becomes a JSON body with a 4xx status (or 503 when a store is down)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON error body."""
+        body: dict[str, Any] = {"status": self.status, "code": self.code, "message": self.message}
+        if self.field:
+            body["field"] = self.field
+        return {"error": body}
+
+
+def invalid(field_name: str, message: str) -> ApiError:
+    """A 400 for one bad field."""
+    return ApiError(400, "invalid_parameter", f"{field_name}: {message}", field=field_name)
+
+
+def parse_user_id(raw: object, field_name: str = "user_id") -> int:
+    """A positive 32-bit integer written as plain digits (no sign, no spaces, no exponent)."""
+    text = str(raw)
+    if not text.isascii() or not text.isdigit() or len(text) > 10:
+        raise invalid(field_name, f"must be a positive integer up to {MAX_USER_ID}")
+    value = int(text)
+    if not 1 <= value <= MAX_USER_ID:
+        raise invalid(field_name, f"must be between 1 and {MAX_USER_ID}")
+    return value
+
+
+def parse_isbn(raw: object, field_name: str = "isbn") -> str:
+    """A valid ISBN-10 or ISBN-13 (hyphens and spaces allowed), in canonical catalogue form."""
+    if not isinstance(raw, str) or len(raw) > 20:
+        raise invalid(field_name, "must be an ISBN-10 or ISBN-13 string")
+    compact = _ISBN_SEPARATORS.sub("", raw).upper()
+    if not _ISBN_SHAPE.match(compact):
+        raise invalid(field_name, f"{raw!r} is not shaped like an ISBN-10 or ISBN-13")
+    canonical = normalize_isbn(compact)
+    if canonical is None:
+        raise invalid(field_name, f"{raw!r} fails the ISBN check-digit test")
+    return canonical
+
+
+def parse_k(raw: str | None, default: int = 10) -> int:
+    """The list length ``k``: an integer in 1..100."""
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 3:
+        raise invalid("k", f"must be an integer between 1 and {MAX_K}")
+    value = int(raw)
+    if not 1 <= value <= MAX_K:
+        raise invalid("k", f"must be between 1 and {MAX_K}")
+    return value
+
+
+def parse_query(raw: str | None) -> str:
+    """A search text of 1..200 characters, with control characters and extra spaces removed.
+
+    The result may be empty (a query of only blanks), which matches nothing.
+    """
+    if raw is None or raw == "":
+        raise invalid("q", "is required (1 to 200 characters)")
+    if len(raw) > MAX_QUERY_LEN:
+        raise invalid("q", f"must be at most {MAX_QUERY_LEN} characters")
+    return _SPACES.sub(" ", _CONTROL.sub(" ", raw)).strip(" ")
+
+
+def parse_rating(body: object) -> tuple[str, int]:
+    """(isbn, rating) from a JSON object ``{"isbn": str, "rating": 0..10}``."""
+    if not isinstance(body, dict):
+        raise invalid("body", 'must be a JSON object like {"isbn": "0316666343", "rating": 8}')
+    unknown = sorted(set(body) - {"isbn", "rating"})
+    if unknown:
+        raise invalid(unknown[0], "is not a known field (expected isbn and rating)")
+    if "isbn" not in body:
+        raise invalid("isbn", "is required")
+    isbn = parse_isbn(body["isbn"])
+    rating = body.get("rating")
+    if isinstance(rating, bool) or not isinstance(rating, int):
+        raise invalid("rating", "must be an integer between 0 and 10")
+    if not 0 <= rating <= 10:
+        raise invalid("rating", "must be between 0 and 10")
+    return isbn, rating
+
+
+@dataclass(frozen=True)
+class Param:
+    """An OpenAPI parameter declaration (the parser functions above enforce it)."""
+
+    name: str
+    location: str
+    schema: dict[str, Any]
+    description: str
+    required: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_openapi(self) -> dict[str, Any]:
+        """The parameter object for the OpenAPI document."""
+        return {
+            "name": self.name,
+            "in": self.location,
+            "required": self.required or self.location == "path",
+            "description": self.description,
+            "schema": self.schema,
+            **self.extra,
+        }
+
+
+USER_ID = Param(
+    "user_id",
+    "path",
+    {"type": "integer", "minimum": 1, "maximum": MAX_USER_ID},
+    "Book-Crossing user id (a positive 32-bit integer)",
+)
+ISBN = Param(
+    "isbn",
+    "path",
+    {"type": "string", "pattern": ISBN_PATTERN},
+    "ISBN-10 or ISBN-13; the check digit must be valid",
+)
+K = Param(
+    "k",
+    "query",
+    {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
+    "How many items to return",
+)
+QUERY = Param(
+    "q",
+    "query",
+    {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_LEN},
+    "Words from a title or an author name",
+    required=True,
+)
+RATING_BODY = {
+    "type": "object",
+    "required": ["isbn", "rating"],
+    "additionalProperties": False,
+    "properties": {
+        "isbn": {"type": "string", "pattern": ISBN_PATTERN},
+        "rating": {"type": "integer", "minimum": 0, "maximum": 10},
+    },
+}

@@ -1,0 +1,279 @@
+"""Prefect tasks for the model registry: thin wrappers over bookrec.registry, gate, smoke, audit.
+
+Tasks that touch the artifact store or PostgreSQL retry transient failures with
+backoff; a refusal (lost race, missing version, tampered files) fails at once, because
+it would fail the same way again. The compare-and-swap itself is never retried by
+Prefect: a lost race is a decision for a human or the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import socket
+from typing import Any
+
+import sqlalchemy as sa
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.tasks import exponential_backoff
+
+from bookrec import audit, gate, smoke
+from bookrec.artifacts import ArtifactError
+from bookrec.db import get_engine
+from bookrec.registry import ChampionState, Registry, RegistryError
+from bookrec.settings import get_settings
+from bookrec.store import ObjectNotFound, PreconditionFailed, StoreError
+
+MODEL_CACHE = "model-cache"
+
+
+class PromotionRefused(RuntimeError):
+    """The promotion or rollback was refused; ``payload`` is what the CLI prints."""
+
+    def __init__(self, payload: dict[str, Any]):
+        super().__init__(payload["reason"])
+        self.payload = payload
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """True for failures worth retrying: network, S3 or database hiccups, not refusals."""
+    if isinstance(exc, PreconditionFailed | ObjectNotFound | RegistryError | ArtifactError):
+        return False
+    return isinstance(exc, StoreError | OSError | sa.exc.OperationalError | sa.exc.InterfaceError)
+
+
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: only transient I/O failures go to the retry policy."""
+    return is_transient(state.result(raise_on_failure=False))
+
+
+_io = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_jitter_factor": 0.3,
+    "retry_condition_fn": _retry_transient,
+}
+
+
+def _registry() -> Registry:
+    return Registry.from_settings(get_settings())
+
+
+def current_actor() -> str:
+    """Who is acting: the Prefect flow run (when there is one) and the OS user and host."""
+    from prefect.runtime import flow_run
+
+    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    name = flow_run.name
+    return f"{flow_run.flow_name}/{name} ({who})" if name else who
+
+
+@task(name="read-champion", **_io)
+def read_champion() -> dict[str, Any]:
+    """The champion pointer with its ETag: ``{"pointer": ... | None, "etag": ... | None}``."""
+    state = _registry().champion_state()
+    return {"pointer": state.pointer, "etag": state.etag}
+
+
+@task(name="choose-candidate", **_io)
+def choose_candidate(version: str | None) -> str:
+    """``version`` if it is a complete version, else the newest never promoted nor rejected."""
+    registry = _registry()
+    if version is None:
+        found = registry.next_candidate()
+        if found is None:
+            raise RegistryError("no candidate: every complete version was promoted or rejected")
+        return found
+    # Present but altered is not a refusal: the verification step rejects it with the reason.
+    with contextlib.suppress(ArtifactError):
+        registry.check_complete(version)
+    if (registry.status(version) or {}).get("status") == "promoted":
+        raise RegistryError(
+            f"{version} was promoted before; use `bookrec rollback {version}` to return to it"
+        )
+    return version
+
+
+@task(name="choose-rollback-target", **_io)
+def choose_rollback_target(version: str | None) -> dict[str, Any]:
+    """The rollback target and the manifest sha256 recorded when it was promoted."""
+    registry = _registry()
+    target = registry.rollback_target(version)
+    status = registry.status(target) or {}
+    return {
+        "version": target,
+        "manifest_sha256": status.get("manifest_sha256"),
+        "answers_sha256": (status.get("details") or {}).get("answers_sha256"),
+        "golden_sha256": (status.get("details") or {}).get("golden_sha256"),
+    }
+
+
+@task(name="read-manifest", **_io)
+def read_manifest(version: str | None) -> dict[str, Any] | None:
+    """A version's manifest from the store (None for no version)."""
+    return _registry().manifest(version) if version else None
+
+
+@task(name="fetch-version", **_io)
+def fetch_version(version: str, expected_manifest_sha256: str | None = None) -> dict[str, Any]:
+    """Download and verify a version into the local model cache.
+
+    Returns ``{"path": ..., "manifest_sha256": ..., "error": None}``, or ``path`` None and
+    the verification error (a tampered or incomplete version is a verdict, not a crash).
+    """
+    settings = get_settings()
+    registry = Registry.from_settings(settings)
+    try:
+        path = registry.fetch_version(
+            version,
+            settings.home_dir / MODEL_CACHE,
+            expected_manifest_sha256=expected_manifest_sha256,
+        )
+    except (ArtifactError, RegistryError) as exc:
+        return {"path": None, "manifest_sha256": None, "error": f"{type(exc).__name__}: {exc}"}
+    from bookrec.artifacts import manifest_sha256
+
+    return {"path": str(path), "manifest_sha256": manifest_sha256(path), "error": None}
+
+
+@task(name="smoke-test")
+def smoke_test(fetched: dict[str, Any]) -> dict[str, Any]:
+    """Load the fetched version with the serving loader in a separate process (golden queries)."""
+    if fetched.get("path") is None:
+        return {"ok": False, "error": f"verification failed: {fetched.get('error')}"}
+    report = smoke.run_smoke(fetched["path"])
+    report["golden_sha256"] = smoke.answers_sha256(smoke.DEFAULT_GOLDEN)
+    return report
+
+
+@task(name="judge-candidate")
+def judge_candidate(
+    candidate_manifest: dict[str, Any],
+    champion_manifest: dict[str, Any] | None,
+    smoke_report: dict[str, Any],
+) -> dict[str, Any]:
+    """Run the metric and serving checks; the decision, reason, checks and comparison table."""
+    thresholds = gate.Thresholds.from_mapping(get_settings().gate_thresholds)
+    candidate_metrics = candidate_manifest.get("metrics") or {}
+    champion_metrics = (champion_manifest or {}).get("metrics") if champion_manifest else None
+    checks = gate.check_metrics(candidate_metrics, champion_metrics, thresholds)
+    if champion_manifest is not None:
+        same = gate.same_holdout(candidate_manifest, champion_manifest)
+        checks.append(
+            gate.Check(
+                "holdout",
+                True,
+                "same holdout (same rating snapshot and split)" if same else
+                "recorded metrics come from different snapshots of the same split procedure",
+            )
+        )
+    checks += gate.check_smoke(smoke_report, thresholds)
+    result = gate.decide(checks)
+    return {
+        "decision": result.decision,
+        "reason": result.reason,
+        "checks": [{"check": c.name, "passed": c.passed, "detail": c.detail}
+                   for c in result.checks],
+        "table": gate.comparison_rows(candidate_metrics, champion_metrics),
+        "thresholds": thresholds.to_json(),
+        "candidate_metrics": candidate_metrics,
+        "champion_metrics": champion_metrics,
+    }
+
+
+@task(name="move-champion-pointer", **_io)
+def move_champion(
+    version: str,
+    champion: dict[str, Any],
+    *,
+    manifest_sha256: str | None,
+    reason: str,
+    actor: str,
+    action: str,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Compare-and-swap the pointer from the ``champion`` state read earlier to ``version``.
+
+    A concurrent change raises ``PromotionConflict`` (never retried).
+    """
+    return _registry().promote(
+        version,
+        by=actor,
+        reason=reason,
+        expected=ChampionState(champion["pointer"], champion["etag"]),
+        manifest_sha256=manifest_sha256,
+        action=action,
+        details=details,
+    )
+
+
+@task(name="mark-rejected", **_io)
+def mark_rejected(version: str, reason: str, actor: str) -> dict[str, Any]:
+    """Leave the rejected version in the store with a status object saying why."""
+    return _registry().mark_rejected(version, reason, by=actor)
+
+
+@task(name="record-decision", **_io)
+def record_decision(
+    *,
+    candidate: str,
+    decision: str,
+    reason: str,
+    actor: str,
+    champion_before: str | None,
+    champion_after: str | None,
+    candidate_metrics: dict[str, Any] | None = None,
+    champion_metrics: dict[str, Any] | None = None,
+    thresholds: dict[str, Any] | None = None,
+) -> int:
+    """Append the decision to the ``promotions`` audit table; returns the row id."""
+    settings = get_settings()
+    return audit.record_decision(
+        get_engine(settings),
+        candidate=candidate,
+        decision=decision,
+        reason=reason,
+        actor=actor,
+        champion_before=champion_before,
+        champion_after=champion_after,
+        candidate_metrics=candidate_metrics,
+        champion_metrics=champion_metrics,
+        thresholds=thresholds,
+    )
+
+
+@task(name="publish-decision")
+def publish_decision(
+    kind: str, version: str, result: dict[str, Any], verdict: dict[str, Any] | None = None
+) -> None:
+    """The decision (markdown) and the candidate-vs-champion table as Prefect artifacts."""
+    lines = [
+        f"# {kind.capitalize()}: {version}",
+        "",
+        f"**Decision:** {result['decision']}  ",
+        f"**Champion now:** {result['champion'] or 'none'}  ",
+        f"**Reason:** {result['reason']}",
+    ]
+    if verdict:
+        lines += ["", "| check | passed | detail |", "|---|---|---|"]
+        lines += [f"| {c['check']} | {'yes' if c['passed'] else 'NO'} | {c['detail']} |"
+                  for c in verdict["checks"]]
+    create_markdown_artifact("\n".join(lines), key=f"{kind}-decision",
+                             description=f"{kind} decision for {version}")
+    if verdict and verdict["table"]:
+        create_table_artifact(verdict["table"], key=f"{kind}-candidate-vs-champion",
+                              description=f"{version} vs the champion at decision time")
+
+
+@task(name="announce-champion")
+def announce_champion(version: str, action: str, previous: str | None, actor: str) -> None:
+    """Emit the ``bookrec.model.promoted`` Prefect event (automations can react to it)."""
+    from prefect.events import emit_event
+
+    emit_event(
+        event="bookrec.model.promoted",
+        resource={"prefect.resource.id": f"bookrec.model.{version}",
+                  "prefect.resource.name": version},
+        payload={"version": version, "action": action, "previous": previous, "by": actor},
+    )

@@ -1,0 +1,111 @@
+"""Prefect tasks for training: thin wrappers over ``bookrec.training`` and the registry.
+
+Reading the snapshot and uploading the candidate are I/O and retry with backoff;
+fitting is computation and never retries (it would fail the same way again). Tasks
+pass small things on: folder paths, version ids, metric dicts.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.tasks import exponential_backoff
+
+from bookrec import db, training
+from bookrec.registry import Registry, new_version_id
+from bookrec.settings import get_settings
+from bookrec.store import StoreError
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only network, database and store hiccups."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, StoreError | ConnectionError | TimeoutError | sa.exc.OperationalError)
+
+
+_io = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_jitter_factor": 0.3,
+    "retry_condition_fn": _transient,
+}
+
+
+@task(name="new-training-workdir")
+def new_workdir() -> str:
+    """A fresh scratch folder under ``<home>/work`` for this run's snapshot and model."""
+    folder = get_settings().home_dir / "work" / f"train-{uuid.uuid4().hex[:12]}"
+    folder.mkdir(parents=True)
+    return str(folder)
+
+
+@task(name="snapshot-ratings", **_io)
+def snapshot_ratings(workdir: str) -> dict[str, Any]:
+    """Read ratings and books from PostgreSQL into ``<workdir>/snapshot``; return counts."""
+    engine = db.get_engine(get_settings())
+    ratings, books = db.read_ratings(engine), db.read_books(engine)
+    if ratings.empty:
+        raise ValueError("the ratings table is empty: run `bookrec ingest` before training")
+    path = training.write_snapshot(ratings, books, Path(workdir) / "snapshot")
+    return {"path": str(path), "ratings": len(ratings), "books": len(books)}
+
+
+@task(name="fit-and-evaluate")
+def fit_and_evaluate(snapshot_dir: str, config: dict[str, Any], version: str) -> dict[str, Any]:
+    """Fit the hybrid and baselines, evaluate, refit, and save the version folder."""
+    logger = get_run_logger()
+    ratings, books = training.read_snapshot(Path(snapshot_dir))
+    cfg = training.TrainConfig(**{**config, "baselines": tuple(config.get("baselines", ()))})
+    result = training.train_model(ratings, books, cfg, report=logger.info)
+    folder = Path(snapshot_dir).parent / "model" / version
+    manifest = training.save_candidate(result, folder, version)
+    return {
+        "path": str(folder),
+        "metrics": result.metrics,
+        "timings": result.timings,
+        "data_fingerprint": result.data_fingerprint,
+        "files": len(manifest["files"]),
+    }
+
+
+@task(name="publish-candidate", **_io)
+def publish_candidate(model_dir: str, version: str) -> dict[str, Any]:
+    """Upload the version folder to the artifact store (data files first, manifest last)."""
+    manifest = Registry.from_settings(get_settings()).add_version(Path(model_dir), version)
+    return {"version": version, "files": len(manifest["files"])}
+
+
+@task(name="publish-training-artifacts")
+def publish_training_artifacts(
+    version: str, metrics: dict[str, Any], timings: dict[str, float], data_fingerprint: dict
+) -> None:
+    """A table of the model vs baselines and a markdown summary on the flow run."""
+    rows = training.comparison_rows(metrics)
+    if rows:
+        create_table_artifact(
+            key="training-metrics", table=rows,
+            description=f"Model {version} vs baselines on one seeded holdout",
+        )
+    create_markdown_artifact(
+        key="training-summary",
+        markdown=training.summary_markdown(version, metrics, timings, data_fingerprint),
+        description=f"Training run for {version}",
+    )
+
+
+@task(name="remove-training-workdir")
+def remove_workdir(workdir: str) -> None:
+    """Delete the scratch folder (the version now lives in the artifact store)."""
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@task(name="new-version-id")
+def make_version_id() -> str:
+    """A sortable UTC-timestamp version id."""
+    return new_version_id()

@@ -1,0 +1,204 @@
+"""One suite every recommender passes, on checkerboard matrices with a known answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from bookrec.models.base import Recommender, top_n
+from bookrec.models.cf import (
+    EASERecommender,
+    ImplicitALS,
+    ImplicitItemKNN,
+    RP3BetaRecommender,
+)
+from bookrec.models.content import ContentRecommender
+from bookrec.models.popularity import PopularityRecommender
+
+from .conftest import checkerboard, checkerboard_texts
+
+
+class RecommenderSuite:
+    """Subclasses say how to build the model; the tests say what any model must do."""
+
+    personalised = True
+
+    def build(self) -> Recommender:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def data(self):
+        return checkerboard()
+
+    @pytest.fixture
+    def model(self, data):
+        return self.build().fit(data[0])
+
+    def test_held_out_item_ranks_first(self, model, data):
+        if not self.personalised:
+            pytest.skip("non-personalised model: see its own known-answer test")
+        matrix, held = data
+        ids, scores = model.recommend(matrix, n=3)
+        assert ids[:, 0].tolist() == held.tolist()
+        assert np.all(np.isfinite(scores[:, 0]))
+
+    def test_never_recommends_what_the_user_has(self, model, data):
+        matrix, _ = data
+        ids, _ = model.recommend(matrix, n=matrix.shape[1])
+        for user in range(matrix.shape[0]):
+            seen = set(matrix[user].indices.tolist())
+            assert not seen & set(ids[user][ids[user] >= 0].tolist())
+
+    def test_lists_are_sorted_and_padded(self, model, data):
+        matrix, _ = data
+        n = matrix.shape[1] + 5
+        ids, scores = model.recommend(matrix[:3], n=n)
+        assert ids.shape == scores.shape == (3, n)
+        for row_ids, row_scores in zip(ids, scores, strict=True):
+            valid = row_ids >= 0
+            # Padding only at the end, scores descending over the real entries.
+            assert not np.any(valid[1:] & ~valid[:-1])
+            assert np.all(np.diff(row_scores[valid]) <= 1e-6)
+            assert len(set(row_ids[valid].tolist())) == valid.sum()
+        assert np.all(ids[:, -5:] == -1)
+
+    def test_similar_items_stay_in_the_block_and_exclude_the_item(self, model, data):
+        if not self.personalised:
+            pytest.skip("popularity has no notion of similarity")
+        ids, scores = model.similar_items(0, n=5)
+        assert 0 not in ids.tolist()
+        assert all(0 <= i < 10 for i in ids[ids >= 0].tolist())
+        assert np.all(np.diff(scores[ids >= 0]) <= 1e-6)
+
+    def test_deterministic(self, data):
+        matrix, _ = data
+        first = self.build().fit(matrix).recommend(matrix, n=5)[0]
+        second = self.build().fit(matrix).recommend(matrix, n=5)[0]
+        assert np.array_equal(first, second)
+
+    def test_user_without_history_gets_a_valid_list(self, model, data):
+        matrix, _ = data
+        empty = sp.csr_matrix((1, matrix.shape[1]), dtype=np.float32)
+        ids, scores = model.recommend(empty, n=4)
+        assert ids.shape == (1, 4)
+        assert all(-1 <= i < matrix.shape[1] for i in ids[0].tolist())
+
+    def test_wrong_width_is_refused(self, model, data):
+        matrix, _ = data
+        with pytest.raises(ValueError, match="columns"):
+            model.recommend(sp.csr_matrix((1, matrix.shape[1] + 1), dtype=np.float32), n=3)
+
+    def test_similar_items_refuses_unknown_item(self, model, data):
+        with pytest.raises(IndexError):
+            model.similar_items(data[0].shape[1] + 3)
+
+
+class TestEASE(RecommenderSuite):
+    def build(self):
+        return EASERecommender(l2=1.0, max_items=None)
+
+
+class TestEASEPrunedSubset(RecommenderSuite):
+    """Sparse (pruned) weights over a subset of the catalogue still find the answer."""
+
+    def build(self):
+        return EASERecommender(l2=1.0, max_items=20, keep=9)
+
+
+class TestRP3Beta(RecommenderSuite):
+    def build(self):
+        return RP3BetaRecommender(alpha=1.0, beta=0.3, keep=10)
+
+
+class TestItemKNN(RecommenderSuite):
+    def build(self):
+        return ImplicitItemKNN(k=10)
+
+
+class TestALS(RecommenderSuite):
+    def build(self):
+        return ImplicitALS(factors=8, iterations=15, regularization=0.01, seed=3)
+
+
+class TestContent(RecommenderSuite):
+    def build(self):
+        return ContentRecommender(checkerboard_texts())
+
+
+class TestPopularity(RecommenderSuite):
+    personalised = False
+
+    def build(self):
+        return PopularityRecommender(rating_weight=0.0)
+
+    @pytest.fixture
+    def data(self):
+        matrix, held = checkerboard()
+        # One extra reader for item 13: now the single most-read item.
+        extra = sp.csr_matrix(([1.0], ([0], [13])), shape=(1, matrix.shape[1]))
+        return sp.vstack([matrix, extra]).tocsr(), held
+
+    def test_most_read_item_first_for_everyone_who_lacks_it(self, model, data):
+        matrix, _ = data
+        ids, _ = model.recommend(matrix, n=1)
+        lacks = np.asarray(matrix[:, 13].todense()).ravel() == 0
+        assert set(ids[lacks, 0].tolist()) == {13}
+
+
+def test_popularity_damped_mean_and_implicit_zeros():
+    """Explicit 10 from one reader does not beat many 9s; implicit 0s are not low ratings."""
+    # data = rating + 1: item 0 one explicit 10; item 1 five explicit 9s;
+    # item 2 five implicit 0s (stored as 1) and one explicit 9.
+    rows = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    cols = [0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2]
+    vals = [11, 10, 10, 10, 10, 10, 1, 1, 1, 1, 1]
+    rows, cols, vals = rows + [11], cols + [2], vals + [10]
+    ratings = sp.csr_matrix((vals, (rows, cols)), shape=(12, 3), dtype=np.float32)
+    from bookrec.models.popularity import damped_mean
+
+    mean = damped_mean(ratings, damping=2.0)
+    global_mean = (10 + 9 * 5 + 9) / 7
+    assert mean[0] == pytest.approx((10 + 2 * global_mean) / 3)
+    assert mean[1] == pytest.approx((45 + 2 * global_mean) / 7)
+    # Only the single explicit 9 counts for item 2, not the five zeros.
+    assert mean[2] == pytest.approx((9 + 2 * global_mean) / 3)
+    model = PopularityRecommender(damping=2.0, rating_weight=0.5).fit(ratings)
+    assert model.scores_[1] > model.scores_[0]
+
+
+def test_top_n_breaks_ties_on_lower_id_and_skips_minus_inf():
+    scores = np.array([[1.0, 3.0, 3.0, -np.inf, 2.0]], dtype=np.float32)
+    ids, best = top_n(scores, 5)
+    assert ids[0].tolist() == [1, 2, 4, 0, -1]
+    assert best[0][:4].tolist() == [3.0, 3.0, 2.0, 1.0]
+
+
+def test_ease_matches_the_closed_form():
+    """Cholesky-based weights equal I - P/diag(P) computed with a plain inverse."""
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix((rng.random((40, 12)) < 0.3).astype(np.float32))
+    model = EASERecommender(l2=5.0, max_items=None).fit(x)
+    gram = (x.T @ x).toarray().astype(np.float64) + 5.0 * np.eye(12)
+    p = np.linalg.inv(gram)
+    expected = -p / np.diag(p)[None, :]
+    np.fill_diagonal(expected, 0.0)
+    assert np.allclose(model.weights_, expected, atol=1e-4)
+
+
+def test_dlae_dropout_adds_frequency_proportional_regularisation():
+    rng = np.random.default_rng(1)
+    x = sp.csr_matrix((rng.random((60, 10)) < 0.4).astype(np.float32))
+    model = EASERecommender(l2=2.0, max_items=None, dropout=0.25).fit(x)
+    gram = (x.T @ x).toarray().astype(np.float64)
+    p = np.linalg.inv(gram + np.diag(2.0 + (0.25 / 0.75) * np.diag(gram)))
+    expected = -p / np.diag(p)[None, :]
+    np.fill_diagonal(expected, 0.0)
+    assert np.allclose(model.weights_, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="dropout"):
+        EASERecommender(dropout=1.0).fit(x)
+
+
+class TestDLAE(RecommenderSuite):
+    def build(self):
+        return EASERecommender(l2=0.5, max_items=None, dropout=0.3)

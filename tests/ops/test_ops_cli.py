@@ -1,0 +1,156 @@
+"""`bookrec up`/`down` machinery without the whole system: pid files, process groups,
+stale and foreign pids, the shared environment, and clear errors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bookrec.settings import Settings
+from cli import ops
+from tests.conftest import REPO
+
+
+def _service(tmp_path: Path, marker: str = "sleep") -> ops._Service:
+    return ops._Service("thing", tmp_path / "run", tmp_path / "logs", marker)
+
+
+def _gone(pid: int) -> bool:
+    return not ops._alive(pid, "")
+
+
+def test_started_service_is_recorded_found_and_stopped_with_its_children(tmp_path):
+    service = _service(tmp_path)
+    # A shell that starts a grandchild: stopping the service must end both.
+    proc = service.start(
+        ["bash", "-c", "sleep 300 & echo started; sleep 301"], dict(os.environ), tmp_path
+    )
+    try:
+        time.sleep(0.5)
+        assert service.pid() == proc.pid
+        children = subprocess.run(
+            ["pgrep", "-g", str(proc.pid), "sleep"], capture_output=True, text=True
+        ).stdout.split()
+        assert len(children) == 2
+        assert service.stop(timeout=5) is True
+        proc.wait(timeout=5)
+        time.sleep(0.2)
+        assert all(_gone(int(pid)) for pid in children)
+        assert not service.pid_file.exists()
+        assert "started" in service.log_file.read_text()
+        assert service.stop() is False  # nothing left to stop
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+
+
+def test_stale_pid_file_is_dropped(tmp_path):
+    service = _service(tmp_path)
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    service.run_dir.mkdir(parents=True)
+    service.pid_file.write_text(f'{{"pid": {proc.pid}}}')
+    assert service.pid() is None
+    assert not service.pid_file.exists()
+
+
+def test_a_recycled_pid_of_another_program_is_not_ours(tmp_path):
+    service = _service(tmp_path, marker="prefect")
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        service.run_dir.mkdir(parents=True)
+        service.pid_file.write_text(f'{{"pid": {other.pid}}}')
+        assert service.pid() is None
+        assert service.stop() is False
+        assert other.poll() is None  # never signalled
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_garbage_pid_file_is_ignored(tmp_path):
+    service = _service(tmp_path)
+    service.run_dir.mkdir(parents=True)
+    service.pid_file.write_text("not json")
+    assert service.pid() is None
+
+
+def test_environment_is_absolute_private_and_telemetry_free(tmp_path, monkeypatch):
+    monkeypatch.delenv("BOOKREC_SERVING_URLS", raising=False)
+    settings = Settings(home=tmp_path / "home")
+    settings.home_dir.mkdir()
+    args = argparse.Namespace(api_port=18123)
+    env = ops._environment(settings, args, "http://127.0.0.1:14200/api")
+    assert env["BOOKREC_HOME"] == str(settings.home_dir)
+    assert env["PREFECT_API_URL"] == "http://127.0.0.1:14200/api"
+    assert env["PREFECT_HOME"].startswith(str(settings.home_dir)) or "PREFECT_HOME" in os.environ
+    assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false" and env["DO_NOT_TRACK"] == "1"
+    assert env["BOOKREC_SERVING_URLS"] == "http://127.0.0.1:18123"
+    token_file = settings.home_dir / "admin-token"
+    assert env["BOOKREC_ADMIN_TOKEN"] == token_file.read_text().strip()
+    assert len(env["BOOKREC_ADMIN_TOKEN"]) >= 32
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    # Stable across runs: the API and the worker of a later `up` share the same token.
+    assert (
+        ops._environment(settings, args, "x")["BOOKREC_ADMIN_TOKEN"] == env["BOOKREC_ADMIN_TOKEN"]
+    )
+
+
+def test_configured_admin_token_is_not_replaced(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOOKREC_ADMIN_TOKEN", "configured-token-0123456789")
+    settings = Settings(home=tmp_path)
+    env = ops._environment(settings, argparse.Namespace(api_port=8000), "x")
+    assert env["BOOKREC_ADMIN_TOKEN"] == "configured-token-0123456789"
+    assert not (tmp_path / "admin-token").exists()
+
+
+def test_local_deployment_names_come_from_prefect_yaml():
+    assert sorted(ops._local_deployments()) == [
+        "ingest/local",
+        "nightly/local",
+        "promote/local",
+        "reload/local",
+        "rollback/local",
+        "train/local",
+    ]
+
+
+def _bookrec(args: list[str], home: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BOOKREC_", "PREFECT_"))}
+    env["BOOKREC_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_up_refuses_a_missing_source_before_starting_anything(tmp_path):
+    missing = tmp_path / "no-such-data"
+    proc = _bookrec(["up", "--source", str(missing)], tmp_path / "home")
+    assert proc.returncode == 1
+    assert f"--source {missing}: not a folder" in proc.stderr
+    assert not list((tmp_path / "home" / "run").glob("*.pid"))
+
+
+def test_down_with_nothing_running(tmp_path):
+    proc = _bookrec(["down"], tmp_path / "home")
+    assert proc.returncode == 0
+    assert "nothing was running" in proc.stdout
+
+
+@pytest.mark.parametrize("script", ["up.sh", "down.sh"])
+def test_scripts_are_valid_bash(script):
+    path = REPO / "scripts" / script
+    assert os.access(path, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0

@@ -1,0 +1,121 @@
+"""The gate's pure checks: thresholds on both sides of every limit."""
+
+from __future__ import annotations
+
+import pytest
+
+from bookrec import gate
+from bookrec.gate import Thresholds
+
+
+def _m(ndcg: float, coverage: float = 0.2, popular: float | None = 0.05) -> dict:
+    metrics: dict = {"ndcg@20": ndcg, "coverage@20": coverage}
+    if popular is not None:
+        metrics["baselines"] = {"most_popular": {"ndcg@20": popular}}
+    return metrics
+
+
+def _decision(candidate: dict, champion: dict | None, **overrides: object) -> gate.GateResult:
+    t = Thresholds.from_mapping(overrides)
+    return gate.decide(gate.check_metrics(candidate, champion, t))
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "decision"),
+    [
+        (0.1000, 0.1000, "promoted"),  # equal
+        (0.0991, 0.1000, "promoted"),  # -0.9 %: inside the 1 % allowance
+        (0.0990, 0.1000, "promoted"),  # exactly -1 %
+        (0.0989, 0.1000, "rejected"),  # -1.1 %
+        (0.0500, 0.1000, "rejected"),
+        (0.2000, 0.1000, "promoted"),
+    ],
+)
+def test_relative_drop_threshold(candidate: float, champion: float, decision: str) -> None:
+    result = _decision(_m(candidate), _m(champion))
+    assert result.decision == decision
+    if decision == "rejected":
+        assert "may not drop more than 1.00%" in result.reason
+
+
+def test_relative_drop_is_configurable() -> None:
+    assert _decision(_m(0.097), _m(0.1)).decision == "rejected"
+    assert _decision(_m(0.097), _m(0.1), max_relative_drop=0.05).decision == "promoted"
+
+
+def test_coverage_floor_both_sides() -> None:
+    assert _decision(_m(0.2, coverage=0.05), _m(0.1), coverage_floor=0.05).decision == "promoted"
+    result = _decision(_m(0.2, coverage=0.049), _m(0.1), coverage_floor=0.05)
+    assert result.decision == "rejected" and "coverage@20 0.0490, floor 0.0500" in result.reason
+
+
+def test_first_model_must_beat_most_popular() -> None:
+    assert _decision(_m(0.051, popular=0.05), None).decision == "promoted"
+    tie = _decision(_m(0.05, popular=0.05), None)
+    assert tie.decision == "rejected" and "first model" in tie.reason
+    assert _decision(_m(0.04, popular=0.05), None).decision == "rejected"
+    lift = _decision(_m(0.054, popular=0.05), None, min_lift_over_baseline=0.1)
+    assert lift.decision == "rejected" and "by 10%" in lift.reason
+    missing = _decision(_m(0.3, popular=None), None)
+    assert missing.decision == "rejected" and "no most_popular baseline" in missing.reason
+
+
+def test_baseline_spellings_and_row_lists() -> None:
+    rows = {"ndcg@20": 0.1, "coverage@20": 0.1,
+            "baselines": [{"model": "popular", "ndcg@20": 0.05}]}
+    assert _decision(rows, None).decision == "promoted"
+    assert gate.baseline_metrics({"baselines": {"most-popular": {"x": 1}}}, "most_popular") == {
+        "x": 1}
+
+
+def test_champion_without_the_metric_falls_back_to_the_baseline() -> None:
+    result = _decision(_m(0.1), {"coverage@20": 0.3})
+    assert result.decision == "promoted" and "champion has no ndcg@20" in result.reason
+
+
+@pytest.mark.parametrize("bad", [None, "0.3", float("nan"), float("inf"), True])
+def test_missing_or_non_numeric_candidate_metric_is_rejected(bad: object) -> None:
+    result = _decision({"ndcg@20": bad, "coverage@20": 0.2}, _m(0.1))
+    assert result.decision == "rejected" and "no numeric 'ndcg@20'" in result.reason
+
+
+def _smoke(**kw: object) -> dict:
+    report = {"ok": True, "queries": 12, "latency_ms": {"p99": 10.0}, "peak_rss_mb": 300.0,
+              "load_s": 0.5}
+    report.update(kw)
+    return report
+
+
+def test_smoke_budgets_both_sides() -> None:
+    t = Thresholds.from_mapping({"max_p99_ms": 10.0, "max_rss_mb": 300.0, "max_load_s": 0.5})
+    assert gate.decide(gate.check_smoke(_smoke(), t)).decision == "promoted"
+    slow = gate.decide(gate.check_smoke(_smoke(latency_ms={"p99": 10.1}), t))
+    assert slow.decision == "rejected" and "p99 10.1 ms, budget 10 ms" in slow.reason
+    fat = gate.decide(gate.check_smoke(_smoke(peak_rss_mb=301.0), t))
+    assert fat.decision == "rejected" and "peak RSS 301 MB" in fat.reason
+    late = gate.decide(gate.check_smoke(_smoke(load_s=0.6), t))
+    assert late.decision == "rejected" and "load 0.60 s" in late.reason
+    broken = gate.decide(gate.check_smoke({"ok": False, "error": "ArtifactError: x"}, t))
+    assert broken.decision == "rejected" and "smoke test failed: ArtifactError: x" in broken.reason
+
+
+def test_threshold_config_errors_name_the_key() -> None:
+    with pytest.raises(gate.GateConfigError, match="'max_drop' is unknown"):
+        Thresholds.from_mapping({"max_drop": 0.1})
+    with pytest.raises(gate.GateConfigError, match="'coverage_floor' must be a number"):
+        Thresholds.from_mapping({"coverage_floor": "high"})
+    with pytest.raises(gate.GateConfigError, match="'max_relative_drop' must be finite"):
+        Thresholds.from_mapping({"max_relative_drop": -1})
+    with pytest.raises(gate.GateConfigError, match="'metric' must be a non-empty string"):
+        Thresholds.from_mapping({"metric": 3})
+    assert Thresholds.from_mapping({"metric": "recall@20"}).metric == "recall@20"
+
+
+def test_comparison_rows_and_same_holdout() -> None:
+    rows = gate.comparison_rows(_m(0.11), _m(0.1))
+    ndcg = next(r for r in rows if r["metric"] == "ndcg@20")
+    assert ndcg == {"metric": "ndcg@20", "candidate": 0.11, "champion": 0.1, "change": "+10.00%"}
+    a = {"data_fingerprint": {"sha": "x"}, "params": {"seed": 1}}
+    assert gate.same_holdout(a, dict(a))
+    assert not gate.same_holdout(a, {"data_fingerprint": {"sha": "y"}, "params": {"seed": 1}})
+    assert not gate.same_holdout(a, {"data_fingerprint": {"sha": "x"}, "params": {"seed": 2}})

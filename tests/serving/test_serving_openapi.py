@@ -1,0 +1,62 @@
+"""Schemathesis with all its checks against /openapi.json of a running gunicorn."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+from serving_data import ADMIN_TOKEN
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_openapi_document_is_generated_from_the_routes(start_gunicorn, serving_settings):
+    server = start_gunicorn(serving_settings, workers=1)
+    spec = requests.get(f"{server.url}/openapi.json", timeout=5).json()
+    documented = {(path, method) for path, ops in spec["paths"].items() for method in ops}
+    assert ("/v1/users/{user_id}/ratings", "post") in documented
+    assert ("/admin/reload", "post") in documented
+    assert spec["paths"]["/admin/model"]["get"]["security"] == [{"bearerAuth": []}]
+    k = spec["paths"]["/v1/books/popular"]["get"]["parameters"][0]
+    assert (k["name"], k["schema"]["minimum"], k["schema"]["maximum"]) == ("k", 1, 100)
+
+
+def test_schemathesis_all_checks_pass(start_gunicorn, serving_settings, tmp_path):
+    server = start_gunicorn(serving_settings, workers=2)
+    env = dict(os.environ, SCHEMATHESIS_HOOKS="st_hooks", PYTHONPATH=str(HERE))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "--config-file",
+            str(HERE / "schemathesis.toml"),
+            "run",
+            f"{server.url}/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            "25",
+            "--seed",
+            "1",
+            "--header",
+            f"Authorization: Bearer {ADMIN_TOKEN}",
+            "--request-timeout",
+            "30",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    # Generated values can be huge: show every line of the report, cut short.
+    report = "\n".join(line[:300] for line in output.splitlines())
+    assert result.returncode == 0, report[-8000:]
+    assert "No issues found" in output or "passed" in output, output[-3000:]

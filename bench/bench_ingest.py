@@ -26,7 +26,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-FILES = {"books": "BX-Books.csv.gz", "ratings": "BX-Book-Ratings.csv.gz", "users": "BX-Users.csv.gz"}
+FILES = {
+    "books": "BX-Books.csv.gz",
+    "ratings": "BX-Book-Ratings.csv.gz",
+    "users": "BX-Users.csv.gz",
+}
 READ_OPTIONS = dict(sep=";", quotechar='"', escapechar="\\", doublequote=False, encoding="latin-1")
 
 
@@ -123,7 +127,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/book-crossing/original"))
     parser.add_argument(
-        "--database-url", default=os.environ.get(
+        "--database-url",
+        default=os.environ.get(
             "BOOKREC_BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
         ),
         help="maintenance database of the server to use; scratch databases are made there",
@@ -141,9 +146,19 @@ def main() -> None:
         url = _scratch_db(args.database_url)
         try:
             out = subprocess.run(
-                [sys.executable, __file__, "--child", path, str(args.data.resolve()), url,
-                 str(args.repeat)],
-                capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    path,
+                    str(args.data.resolve()),
+                    url,
+                    str(args.repeat),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=Path(__file__).resolve().parents[1],
             )
         except subprocess.CalledProcessError as exc:
             print(exc.stderr, file=sys.stderr)
@@ -151,8 +166,11 @@ def main() -> None:
         finally:
             _drop_db(args.database_url, url)
         results[path] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{path:8s} {results[path]['seconds']:7.1f} s  peak RSS "
-              f"{results[path]['peak_rss_mb']:7.0f} MB  rows {results[path]['rows']}", flush=True)
+        print(
+            f"{path:8s} {results[path]['seconds']:7.1f} s  peak RSS "
+            f"{results[path]['peak_rss_mb']:7.0f} MB  rows {results[path]['rows']}",
+            flush=True,
+        )
 
     print()
     print("| path | wall s | peak RSS MB | vs bookrec |")

@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine
 
 from bookrec import cleaning
 from bookrec import columns as C
-from bookrec.sources import HEADERS, KINDS, IngestFileError, SourceFile, fetch, locate, read_text
+from bookrec.sources import HEADERS, KINDS, IngestFileError, fetch, locate, read_text
 
 DIALECTS = {
     "original": {"delimiter": ";", "quotechar": '"', "escapechar": "\\", "doublequote": False},
@@ -148,9 +148,17 @@ def _parse_fast(text: str, layout: str, kind: str, name: str, width: int) -> Par
         options.pop("escapechar", None)
     try:
         frame = pd.read_csv(
-            io.StringIO(text), header=None, skiprows=1, names=names, dtype=object,
-            na_filter=False, keep_default_na=False, engine="c", skip_blank_lines=False,
-            on_bad_lines="error", **options,
+            io.StringIO(text),
+            header=None,
+            skiprows=1,
+            names=names,
+            dtype=object,
+            na_filter=False,
+            keep_default_na=False,
+            engine="c",
+            skip_blank_lines=False,
+            on_bad_lines="error",
+            **options,
         )
     except (pd.errors.ParserError, csv.Error, ValueError):
         return None
@@ -163,7 +171,8 @@ def _parse_fast(text: str, layout: str, kind: str, name: str, width: int) -> Par
             values = frame[col]
             extra_lines += np.fromiter(
                 (v.count("\n") if type(v) is str and "\n" in v else 0 for v in values.tolist()),
-                dtype=np.int64, count=len(values),
+                dtype=np.int64,
+                count=len(values),
             )
         if len(frame) + int(extra_lines.sum()) != _physical_lines(text) - 1:
             return None  # blank lines or something else pandas saw differently
@@ -241,16 +250,32 @@ def _parse_slow(text: str, layout: str, kind: str, name: str, width: int) -> Par
             ends.append(reader.line_num)
         previous = reader.line_num
     widths = np.fromiter(map(len, records), dtype=np.int64, count=len(records))
-    padded = [r + [None] * (width + 1 - len(r)) if len(r) <= width else r[: width + 1] for r in records]
+    padded = [
+        r + [None] * (width + 1 - len(r)) if len(r) <= width else r[: width + 1] for r in records
+    ]
     names = [f"f{i}" for i in range(width + 1)]
-    frame = pd.DataFrame(
-        {n: pd.Series(list(map(itemgetter(j), padded)), dtype=object) for j, n in enumerate(names)}
-    ) if padded else pd.DataFrame({n: pd.Series(dtype=object) for n in names})
+    frame = (
+        pd.DataFrame(
+            {
+                n: pd.Series(list(map(itemgetter(j), padded)), dtype=object)
+                for j, n in enumerate(names)
+            }
+        )
+        if padded
+        else pd.DataFrame({n: pd.Series(dtype=object) for n in names})
+    )
     # Remember true widths: a None in the extra column cannot tell 'width+1' from 'width+2'.
     frame["_width"] = widths
     parsed = _split_by_width(
-        kind, name, text, frame, np.asarray(starts, dtype=np.int64),
-        np.asarray(ends, dtype=np.int64), errors, width, layout,
+        kind,
+        name,
+        text,
+        frame,
+        np.asarray(starts, dtype=np.int64),
+        np.asarray(ends, dtype=np.int64),
+        errors,
+        width,
+        layout,
     )
     parsed._lines = lines
     return parsed
@@ -318,9 +343,12 @@ def _reject(df: pd.DataFrame, reasons: pd.Series) -> tuple[pd.DataFrame, np.ndar
 
 def _finish(kind, parsed, df, positions, reasons, merged) -> CleanFile:
     return CleanFile(
-        kind, parsed.name, parsed.rows_read,
+        kind,
+        parsed.name,
+        parsed.rows_read,
         df[TARGET_COLUMNS[kind]].reset_index(drop=True),
-        _quarantine_frame(parsed, positions, reasons), merged,
+        _quarantine_frame(parsed, positions, reasons),
+        merged,
     )
 
 
@@ -601,8 +629,14 @@ def load_spool(
                 "INSERT INTO ingest_runs (started_at, finished_at, source, layout, counts, duration_s) "
                 "VALUES (:s, :f, :src, :lay, CAST(:c AS jsonb), :d) RETURNING id"
             ),
-            {"s": started_at, "f": finished, "src": source, "lay": layout,
-             "c": json.dumps(files), "d": duration},
+            {
+                "s": started_at,
+                "f": finished,
+                "src": source,
+                "lay": layout,
+                "c": json.dumps(files),
+                "d": duration,
+            },
         ).scalar_one()
         cur.execute(
             "CREATE TEMP TABLE stage_quarantine (line_number int, raw text, reason text) ON COMMIT DROP"
@@ -619,8 +653,13 @@ def load_spool(
             )
     for counts in files.values():
         counts["unchanged"] = max(counts["unchanged"], 0)
-    return {"files": files, "duration_s": round(duration, 3), "run_id": run_id,
-            "source": source, "layout": layout}
+    return {
+        "files": files,
+        "duration_s": round(duration, 3),
+        "run_id": run_id,
+        "source": source,
+        "layout": layout,
+    }
 
 
 def public_report(report: dict) -> dict:
@@ -653,17 +692,20 @@ def report_markdown(report: dict) -> str:
 def report_table(report: dict) -> list[dict]:
     """One row per file, for a Prefect table artifact."""
     return [
-        {"file": kind, **{k: v for k, v in counts.items() if k != "reasons"},
-         "reasons": ", ".join(f"{r}={n}" for r, n in counts["reasons"].items())}
+        {
+            "file": kind,
+            **{k: v for k, v in counts.items() if k != "reasons"},
+            "reasons": ", ".join(f"{r}={n}" for r, n in counts["reasons"].items()),
+        }
         for kind, counts in report["files"].items()
     ]
 
 
-def run_ingest(engine: Engine, settings, source: str, layout: str = "auto",
-               spool_dir: Path | None = None) -> dict:
+def run_ingest(
+    engine: Engine, settings, source: str, layout: str = "auto", spool_dir: Path | None = None
+) -> dict:
     """The whole ingest without Prefect (benchmarks and scripts): locate, clean, load."""
     import tempfile
-
     from concurrent.futures import ThreadPoolExecutor
 
     started = datetime.now(UTC)
@@ -673,8 +715,14 @@ def run_ingest(engine: Engine, settings, source: str, layout: str = "auto",
         paths = {kind: fetch(files[kind], Path(tmp) / "raw", settings) for kind in KINDS}
         with ThreadPoolExecutor(max_workers=len(KINDS)) as threads:
             futures = [
-                threads.submit(clean_to_spool_in_subprocess, paths[kind], kind, resolved,
-                               files[kind].uri, Path(tmp))
+                threads.submit(
+                    clean_to_spool_in_subprocess,
+                    paths[kind],
+                    kind,
+                    resolved,
+                    files[kind].uri,
+                    Path(tmp),
+                )
                 for kind in KINDS
             ]
             spools = [f.result() for f in futures]

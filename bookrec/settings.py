@@ -79,9 +79,11 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secrets(self) -> Settings:
         """Outside local use a placeholder admin token is a misconfiguration, not a secret."""
         token = self.admin_token.get_secret_value() if self.admin_token else None
-        if token is not None and self.environment == "production":
-            if token.lower() in _PLACEHOLDER_SECRETS or len(token) < 16:
-                raise ValueError("BOOKREC_ADMIN_TOKEN is a placeholder or shorter than 16 characters")
+        weak = token is not None and (token.lower() in _PLACEHOLDER_SECRETS or len(token) < 16)
+        if weak and self.environment == "production":
+            raise ValueError(
+                    "BOOKREC_ADMIN_TOKEN is a placeholder or shorter than 16 characters"
+                )
         return self
 
     @property

@@ -19,14 +19,24 @@ KINDS = ("books", "ratings", "users")
 LAYOUTS = ("original", "kaggle")
 
 FILE_NAMES = {
-    "original": {"books": "bx-books.csv", "ratings": "bx-book-ratings.csv", "users": "bx-users.csv"},
+    "original": {
+        "books": "bx-books.csv",
+        "ratings": "bx-book-ratings.csv",
+        "users": "bx-users.csv",
+    },
     "kaggle": {"books": "books.csv", "ratings": "ratings.csv", "users": "users.csv"},
 }
 
 HEADERS = {
     "books": [
-        "ISBN", "Book-Title", "Book-Author", "Year-Of-Publication", "Publisher",
-        "Image-URL-S", "Image-URL-M", "Image-URL-L",
+        "ISBN",
+        "Book-Title",
+        "Book-Author",
+        "Year-Of-Publication",
+        "Publisher",
+        "Image-URL-S",
+        "Image-URL-M",
+        "Image-URL-L",
     ],
     "ratings": ["User-ID", "ISBN", "Book-Rating"],
     "users": ["User-ID", "Location", "Age"],
@@ -86,7 +96,7 @@ def _list_names(source: str, settings: Settings) -> dict[str, str]:
             paginator = client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=parsed.netloc, Prefix=prefix, Delimiter="/"):
                 for obj in page.get("Contents", []):
-                    base = obj["Key"][len(prefix):]
+                    base = obj["Key"][len(prefix) :]
                     names[base.lower()] = f"s3://{parsed.netloc}/{obj['Key']}"
         except Exception as exc:  # botocore raises many types; all mean "cannot list"
             raise IngestFileError(source, f"cannot list the S3 prefix ({exc})") from exc

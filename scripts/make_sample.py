@@ -18,15 +18,64 @@ from bookrec.ingest import parse_file
 from bookrec.sources import FILE_NAMES, read_text
 
 DIRTY_USERS = {
-    11676, 276929, 5091, 276959, 276762, 187517, 85250, 4377, 277928, 276745, 276856, 277074,
-    275081, 67531, 8196, 10662, 159653, 2210, 43, 19, 134377, 436, 562, 220, 1579, 1, 2,
+    11676,
+    276929,
+    5091,
+    276959,
+    276762,
+    187517,
+    85250,
+    4377,
+    277928,
+    276745,
+    276856,
+    277074,
+    275081,
+    67531,
+    8196,
+    10662,
+    159653,
+    2210,
+    43,
+    19,
+    134377,
+    436,
+    562,
+    220,
+    1579,
+    1,
+    2,
 }
 DIRTY_BOOKS = {
-    "0735201994", "0330482750", "0807735132", "078946697X", "0789466953", "2070426769",
-    "0140292918", "0449003787", "0446310786", "0393045218", "0785268030", "0156528207",
-    "3462021095", "8472224260", "3404921038", "3257207522", "3518365479", "3150000335",
-    "0671746103", "0140301690", "964442011X", "042511774X", "096788330X", "0486404242",
-    "3442248027", "193169656X", "1931696993", "9627982032", "0751352497",
+    "0735201994",
+    "0330482750",
+    "0807735132",
+    "078946697X",
+    "0789466953",
+    "2070426769",
+    "0140292918",
+    "0449003787",
+    "0446310786",
+    "0393045218",
+    "0785268030",
+    "0156528207",
+    "3462021095",
+    "8472224260",
+    "3404921038",
+    "3257207522",
+    "3518365479",
+    "3150000335",
+    "0671746103",
+    "0140301690",
+    "964442011X",
+    "042511774X",
+    "096788330X",
+    "0486404242",
+    "3442248027",
+    "193169656X",
+    "1931696993",
+    "9627982032",
+    "0751352497",
 }
 DIRTY_RAW_BOOKS = {"B00009ANY9", "B0000A2U93"}
 
@@ -57,8 +106,10 @@ def cut(full: Path, out: Path, modulus: int) -> None:
     for layout in ("original", "kaggle"):
         names = FILE_NAMES[layout]
         folder = full / layout
-        src = {k: folder / [p.name for p in folder.iterdir() if p.name.lower() == n + ".gz"][0]
-               for k, n in names.items()}
+        src = {
+            k: folder / [p.name for p in folder.iterdir() if p.name.lower() == n + ".gz"][0]
+            for k, n in names.items()
+        }
         r_header, ratings, r_bad, r_parsed = _records(src["ratings"], layout, "ratings")
         keep_users = set(DIRTY_USERS)
         kept_ratings, isbns = [], set()
@@ -71,13 +122,16 @@ def cut(full: Path, out: Path, modulus: int) -> None:
         isbns |= DIRTY_BOOKS
         b_header, books, b_bad, b_parsed = _records(src["books"], layout, "books")
         kept_books = [
-            raw for fields, raw in books
+            raw
+            for fields, raw in books
             if (cleaning.normalize_isbn(fields[0]) or fields[0]) in isbns
-            or fields[0].strip().upper()[:10] in DIRTY_BOOKS or fields[0] in DIRTY_RAW_BOOKS
+            or fields[0].strip().upper()[:10] in DIRTY_BOOKS
+            or fields[0] in DIRTY_RAW_BOOKS
         ] + [raw for _, raw in b_bad]
         u_header, users, u_bad, u_parsed = _records(src["users"], layout, "users")
         kept_users = [
-            raw for fields, raw in users
+            raw
+            for fields, raw in users
             if (uid := cleaning.parse_user_id(fields[0])) is not None
             and (uid % modulus == 0 or uid in keep_users)
         ] + [raw for _, raw in u_bad]
@@ -85,7 +139,9 @@ def cut(full: Path, out: Path, modulus: int) -> None:
         _write(target / src["books"].name, b_header, kept_books, b_parsed, layout)
         _write(target / src["ratings"].name, r_header, kept_ratings, r_parsed, layout)
         _write(target / src["users"].name, u_header, kept_users, u_parsed, layout)
-        print(f"{layout}: books {len(kept_books)}, ratings {len(kept_ratings)}, users {len(kept_users)}")
+        print(
+            f"{layout}: books {len(kept_books)}, ratings {len(kept_ratings)}, users {len(kept_users)}"
+        )
 
 
 def main() -> None:

@@ -18,8 +18,11 @@ from prefect.tasks import exponential_backoff
 from bookrec import db, ingest, sources
 from bookrec.settings import get_settings
 
-_IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-               "retry_jitter_factor": 0.5}
+_IO_RETRIES = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_jitter_factor": 0.5,
+}
 
 
 def _not_a_bad_file(task, task_run, state) -> bool:
@@ -76,11 +79,13 @@ def load_into_postgres(spools: list[dict], source: str, layout: str, started_at:
 def publish_ingest_report(report: dict) -> None:
     """The report as a table and a markdown artifact in the Prefect UI."""
     create_table_artifact(
-        key="ingest-report", table=ingest.report_table(report),
+        key="ingest-report",
+        table=ingest.report_table(report),
         description=f"Ingest of {report.get('source')}: rows per outcome and file",
     )
     create_markdown_artifact(
-        key="ingest-summary", markdown=ingest.report_markdown(report),
+        key="ingest-summary",
+        markdown=ingest.report_markdown(report),
         description="Ingest summary",
     )
 

@@ -12,8 +12,11 @@ import sqlalchemy as sa
 from tests.conftest import SAMPLE_DIR
 
 TABLE_ORDER = {
-    "books": "isbn", "users": "user_id", "ratings": "user_id, isbn",
-    "quarantine": "id", "ingest_runs": "id",
+    "books": "isbn",
+    "users": "user_id",
+    "ratings": "user_id, isbn",
+    "quarantine": "id",
+    "ingest_runs": "id",
 }
 
 
@@ -22,10 +25,14 @@ def db_fingerprint(engine: sa.engine.Engine) -> dict[str, tuple[int, str]]:
     out = {}
     with engine.connect() as conn:
         for table, order in TABLE_ORDER.items():
-            out[table] = tuple(conn.execute(sa.text(
-                f"SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY {order})), '') "
-                f"FROM {table} t"
-            )).one())
+            out[table] = tuple(
+                conn.execute(
+                    sa.text(
+                        f"SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY {order})), '') "
+                        f"FROM {table} t"
+                    )
+                ).one()
+            )
     return out
 
 

@@ -51,8 +51,17 @@ def test_normalize_isbn_refuses_with_reason(raw, reason):
 
 
 def test_bulk_isbn_normaliser_matches_the_scalar_one():
-    values = ["0446310786", "042511774x", "0446310787", "B00009ANY9", "3442248027  3", None,
-              "9780446310789", "12345678X9", "123456789X"]
+    values = [
+        "0446310786",
+        "042511774x",
+        "0446310787",
+        "B00009ANY9",
+        "3442248027  3",
+        None,
+        "9780446310789",
+        "12345678X9",
+        "123456789X",
+    ]
     assert cleaning.normalize_isbns(values) == [cleaning.normalize_isbn(v) for v in values]
 
 
@@ -66,10 +75,16 @@ def test_isbn_checksums():
 
 def test_html_entities_and_markup_are_decoded():
     assert cleaning.decode_html_entities("Little Brown &amp; Company") == "Little Brown & Company"
-    assert cleaning.decode_html_entities(
-        "Starting Your Marriage Right &lt;i>what You Need To Know&lt;/i>"
-    ) == "Starting Your Marriage Right what You Need To Know"
-    assert cleaning.decode_html_entities("nanchong, &#22235;&#24029;, china") == "nanchong, 四川, china"
+    assert (
+        cleaning.decode_html_entities(
+            "Starting Your Marriage Right &lt;i>what You Need To Know&lt;/i>"
+        )
+        == "Starting Your Marriage Right what You Need To Know"
+    )
+    assert (
+        cleaning.decode_html_entities("nanchong, &#22235;&#24029;, china")
+        == "nanchong, 四川, china"
+    )
 
 
 @pytest.mark.parametrize(
@@ -121,20 +136,37 @@ def test_shifted_kaggle_rows_are_put_back():
     ]
     fixed = cleaning.unshift_kaggle_book(row)
     assert fixed is not None
-    assert fixed[1] == "DK Readers: Creating the X-Men, How It All Began (Level 4: Proficient Readers)"
+    assert (
+        fixed[1] == "DK Readers: Creating the X-Men, How It All Began (Level 4: Proficient Readers)"
+    )
     assert fixed[2] == "Michael Teitelbaum"
     assert fixed[3] == "2000"
     assert fixed[4] == "DK Publishing Inc"
     assert fixed[7].endswith("LZZZZZZZ.jpg")
-    normal = ["0446310786", "To Kill a Mockingbird", "Harper Lee", "1988", "Little Brown",
-              "http://s", "http://m", "http://l"]
+    normal = [
+        "0446310786",
+        "To Kill a Mockingbird",
+        "Harper Lee",
+        "1988",
+        "Little Brown",
+        "http://s",
+        "http://m",
+        "http://l",
+    ]
     assert cleaning.unshift_kaggle_book(normal) is None
 
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("1988", 1988), ("0", None), ("2050", None), ("1376", None), ("DK Publishing Inc", None),
-     ("1806", 1806), ("", None)],
+    [
+        ("1988", 1988),
+        ("0", None),
+        ("2050", None),
+        ("1376", None),
+        ("DK Publishing Inc", None),
+        ("1806", 1806),
+        ("", None),
+    ],
 )
 def test_implausible_years_become_null(raw, expected):
     assert cleaning.plausible_year(raw, max_year=2026) == expected
@@ -154,7 +186,10 @@ def test_implausible_ages_become_null(raw, expected):
         ("nyc, new york, usa", ("nyc", "new york", "usa")),
         ("weston, ,", ("weston", None, None)),
         ("lawrenceville", ("lawrenceville", None, None)),
-        ("ivanhoe, melbourne, victoria, australia", ("ivanhoe", "melbourne, victoria", "australia")),
+        (
+            "ivanhoe, melbourne, victoria, australia",
+            ("ivanhoe", "melbourne, victoria", "australia"),
+        ),
         ("n/a, n/a, n/a", (None, None, None)),
         ("nanchong, &#22235;&#24029;, china", ("nanchong", "四川", "china")),
         ("stockton, usa", ("stockton", None, "usa")),

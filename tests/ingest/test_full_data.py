@@ -27,8 +27,9 @@ def test_full_data_every_row_accounted(clean_db, settings, layout):
     # only ASINs and junk keys are refused among the books
     assert files["books"]["quarantined"] < 200
     with clean_db.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM ratings")).scalar_one() == (
-            files["ratings"]["inserted"]
+        assert (
+            conn.execute(sa.text("SELECT count(*) FROM ratings")).scalar_one()
+            == (files["ratings"]["inserted"])
         )
     second = run_ingest(clean_db, settings, str(folder))
     for kind, counts in second["files"].items():

@@ -38,10 +38,12 @@ def test_sample_is_fully_accounted_and_loaded(clean_db, settings, layout):
         quarantined = conn.execute(sa.text("SELECT count(*) FROM quarantine")).scalar_one()
         assert quarantined == sum(c["quarantined"] for c in files.values())
         # Every quarantined row keeps its file, line, raw text and reason.
-        row = conn.execute(sa.text(
-            "SELECT source_file, line_number, raw, reason FROM quarantine "
-            "WHERE reason = 'isbn_is_asin' AND kind = 'books' ORDER BY line_number LIMIT 1"
-        )).one()
+        row = conn.execute(
+            sa.text(
+                "SELECT source_file, line_number, raw, reason FROM quarantine "
+                "WHERE reason = 'isbn_is_asin' AND kind = 'books' ORDER BY line_number LIMIT 1"
+            )
+        ).one()
         assert row.source_file.lower().endswith("books.csv.gz")
         assert row.line_number > 1 and "B0" in row.raw
     # the ASIN rows of the sample are quarantined, never loaded as books
@@ -51,6 +53,7 @@ def test_sample_is_fully_accounted_and_loaded(clean_db, settings, layout):
 def test_dirty_rows_land_cleaned(clean_db, settings):
     run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"))
     with clean_db.connect() as conn:
+
         def book(isbn):
             return conn.execute(sa.text("SELECT * FROM books WHERE isbn = :i"), {"i": isbn}).one()
 
@@ -59,20 +62,31 @@ def test_dirty_rows_land_cleaned(clean_db, settings):
         assert book("3404921038").publisher == "Lübbe"
         assert book("3150000335").year is None  # year 0
         assert book("0140301690").year is None  # year 2050
-        assert book("0735201994").title.startswith('Peterman Rides Again: Adventures Continue with the Real "J. Peterman"')
+        assert book("0735201994").title.startswith(
+            'Peterman Rides Again: Adventures Continue with the Real "J. Peterman"'
+        )
         # lowercase-x duplicate merged into one row
-        assert conn.execute(sa.text("SELECT count(*) FROM books WHERE upper(isbn) = '042511774X'")).scalar_one() == 1
+        assert (
+            conn.execute(
+                sa.text("SELECT count(*) FROM books WHERE upper(isbn) = '042511774X'")
+            ).scalar_one()
+            == 1
+        )
         user = conn.execute(sa.text("SELECT * FROM users WHERE user_id = 275081")).one()
         assert user.country == "italy" and user.city.startswith("cernusco")
-        assert conn.execute(sa.text("SELECT age FROM users WHERE user_id = 1579")).scalar_one() is None
+        assert (
+            conn.execute(sa.text("SELECT age FROM users WHERE user_id = 1579")).scalar_one() is None
+        )
         # ratings: ISBNs without a book row are kept; duplicate pairs resolved by the rule
-        orphan = conn.execute(sa.text(
-            "SELECT count(*) FROM ratings r WHERE NOT EXISTS (SELECT 1 FROM books b WHERE b.isbn = r.isbn)"
-        )).scalar_one()
+        orphan = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM ratings r WHERE NOT EXISTS (SELECT 1 FROM books b WHERE b.isbn = r.isbn)"
+            )
+        ).scalar_one()
         assert orphan > 0
-        rating = conn.execute(sa.text(
-            "SELECT rating FROM ratings WHERE user_id = 11676 AND isbn = '0142001740'"
-        )).scalar_one()
+        rating = conn.execute(
+            sa.text("SELECT rating FROM ratings WHERE user_id = 11676 AND isbn = '0142001740'")
+        ).scalar_one()
         assert rating == 7  # explicit 7 ('01420.01740') beats implicit 0 ('0142001740')
 
 
@@ -96,8 +110,10 @@ def test_updated_file_upserts_only_what_changed(clean_db, settings, sample_copy)
     lines = read_gz_text(path, "latin-1").split("\r\n")
     # change one existing rating and add one new rating
     target = next(
-        i for i, line in enumerate(lines[1:], 1)
-        if line.count(";") == 2 and normalize_isbn(line.split(";")[1].strip('"')) == line.split(";")[1].strip('"')
+        i
+        for i, line in enumerate(lines[1:], 1)
+        if line.count(";") == 2
+        and normalize_isbn(line.split(";")[1].strip('"')) == line.split(";")[1].strip('"')
     )
     user, isbn, old = (f.strip('"') for f in lines[target].split(";"))
     new_rating = (int(old) + 1) % 11
@@ -110,8 +126,9 @@ def test_updated_file_upserts_only_what_changed(clean_db, settings, sample_copy)
     assert (ratings["inserted"], ratings["updated"]) == (1, 1)
     assert report["files"]["books"]["inserted"] == report["files"]["books"]["updated"] == 0
     with clean_db.connect() as conn:
-        stored = conn.execute(sa.text(
-            "SELECT rating FROM ratings WHERE user_id = :u AND isbn = :i"), {"u": int(user), "i": isbn}
+        stored = conn.execute(
+            sa.text("SELECT rating FROM ratings WHERE user_id = :u AND isbn = :i"),
+            {"u": int(user), "i": isbn},
         ).scalar_one()
     assert stored == new_rating
 
@@ -187,9 +204,11 @@ def test_malformed_rows_are_quarantined_with_line_numbers(clean_db, settings, sa
     users = report["files"]["users"]
     assert users["reasons"] == {"invalid_user_id": 1, "wrong_field_count": 1}
     with clean_db.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT line_number, raw, reason FROM quarantine WHERE kind = 'users' ORDER BY line_number"
-        )).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT line_number, raw, reason FROM quarantine WHERE kind = 'users' ORDER BY line_number"
+            )
+        ).all()
     physical_lines = text.count("\n")
     assert [r.line_number for r in rows] == [physical_lines - 1, physical_lines]
     assert rows[0].raw == '"999999";"too, many";"fields";"here"'

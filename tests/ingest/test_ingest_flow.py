@@ -47,7 +47,9 @@ def test_flow_loads_sample_and_publishes_report(prefect_harness, clean_db, flow_
 
         async with get_client() as client:
             return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ingest-report", "ingest-summary"]))
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["ingest-report", "ingest-summary"])
+                )
             )
 
     import asyncio
@@ -61,8 +63,8 @@ def test_flow_loads_sample_and_publishes_report(prefect_harness, clean_db, flow_
 
 
 def test_flow_fails_on_bad_file_without_retrying_it(prefect_harness, clean_db, flow_env, tmp_path):
-    from flows.ingest import ingest_flow
     from bookrec.sources import IngestFileError
+    from flows.ingest import ingest_flow
 
     before = db_fingerprint(clean_db)
     state = ingest_flow(source=str(tmp_path), return_state=True)
@@ -84,8 +86,12 @@ def _bookrec(args, settings, tmp_path):
     }
     env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env,
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

@@ -19,8 +19,9 @@ def upgrade() -> None:
     op.create_table(
         "promotions",
         sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-        sa.Column("decided_at", sa.DateTime(timezone=True), server_default=sa.func.now(),
-                  nullable=False),
+        sa.Column(
+            "decided_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
         sa.Column("candidate", sa.Text, nullable=False),
         sa.Column("champion_before", sa.Text),
         sa.Column("champion_after", sa.Text),

@@ -42,6 +42,7 @@ DIALECTS = {
 TARGET_COLUMNS = {"books": C.BOOK_COLUMNS, "ratings": C.RATING_COLUMNS, "users": C.USER_COLUMNS}
 KEYS = {"books": [C.ISBN], "ratings": [C.USER_ID, C.ISBN], "users": [C.USER_ID]}
 _MAX_FIELD = 1 << 20
+_LONE_CR = re.compile(r"\r(?!\n)")
 
 
 @dataclass
@@ -162,7 +163,7 @@ def _parse_fast(text: str, layout: str, kind: str, name: str, width: int) -> Par
         )
     except (pd.errors.ParserError, csv.Error, ValueError):
         return None
-    if "\r" in text.replace("\r\n", ""):
+    if _LONE_CR.search(text):  # a bare CR is a line break to pandas but not to us
         return None
     extra_lines = np.zeros(len(frame), dtype=np.int64)
     if len(frame) != _physical_lines(text) - 1:

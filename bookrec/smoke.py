@@ -33,6 +33,10 @@ DEFAULT_GOLDEN: dict[str, Any] = {
 }
 
 
+# Timed passes over the golden set after the first (cold) one.
+WARM_PASSES = 3
+
+
 class SmokeError(RuntimeError):
     """A golden query was answered wrongly (empty, malformed, or the wrong fallback)."""
 
@@ -126,6 +130,36 @@ def run_golden(model: Any, golden: dict[str, Any]) -> tuple[dict[str, Any], list
     return answers, latencies, known
 
 
+def answer_and_time(model: Any, golden: dict[str, Any]) -> dict[str, Any]:
+    """Answer ``golden`` once cold, then ``WARM_PASSES`` times timed; the report's fields.
+
+    The first pass answers cold (page faults on the memory maps, lazy imports): it is what
+    the gate checks for correctness, and its slowest query is reported as ``cold_max``. The
+    latency budget applies to the warm passes after it, which must give the very same
+    answers (a model that answers the same question differently twice is rejected).
+    """
+    answers, cold, known = run_golden(model, golden)
+    latencies: list[float] = []
+    for _ in range(WARM_PASSES):
+        again, warm, _ = run_golden(model, golden)
+        if answers_sha256(again) != answers_sha256(answers):
+            raise SmokeError("the same golden queries gave different answers on a second pass")
+        latencies.extend(warm)
+    latencies.sort()
+    return {
+        "answers": answers,
+        "answers_sha256": answers_sha256(answers),
+        "known": known,
+        "queries": len(cold),
+        "latency_ms": {
+            "p50": round(latencies[len(latencies) // 2], 3),
+            "p99": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 3),
+            "max": round(latencies[-1], 3),
+            "cold_max": round(max(cold), 3),
+        },
+    }
+
+
 def smoke(folder: Path, golden: dict[str, Any]) -> dict[str, Any]:
     """Load ``folder`` with the serving loader and answer ``golden``; never raises."""
     report: dict[str, Any] = {"folder": str(folder), "ok": False, "error": None}
@@ -136,20 +170,7 @@ def smoke(folder: Path, golden: dict[str, Any]) -> dict[str, Any]:
         model = load_model(Path(folder))
         report["version"] = getattr(model, "version", "") or ""
         report["load_s"] = round(time.perf_counter() - started, 4)
-        answers, latencies, known = run_golden(model, golden)
-        latencies.sort()
-        report.update(
-            ok=True,
-            answers=answers,
-            answers_sha256=answers_sha256(answers),
-            known=known,
-            queries=len(latencies),
-            latency_ms={
-                "p50": round(latencies[len(latencies) // 2], 3),
-                "p99": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 3),
-                "max": round(latencies[-1], 3),
-            },
-        )
+        report.update(ok=True, **answer_and_time(model, golden))
     except Exception as exc:  # the report is the product: every failure becomes its reason
         report["error"] = f"{type(exc).__name__}: {exc}"
         report["traceback"] = traceback.format_exc(limit=5)

@@ -89,7 +89,14 @@ class Catalog:
                     return None
             with self.engine().connect() as conn:
                 return conn.execute(statement, params).mappings().all()
-        except (sa.exc.OperationalError, sa.exc.InterfaceError, db.DatabaseError) as exc:
+        except sa.exc.ProgrammingError as exc:
+            # e.g. a database that answers but was never migrated: degrade, and say how to fix
+            self.breaker.trip()
+            first = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+            raise CatalogUnavailable(
+                f"{first} (is the schema applied? `bookrec db upgrade`)"
+            ) from exc
+        except (sa.exc.DBAPIError, db.DatabaseError) as exc:
             self.breaker.trip()
             raise CatalogUnavailable(str(exc).splitlines()[0]) from exc
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bookrec import smoke
 from tests.registry.conftest import GOLDEN_ISBNS, GOLDEN_USERS, make_version_folder, model_metrics
 
@@ -21,7 +23,10 @@ def test_smoke_answers_the_golden_queries(save_hybrid) -> None:
     assert set(answers["recommend"]) == {str(u) for u in GOLDEN_USERS}
     assert all(len(rows) == 10 for rows in answers["recommend"].values())
     assert {r["source"] for rows in answers["recommend"].values() for r in rows} <= {
-        "cf", "content", "popular"}
+        "cf",
+        "content",
+        "popular",
+    }
     assert any(r["source"] == "cf" for rows in answers["recommend"].values() for r in rows)
     (unknown,) = answers["unknown_users"].values()
     assert {r["source"] for r in unknown} == {"popular"}
@@ -68,11 +73,39 @@ def test_golden_file_is_validated_and_used(save_hybrid, tmp_path: Path) -> None:
     assert report["ok"] and list(report["answers"]["recommend"]) == [str(GOLDEN_USERS[0])]
     assert len(report["answers"]["recommend"][str(GOLDEN_USERS[0])]) == 3
     golden.write_text(json.dumps({"users": ["abc"]}))
-    proc = subprocess.run([sys.executable, "-m", "bookrec.smoke", str(folder), "--golden",
-                           str(golden)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bookrec.smoke", str(folder), "--golden", str(golden)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 1
     error = json.loads(proc.stdout)["error"]
     assert f"{golden}: 'users' must be a list of integer user ids" in error
     golden.write_text(json.dumps({"unknown_users": [GOLDEN_USERS[0]]}))
     report = smoke.run_smoke(folder, golden_file=golden)
     assert not report["ok"] and "golden set as unknown" in report["error"]
+
+
+def test_answers_that_change_between_passes_are_refused(save_hybrid) -> None:
+    from bookrec.models.persist import load_model
+
+    model = load_model(save_hybrid("v1", model_metrics(0.1)))
+    fields = smoke.answer_and_time(
+        model, smoke.DEFAULT_GOLDEN | {"users": GOLDEN_USERS, "isbns": GOLDEN_ISBNS}
+    )
+    assert fields["latency_ms"]["cold_max"] > 0
+    assert fields["latency_ms"]["p50"] <= fields["latency_ms"]["p99"] <= fields["latency_ms"]["max"]
+
+    calls = {"n": 0}
+    recommend = model.recommend
+
+    def drifting(user_id, k=10):  # the second pass gets a shorter list
+        calls["n"] += 1
+        return recommend(user_id, k if calls["n"] <= len(GOLDEN_USERS) + 1 else k - 1)
+
+    model.recommend = drifting
+    with pytest.raises(smoke.SmokeError, match="different answers on a second pass"):
+        smoke.answer_and_time(
+            model, smoke.DEFAULT_GOLDEN | {"users": GOLDEN_USERS, "isbns": GOLDEN_ISBNS}
+        )

@@ -283,3 +283,38 @@ def test_page_and_docs_render(client):
     assert spec["openapi"].startswith("3.")
     params = spec["paths"]["/v1/users/{user_id}/recommendations"]["get"]["parameters"]
     assert {p["name"] for p in params} == {"user_id", "k"}
+
+
+def test_a_database_without_the_schema_degrades_like_a_down_one(
+    make_app, serving_settings, pg_admin_url, model_set
+):
+    """A reachable PostgreSQL that was never migrated: answers from the model, no 500."""
+    import uuid
+
+    name = f"bookrec_empty_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = sa.engine.make_url(pg_admin_url).set(database=name)
+        settings = serving_settings.model_copy(
+            update={"database_url": url.render_as_string(hide_password=False)}
+        )
+        client = make_app(settings).test_client()
+        user = int(rating_frame(seed=0)["user_id"].iloc[0])
+        response = client.get(f"/v1/users/{user}/recommendations?k=5")
+        assert response.status_code == 200, response.data[:300]
+        assert len(response.get_json()["items"]) == 5
+        response = client.post(
+            f"/v1/users/{user}/ratings", json={"isbn": model_set.books["isbn"].iloc[0], "rating": 7}
+        )
+        assert response.status_code == 503
+        assert error_of(response)["code"] == "ratings_unavailable"
+        assert client.get("/readyz").status_code == 200
+    finally:
+        from bookrec import db
+
+        db.dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -1,17 +1,22 @@
 """API request logs: one JSON line per request, and batched inserts into ``api_logs``.
 
-The request thread only formats a line and appends to a bounded queue; a background
-thread inserts the records in batches. When PostgreSQL is down the batch is dropped and
-counted (``bookrec_api_log_records_dropped_total``), and requests are not slowed down.
+The request thread only appends its record to a bounded queue; a background thread
+writes the JSON lines (one per request, in one write per batch) and loads the records
+into PostgreSQL with ``COPY`` in batches. Without the background thread (the Flask test
+client, ``flask run``) each line is written at once. When PostgreSQL is down the batch is
+dropped and counted (``bookrec_api_log_records_dropped_total``), and requests are not
+slowed down.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +45,8 @@ API_LOGS = sa.table(
     sa.column("client", sa.Text),
 )
 _MAX_QUEUE = 50_000
+_FIELDS = [c.name for c in API_LOGS.columns]
+_COPY = f"COPY api_logs ({', '.join(_FIELDS)}) FROM STDIN WITH (FORMAT csv)"
 
 
 class ApiLogWriter:
@@ -51,27 +58,37 @@ class ApiLogWriter:
         self.batch_size = max(1, settings.api_log_batch_size)
         self.interval_s = settings.api_log_flush_interval_s
         self._engine = engine
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=_MAX_QUEUE)
+        self._queue: deque[dict[str, Any]] = deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def record(self, rec: dict[str, Any]) -> None:
-        """Log one request as a JSON line and queue it for the database (never blocks)."""
-        rec.setdefault("logged_at", datetime.now(UTC))
-        if request_log.isEnabledFor(logging.INFO):
-            line = {k: v for k, v in rec.items() if k != "logged_at"}
-            line["ts"] = rec["logged_at"].isoformat()
-            request_log.info(json.dumps(line, separators=(",", ":")))
-        if self._engine is None:
-            return
-        try:
-            self._queue.put_nowait(rec)
-        except queue.Full:
+        """Queue one request's record (never blocks); written by the background thread."""
+        rec["logged_at"] = time.time()
+        if self._thread is None:  # no writer thread: the line now, the row on flush()
+            self._write_lines([rec])
+            if self._engine is None:
+                return
+            rec["_line_written"] = True
+        if len(self._queue) >= _MAX_QUEUE:
             self.metrics.api_log_dropped.inc()
+            return
+        self._queue.append(rec)
+
+    @staticmethod
+    def _write_lines(batch: list[dict[str, Any]]) -> None:
+        if not batch or not request_log.isEnabledFor(logging.INFO):
+            return
+        lines = []
+        for rec in batch:
+            line = {k: v for k, v in rec.items() if k not in ("logged_at", "_line_written")}
+            line["ts"] = datetime.fromtimestamp(rec["logged_at"], UTC).isoformat()
+            lines.append(json.dumps(line, separators=(",", ":")))
+        request_log.info("\n".join(lines))
 
     def start(self) -> None:
         """Start the background writer (once, in the serving process)."""
-        if self._engine is None or self._thread is not None:
+        if self._thread is not None:
             return
         self._thread = threading.Thread(target=self._run, name="api-log-writer", daemon=True)
         self._thread.start()
@@ -93,27 +110,55 @@ class ApiLogWriter:
         batch: list[dict[str, Any]] = []
         while len(batch) < self.batch_size:
             try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
+                batch.append(self._queue.popleft())
+            except IndexError:
                 break
         return batch
 
     def flush(self) -> int:
-        """Insert every queued record now, in batches; returns how many were written."""
-        if self._engine is None:
-            return 0
+        """Write and load every queued record now, in batches; returns how many rows loaded."""
         written = 0
+        database_ok = self._engine is not None
         while batch := self._drain():
+            self._write_lines([rec for rec in batch if "_line_written" not in rec])
+            if self._engine is None:
+                continue
+            if not database_ok:  # it failed on an earlier batch: do not wait on it again
+                self.metrics.api_log_dropped.inc(len(batch))
+                continue
             try:
-                with self._engine().begin() as conn:
-                    conn.execute(sa.insert(API_LOGS), batch)
+                self._copy(batch)
             except Exception as exc:  # noqa: BLE001 - any database failure drops the batch
+                database_ok = False
                 self.metrics.api_log_dropped.inc(len(batch))
                 log.warning("api_logs: dropped %d records (%s)", len(batch), exc.__class__.__name__)
-                return written
+                continue
             written += len(batch)
             self.metrics.api_log_written.inc(len(batch))
         return written
+
+    def _copy(self, batch: list[dict[str, Any]]) -> None:
+        """One ``COPY`` of the batch (a tenth of the CPU of an executemany INSERT)."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        for rec in batch:
+            row = [rec.get(name) for name in _FIELDS]
+            for i, value in enumerate(row):  # PostgreSQL text cannot hold NUL (e.g. /%00)
+                if isinstance(value, str) and "\x00" in value:
+                    row[i] = value.replace("\x00", "\ufffd")
+            row[0] = datetime.fromtimestamp(rec["logged_at"], UTC).isoformat()
+            writer.writerow(row)
+        buffer.seek(0)
+        raw = self._engine().raw_connection()
+        try:
+            with raw.cursor() as cur:
+                cur.copy_expert(_COPY, buffer)
+            raw.commit()
+        except Exception:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()
 
 
 def now() -> float:

@@ -5,21 +5,43 @@ The stock in-memory storage of ``limits`` starts a timer thread to expire keys e
 keys on read (as the stock one also does) and sweeps stale keys inline once a minute.
 Rate-limit headers are off (they cost extra storage reads per request); a 429 carries
 ``Retry-After`` (``serving/errors.py``).
+
+With Redis, ``BatchedRedisStorage`` keeps the counts shared by every worker and instance
+without a round trip per request: each worker counts hits locally and settles them with
+Redis (one ``INCRBY`` script returning the window's global count and TTL) at most every
+``SYNC_INTERVAL_S`` per client key. A client can so exceed its limit by what the other
+workers admitted in the last interval, which for per-minute limits is a rounding error;
+in exchange the limiter costs one Redis call per client per interval instead of per
+request (measured in bench/bench_serving.py).
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, request
-from limits.storage import MemoryStorage
+from limits.storage import MemoryStorage, RedisStorage
 
 from bookrec.settings import Settings
 from serving.metrics import Metrics
 
 UNLIMITED_ENDPOINTS = ("health.livez", "health.readyz", "health.metrics", "static")
 _SWEEP_EVERY_S = 60.0
+SYNC_INTERVAL_S = 0.05
+_BATCHED_PREFIX = "bookrec-"
+
+# INCRBY the window's counter, start its expiry on the first hit, and return the global
+# count with the milliseconds left in the window.
+_INCR_EXPIRE_TTL = """
+local current = redis.call("incrby", KEYS[1], tonumber(ARGV[2]))
+if tonumber(current) == tonumber(ARGV[2]) then
+    redis.call("expire", KEYS[1], ARGV[1])
+end
+return {current, redis.call("pttl", KEYS[1])}
+"""
 
 
 class SweepingMemoryStorage(MemoryStorage):
@@ -40,6 +62,123 @@ class SweepingMemoryStorage(MemoryStorage):
             self._MemoryStorage__expire_events()
 
 
+@dataclass
+class _Window:
+    """What this worker knows of one client's current window."""
+
+    base: int  # the global count at the last settlement (our settled hits included)
+    pending: int  # hits admitted here since then
+    expires: float  # monotonic end of the window
+    synced: float  # monotonic time of the last settlement
+
+
+class BatchedRedisStorage(RedisStorage):
+    """Redis storage whose fixed-window counters are settled in batches (see module doc).
+
+    Schemes ``bookrec-redis://`` and ``bookrec-rediss://`` (the Redis URL with a prefix).
+    Everything but ``incr`` and ``get`` (moving windows, clear, reset, expiry) is the stock
+    Redis storage. A Redis error propagates, so Flask-Limiter's in-memory fallback takes
+    over as it does for the stock storage.
+    """
+
+    STORAGE_SCHEME = ["bookrec-redis", "bookrec-rediss"]
+
+    def __init__(self, uri: str, wrap_exceptions: bool = False, **options: Any):
+        """``sync_interval_s`` (option) bounds how long hits stay local."""
+        self.sync_interval_s = float(options.pop("sync_interval_s", SYNC_INTERVAL_S))
+        self._windows: dict[str, _Window] = {}
+        self._lock = threading.Lock()
+        super().__init__(
+            uri.removeprefix(_BATCHED_PREFIX), wrap_exceptions=wrap_exceptions, **options
+        )
+        self._settle = self.get_connection().register_script(_INCR_EXPIRE_TTL)
+        self._flusher: threading.Thread | None = None
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        """Count ``amount`` hits; settle with Redis when this key was not settled lately."""
+        now = time.monotonic()
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None or now >= window.expires:
+                window = _Window(0, 0, now + expiry, -float("inf"))
+                self._windows[key] = window
+                if len(self._windows) > 4 * _MAX_WINDOWS:
+                    self._forget_expired(now)
+            window.pending += amount
+            if now - window.synced < self.sync_interval_s:
+                if self._flusher is None:
+                    self._start_flusher()
+                return window.base + window.pending
+        return self._settle_window(key, window, expiry, now)
+
+    def _settle_window(self, key: str, window: _Window, expiry: int, now: float) -> int:
+        """Send this worker's unsettled hits of ``key`` to Redis; the new global count."""
+        with self._lock:
+            flush, window.pending, window.synced = window.pending, 0, now
+        try:
+            count, ttl_ms = self._settle([self.prefixed_key(key)], [expiry, flush])
+        except Exception:
+            with self._lock:  # keep the hits; the next call settles them (or the fallback)
+                window.pending += flush
+                window.synced = -float("inf")
+            raise
+        with self._lock:
+            window.base = int(count)
+            if int(ttl_ms) >= 0:
+                window.expires = now + int(ttl_ms) / 1000.0
+            return window.base + window.pending
+
+    def _start_flusher(self) -> None:
+        """A daemon thread that settles hits a client left behind when it went quiet here."""
+        self._flusher = threading.Thread(
+            target=self._flush_loop, name="ratelimit-flush", daemon=True
+        )
+        self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while True:
+            time.sleep(self.sync_interval_s)
+            now = time.monotonic()
+            with self._lock:
+                stale = [
+                    (key, w)
+                    for key, w in self._windows.items()
+                    if w.pending and now - w.synced >= self.sync_interval_s and now < w.expires
+                ]
+            for key, window in stale:
+                expiry = max(1, round(window.expires - now))
+                try:
+                    self._settle_window(key, window, expiry, now)
+                except Exception:  # noqa: BLE001 - Redis down: the request path falls back
+                    break
+
+    def get(self, key: str) -> int:
+        """The global count as last settled plus this worker's unsettled hits."""
+        with self._lock:
+            window = self._windows.get(key)
+            pending = window.pending if window and time.monotonic() < window.expires else 0
+        return super().get(key) + pending
+
+    def clear(self, key: str) -> None:
+        """Forget the key here and in Redis."""
+        with self._lock:
+            self._windows.pop(key, None)
+        super().clear(key)
+
+    def reset(self) -> int | None:
+        """Forget every key here and in Redis."""
+        with self._lock:
+            self._windows.clear()
+        return super().reset()
+
+    def _forget_expired(self, now: float) -> None:
+        for key in [k for k, w in self._windows.items() if now >= w.expires]:
+            del self._windows[key]
+
+
+_MAX_WINDOWS = 10_000
+
+
 def init_rate_limits(app: Flask, settings: Settings, metrics: Metrics) -> None:
     """Attach Flask-Limiter with ``settings.rate_limit`` per client address."""
     from flask_limiter import Limiter
@@ -53,7 +192,9 @@ def init_rate_limits(app: Flask, settings: Settings, metrics: Metrics) -> None:
         key_func=get_remote_address,
         app=app,
         default_limits=[settings.rate_limit],
-        storage_uri=settings.redis_url or "bookrec-memory://",
+        storage_uri=_BATCHED_PREFIX + settings.redis_url
+        if settings.redis_url
+        else "bookrec-memory://",
         storage_options=options,
         headers_enabled=False,
         swallow_errors=True,

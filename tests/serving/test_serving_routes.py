@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import sqlalchemy as sa
 from serving_data import ADMIN_TOKEN, genre_isbns, isbn13_of, rating_frame
@@ -318,3 +320,51 @@ def test_a_database_without_the_schema_degrades_like_a_down_one(
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_rate_limit_with_redis_storage(make_app, serving_settings, redis_url):
+    settings = serving_settings.model_copy(
+        update={"rate_limit": "3 per minute", "redis_url": redis_url}
+    )
+    first, second = make_app(settings).test_client(), make_app(settings).test_client()
+    assert [first.get("/v1/books/popular").status_code for _ in range(3)] == [200] * 3
+    time.sleep(0.3)  # the first app settles its hits with Redis within the sync interval
+    refused = second.get("/v1/books/popular")  # another worker: the same client's count
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) > 0
+
+
+def test_each_request_is_one_json_log_line(make_app, serving_settings, engine, caplog):
+    """With the writer thread, lines and rows are written by it; a NUL in a path is kept."""
+    import json
+    import logging
+
+    app = make_app(serving_settings)
+    svc = app.extensions["bookrec"]
+    svc.apilog.start()
+    try:
+        client = app.test_client()
+        with caplog.at_level(logging.INFO, logger="bookrec.api"):
+            client.get("/v1/books/popular?k=3", headers={"X-Request-Id": "line-1"})
+            client.get("/v1/books/%00x", headers={"X-Request-Id": "line-2"})
+            svc.apilog.stop()
+        lines = [
+            json.loads(line)
+            for r in caplog.records
+            if r.name == "bookrec.api"
+            for line in r.getMessage().splitlines()
+        ]
+    finally:
+        svc.apilog.stop()
+    by_id = {line["request_id"]: line for line in lines}
+    assert by_id["line-1"]["route"] == "/v1/books/popular" and by_id["line-1"]["status"] == 200
+    assert by_id["line-2"]["status"] == 400 and by_id["line-2"]["ts"]
+    with engine.connect() as conn:
+        rows = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT request_id, path FROM api_logs WHERE request_id IN ('line-1', 'line-2')"
+                )
+            ).all()
+        )
+    assert rows == {"line-1": "/v1/books/popular", "line-2": "/v1/books/\ufffdx"}

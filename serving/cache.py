@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "bookrec:api:"
 LOCAL_TTL_S = 5.0  # in-process copy in front of Redis: hot keys skip the round trip
+LOCAL_MAX_ENTRIES = 2_000  # that copy holds hot keys only (a worker's memory is shared)
+MEMORY_MAX_ENTRIES = 10_000  # without Redis the in-process LRU is the whole cache
 
 
 class Breaker:
@@ -65,12 +67,20 @@ class MemoryCache:
             return value
 
     def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        """Store ``value`` for ``ttl_s`` seconds, evicting the least recently used."""
+        """Store ``value`` for ``ttl_s`` seconds, evicting the least recently used and a few
+        expired entries from the cold end (so memory follows the live entries)."""
+        now = time.monotonic()
         with self._lock:
-            self._data[key] = (time.monotonic() + ttl_s, value)
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
+            data = self._data
+            data[key] = (now + ttl_s, value)
+            data.move_to_end(key)
+            while len(data) > self.maxsize:
+                data.popitem(last=False)
+            for _ in range(4):
+                oldest = next(iter(data.values()))
+                if oldest[0] >= now:
+                    break
+                data.popitem(last=False)
 
     def delete(self, keys: list[str]) -> None:
         """Drop these keys if present."""
@@ -86,7 +96,7 @@ class Cache:
         """Connect lazily to Redis when ``settings.redis_url`` is set."""
         self.ttl_s = settings.cache_ttl_s
         self.metrics = metrics
-        self.memory = MemoryCache()
+        self.memory = MemoryCache(LOCAL_MAX_ENTRIES if settings.redis_url else MEMORY_MAX_ENTRIES)
         self.breaker = Breaker()
         self.redis = None
         if settings.redis_url:

@@ -29,6 +29,11 @@ def _metrics_folder() -> str:
 
 
 _metrics_folder()
+# One BLAS/OpenMP thread per worker: the workers are the parallelism, and each extra BLAS
+# thread costs a stack and buffers in every worker. Read when NumPy loads, so set here,
+# before the master imports the app.
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
 
 wsgi_app = "serving.app:create_worker_app()"
 bind = os.environ.get("BOOKREC_BIND", "127.0.0.1:8000")

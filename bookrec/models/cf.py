@@ -74,16 +74,40 @@ class ItemItemRecommender(Recommender):
         return full
 
 
-def ease_weights(x: sp.csr_matrix, l2: float, dropout: float = 0.0) -> np.ndarray:
-    """EASE's closed form B = I - P / diag(P), P = (X'X + L)^-1, diagonal zeroed.
+def user_norm_weights(user_items: sp.csr_matrix, exponent: float) -> np.ndarray:
+    """Per-user Gram weights ``|u|^-exponent`` (``|u|`` = the user's interactions).
 
-    ``L = l2 I`` is plain EASE; ``dropout`` > 0 adds ``dropout/(1-dropout) * diag(X'X)``
+    Scaled so the weighted interaction mass equals the unweighted one (the L2 strength
+    keeps its meaning); ``exponent=0`` gives all ones. Damps the few users with thousands
+    of books, who otherwise dominate the item-item Gram matrix.
+    """
+    lengths = np.diff(sp.csr_matrix(user_items).indptr).astype(np.float64)
+    if exponent == 0.0 or not lengths.sum():
+        return np.ones(len(lengths), np.float32)
+    weights = np.power(np.maximum(lengths, 1.0), -exponent)
+    weights *= lengths.sum() / (weights * lengths).sum()
+    return weights.astype(np.float32)
+
+
+def ease_weights(
+    x: sp.csr_matrix, l2: float, dropout: float = 0.0, user_weights: np.ndarray | None = None
+) -> np.ndarray:
+    """EASE's closed form B = I - P / diag(P), P = (X'DX + L)^-1, diagonal zeroed.
+
+    ``L = l2 I`` is plain EASE; ``dropout`` > 0 adds ``dropout/(1-dropout) * diag(X'DX)``
     (Steck's DLAE: dropout-equivalent, popularity-proportional regularisation).
+    ``D = diag(user_weights)`` weights users' rows in the Gram matrix (identity if None).
     Cholesky inverse in float32 (potrf/potri): about 4x faster than ``np.linalg.inv``.
     """
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    gram = (x.T @ x).toarray().astype(np.float32)
+    if user_weights is None:
+        gram = (x.T @ x).toarray().astype(np.float32)
+    else:
+        user_weights = np.asarray(user_weights, dtype=np.float32)
+        if user_weights.shape != (x.shape[0],):
+            raise ValueError(f"user_weights needs shape ({x.shape[0]},), got {user_weights.shape}")
+        gram = (x.T @ sp.diags(user_weights) @ x).toarray().astype(np.float32)
     diag = np.diag(gram).copy()
     gram[np.diag_indices_from(gram)] += l2 + (dropout / (1.0 - dropout)) * diag
     chol, info = lapack.spotrf(gram, lower=True, overwrite_a=True, clean=True)
@@ -102,10 +126,15 @@ def ease_weights(x: sp.csr_matrix, l2: float, dropout: float = 0.0) -> np.ndarra
 
 
 def prune_rows(weights: np.ndarray, keep: int) -> sp.csr_matrix:
-    """Keep the ``keep`` largest entries of each row (by value) as a sparse matrix."""
+    """Keep the ``keep`` entries of each row with the largest magnitude, as a sparse matrix.
+
+    Magnitude, not value: EASE's negative weights ("readers of X rarely read Y") carry
+    ranking information; keeping only the positive ones cost about 7% NDCG@20 on BX.
+    """
+    weights = np.asarray(weights)
     n_rows, n_cols = weights.shape
     keep = min(keep, n_cols)
-    idx = np.argpartition(-weights, keep - 1, axis=1)[:, :keep]
+    idx = np.argpartition(-np.abs(weights), keep - 1, axis=1)[:, :keep]
     vals = np.take_along_axis(weights, idx, axis=1)
     rows = np.repeat(np.arange(n_rows), keep)
     out = sp.csr_matrix((vals.ravel(), (rows, idx.ravel())), shape=weights.shape, dtype=np.float32)
@@ -115,7 +144,11 @@ def prune_rows(weights: np.ndarray, keep: int) -> sp.csr_matrix:
 
 
 class EASERecommender(ItemItemRecommender):
-    """EASE (Steck 2019) over the ``max_items`` most-read items; optionally pruned sparse."""
+    """EASE (Steck 2019) over the ``max_items`` most-read items; optionally pruned sparse.
+
+    ``dropout`` makes it DLAE; ``user_norm`` weights each user's row by ``|u|^-user_norm``
+    in the Gram matrix (``|u|`` counted over the whole catalogue, not just ``items_``).
+    """
 
     def __init__(
         self,
@@ -123,18 +156,23 @@ class EASERecommender(ItemItemRecommender):
         max_items: int | None = 10_000,
         keep: int | None = None,
         dropout: float = 0.0,
+        user_norm: float = 0.0,
     ):
         self.l2 = l2
         self.max_items = max_items
         self.keep = keep
         self.dropout = dropout
+        self.user_norm = user_norm
 
     def fit(self, user_items: sp.csr_matrix) -> EASERecommender:
         """Solve for the item-item weights."""
         user_items = sp.csr_matrix(user_items, dtype=np.float32)
         self.n_items = user_items.shape[1]
         self.items_ = most_read(user_items, self.max_items)
-        weights = ease_weights(user_items[:, self.items_], self.l2, self.dropout)
+        user_weights = (
+            user_norm_weights(user_items, self.user_norm) if self.user_norm else None
+        )
+        weights = ease_weights(user_items[:, self.items_], self.l2, self.dropout, user_weights)
         self.weights_ = prune_rows(weights, self.keep) if self.keep else weights
         return self
 

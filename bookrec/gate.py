@@ -125,6 +125,34 @@ def same_holdout(candidate_manifest: dict[str, Any], champion_manifest: dict[str
     return key(candidate_manifest) == key(champion_manifest)
 
 
+def champion_on_candidate_holdout(
+    candidate_manifest: dict[str, Any], champion_manifest: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, str]:
+    """The champion metrics to compare with, and where they come from.
+
+    First choice: the champion's recipe scored on the candidate's own holdout at training
+    time (``metrics.champion_same_holdout``), if it names the current champion. Then the
+    champion's recorded metrics, which share the holdout when both runs had the same
+    rating snapshot and split. Otherwise those recorded metrics, flagged as another holdout.
+    """
+    if champion_manifest is None:
+        return None, "no champion"
+    recorded = champion_manifest.get("metrics") or {}
+    scored = (candidate_manifest.get("metrics") or {}).get("champion_same_holdout")
+    version = champion_manifest.get("version")
+    if isinstance(scored, dict) and scored.get("version") == version and not scored.get("error"):
+        how = ("same recipe as the candidate" if scored.get("same_recipe")
+               else "its recipe refitted on the candidate's training split")
+        return scored, f"champion {version} scored on the candidate's holdout ({how})"
+    if same_holdout(candidate_manifest, champion_manifest):
+        return recorded, f"champion {version}: recorded metrics, same snapshot and split"
+    why = (scored or {}).get("error") if isinstance(scored, dict) else None
+    return recorded, (
+        f"champion {version}: recorded metrics from another snapshot (not re-scored"
+        + (f": {why})" if why else ")")
+    )
+
+
 def check_metrics(
     candidate: dict[str, Any],
     champion: dict[str, Any] | None,

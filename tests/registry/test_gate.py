@@ -119,3 +119,31 @@ def test_comparison_rows_and_same_holdout() -> None:
     assert gate.same_holdout(a, dict(a))
     assert not gate.same_holdout(a, {"data_fingerprint": {"sha": "y"}, "params": {"seed": 1}})
     assert not gate.same_holdout(a, {"data_fingerprint": {"sha": "x"}, "params": {"seed": 2}})
+
+
+def test_champion_metrics_come_from_the_candidates_holdout_when_scored() -> None:
+    champion = {"version": "v1", "metrics": _m(0.30), "data_fingerprint": {"sha": "old"},
+                "params": {"seed": 1}}
+    scored = {"version": "v1", "same_recipe": False, **_m(0.10, popular=None)}
+    candidate = {"version": "v2", "metrics": {**_m(0.12), "champion_same_holdout": scored},
+                 "data_fingerprint": {"sha": "new"}, "params": {"seed": 1}}
+    metrics, source = gate.champion_on_candidate_holdout(candidate, champion)
+    assert metrics is scored and "refitted on the candidate's training split" in source
+    # +20 % on the same holdout is promoted, although the recorded 0.30 came from other data
+    assert _decision(candidate["metrics"], metrics).decision == "promoted"
+    assert _decision(candidate["metrics"], champion["metrics"]).decision == "rejected"
+
+    stale = {**candidate, "metrics": {**_m(0.12), "champion_same_holdout": {**scored,
+                                                                            "version": "v0"}}}
+    metrics, source = gate.champion_on_candidate_holdout(stale, champion)
+    assert metrics == champion["metrics"] and "another snapshot" in source
+
+    same_data = {**stale, "data_fingerprint": {"sha": "old"}}
+    metrics, source = gate.champion_on_candidate_holdout(same_data, champion)
+    assert metrics == champion["metrics"] and "same snapshot and split" in source
+
+    failed = {**candidate, "metrics": {**_m(0.12), "champion_same_holdout": {
+        "version": "v1", "error": "cannot rebuild the champion's recipe: x"}}}
+    metrics, source = gate.champion_on_candidate_holdout(failed, champion)
+    assert metrics == champion["metrics"] and "cannot rebuild" in source
+    assert gate.champion_on_candidate_holdout(candidate, None) == (None, "no champion")

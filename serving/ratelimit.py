@@ -1,10 +1,10 @@
-"""Per-client rate limits with Flask-Limiter: Redis storage when configured, else memory.
+"""Per-client rate limits with ``limits``: Redis storage when configured, else memory.
 
 The stock in-memory storage of ``limits`` starts a timer thread to expire keys every
 10 ms, which costs a thread start on most requests; ``SweepingMemoryStorage`` expires
 keys on read (as the stock one also does) and sweeps stale keys inline once a minute.
-Rate-limit headers are off (they cost extra storage reads per request); a 429 carries
-``Retry-After`` (``serving/errors.py``).
+No rate-limit headers on every response (they cost storage reads); a 429 carries
+``Retry-After``, the seconds until the client's window resets.
 
 With Redis, ``BatchedRedisStorage`` keeps the counts shared by every worker and instance
 without a round trip per request: each worker counts hits locally and settles them with
@@ -27,6 +27,7 @@ from limits.storage import MemoryStorage, RedisStorage
 
 from bookrec.settings import Settings
 from serving.metrics import Metrics
+from serving.validation import ApiError
 
 UNLIMITED_ENDPOINTS = ("health.livez", "health.readyz", "health.metrics", "static")
 _SWEEP_EVERY_S = 60.0
@@ -179,27 +180,88 @@ class BatchedRedisStorage(RedisStorage):
 _MAX_WINDOWS = 10_000
 
 
-def init_rate_limits(app: Flask, settings: Settings, metrics: Metrics) -> None:
-    """Attach Flask-Limiter with ``settings.rate_limit`` per client address."""
-    from flask_limiter import Limiter
-    from flask_limiter.util import get_remote_address
+class RateLimits:
+    """Per-client fixed-window limits, checked in one ``before_request`` hook.
 
-    options: dict[str, Any] = {}
-    if settings.redis_url:
-        timeout = settings.redis_socket_timeout_s
-        options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-    limiter = Limiter(
-        key_func=get_remote_address,
-        app=app,
-        default_limits=[settings.rate_limit],
-        storage_uri=_BATCHED_PREFIX + settings.redis_url
-        if settings.redis_url
-        else "bookrec-memory://",
-        storage_options=options,
-        headers_enabled=False,
-        swallow_errors=True,
-        in_memory_fallback_enabled=True,
-        key_prefix="bookrec",
-        on_breach=lambda _limit: metrics.rate_limited.inc(),
-    )
-    limiter.request_filter(lambda: request.endpoint in UNLIMITED_ENDPOINTS)
+    Built on ``limits`` (the library under Flask-Limiter) directly: Flask-Limiter's
+    per-request limit resolution (route, blueprint and default limits, exemption scopes,
+    context bookkeeping) cost about 110 us of a 260 us cached request here, and the API has
+    one limit for every route but health checks. Storage: ``BatchedRedisStorage`` when
+    Redis is configured, else ``SweepingMemoryStorage``. When Redis errors, the check
+    falls back to an in-memory counter for a second (``fallbacks{reason="redis_down"}``)
+    and never fails the request.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics):
+        """Parse the limit (``BOOKREC_RATE_LIMIT``, e.g. ``600 per minute``) and connect lazily."""
+        from limits import parse
+        from limits.errors import ConfigurationError
+        from limits.strategies import FixedWindowRateLimiter
+
+        try:
+            self.item = parse(settings.rate_limit)
+        except (ValueError, ConfigurationError) as exc:
+            raise ValueError(
+                f"BOOKREC_RATE_LIMIT: cannot parse {settings.rate_limit!r} ({exc})"
+            ) from exc
+        self.metrics = metrics
+        self.memory = FixedWindowRateLimiter(SweepingMemoryStorage("bookrec-memory://"))
+        self.shared = None
+        if settings.redis_url:
+            timeout = settings.redis_socket_timeout_s
+            storage = BatchedRedisStorage(
+                _BATCHED_PREFIX + settings.redis_url,
+                key_prefix="bookrec:limits",
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+            )
+            self.shared = FixedWindowRateLimiter(storage)
+        self._redis_down_until = 0.0
+
+    def _strategy(self):
+        if self.shared is not None and time.monotonic() >= self._redis_down_until:
+            return self.shared
+        return self.memory
+
+    def hit(self, client: str) -> tuple[bool, int]:
+        """Count one request of ``client``: (allowed, seconds until its window resets)."""
+        strategy = self._strategy()
+        try:
+            allowed = strategy.hit(self.item, "api", client)
+        except Exception:  # noqa: BLE001 - any storage error: count in memory for a while
+            self._redis_down_until = time.monotonic() + 1.0
+            self.metrics.fallbacks.labels(reason="redis_down").inc()
+            strategy = self.memory
+            allowed = strategy.hit(self.item, "api", client)
+        if allowed:
+            return True, 0
+        try:
+            reset = strategy.get_window_stats(self.item, "api", client).reset_time
+            retry = max(1, int(reset - time.time() + 0.999))
+        except Exception:  # noqa: BLE001 - the header is best effort
+            retry = self.item.get_expiry()
+        return False, retry
+
+
+def init_rate_limits(app: Flask, settings: Settings, metrics: Metrics) -> RateLimits:
+    """Check ``settings.rate_limit`` per client address before every request but health checks."""
+    limits = RateLimits(settings, metrics)
+    description = str(settings.rate_limit)
+
+    def check() -> None:
+        req = request._get_current_object()
+        if req.endpoint in UNLIMITED_ENDPOINTS:
+            return
+        allowed, retry = limits.hit(req.remote_addr or "unknown")
+        if not allowed:
+            metrics.rate_limited.inc()
+            raise ApiError(
+                429,
+                "too_many_requests",
+                f"rate limit exceeded ({description}); retry later",
+                headers={"Retry-After": str(retry)},
+            )
+
+    app.before_request(check)
+    app.extensions["bookrec_rate_limits"] = limits
+    return limits

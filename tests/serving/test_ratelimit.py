@@ -65,3 +65,27 @@ def test_redis_errors_propagate_and_keep_the_hits(redis_url):
     with pytest.raises(redis.ConnectionError):
         broken.incr("k", 60)
     assert broken._windows["k"].pending == 1
+
+
+def test_redis_down_falls_back_to_memory_and_counts_it():
+    from bookrec.settings import Settings
+    from serving.metrics import Metrics
+    from serving.ratelimit import RateLimits
+
+    metrics = Metrics()
+    limits = RateLimits(
+        Settings(redis_url="redis://127.0.0.1:1/0", rate_limit="2 per minute"), metrics
+    )
+    assert [limits.hit("c")[0] for _ in range(3)] == [True, True, False]
+    allowed, retry = limits.hit("c")
+    assert not allowed and 1 <= retry <= 60
+    assert metrics.fallbacks.labels(reason="redis_down")._value.get() >= 1
+
+
+def test_an_unparseable_limit_names_the_setting():
+    from bookrec.settings import Settings
+    from serving.metrics import Metrics
+    from serving.ratelimit import RateLimits
+
+    with pytest.raises(ValueError, match="BOOKREC_RATE_LIMIT: cannot parse 'lots'"):
+        RateLimits(Settings(rate_limit="lots"), Metrics())

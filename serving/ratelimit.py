@@ -78,8 +78,8 @@ class BatchedRedisStorage(RedisStorage):
 
     Schemes ``bookrec-redis://`` and ``bookrec-rediss://`` (the Redis URL with a prefix).
     Everything but ``incr`` and ``get`` (moving windows, clear, reset, expiry) is the stock
-    Redis storage. A Redis error propagates, so Flask-Limiter's in-memory fallback takes
-    over as it does for the stock storage.
+    Redis storage. A Redis error propagates, so the caller (``RateLimits``) falls back to
+    its in-memory counter.
     """
 
     STORAGE_SCHEME = ["bookrec-redis", "bookrec-rediss"]

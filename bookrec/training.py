@@ -31,6 +31,8 @@ from bookrec.models.popularity import PopularityRecommender
 log = logging.getLogger(__name__)
 
 BASELINES = ("most_popular", "itemknn", "als", "ease_plain")
+# What a hybrid parameter missing from an older manifest meant (the feature did not exist).
+ABSENT_MEANS: dict[str, Any] = {"user_norm": 0.0}
 PRIMARY = "ndcg@20"
 
 
@@ -137,13 +139,60 @@ def fit_baseline(name: str, train_weights) -> Any:
 def _plain_ease_equivalent(params: HybridParams) -> bool:
     """True when the hybrid's CF, before pruning, is exactly the plain-EASE baseline."""
     return (params.cf_algorithm == "ease" and params.l2 == 100.0 and params.dropout == 0.0
-            and params.max_items == 10_000 and params.explicit_weight == 0.0)
+            and params.user_norm == 0.0 and params.max_items == 10_000
+            and params.explicit_weight == 0.0)
+
+
+def champion_recipe(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``{"version", "params"}`` of a champion manifest, for ``train_model(champion=...)``."""
+    if not manifest:
+        return None
+    params = {k: v for k, v in (manifest.get("params") or {}).items() if k != "evaluation"}
+    return {"version": str(manifest.get("version", "")), "params": params}
+
+
+def evaluate_champion_recipe(
+    champion: dict[str, Any], train_ds: Dataset, split: Split, params: HybridParams,
+    candidate: dict[str, Any], timer: _Timer,
+) -> dict[str, Any]:
+    """The champion's recipe refitted on the candidate's training split, scored on its
+    holdout: the gate's same-holdout comparison. (The champion's artifact saw part of
+    this holdout when it was trained, so scoring the artifact itself would leak.) The
+    same recipe gives the candidate's own metrics; a recipe this code cannot build is
+    reported with the reason, and the gate falls back to the recorded metrics."""
+    out: dict[str, Any] = {"version": champion.get("version")}
+    try:
+        known = {f for f in HybridParams.__dataclass_fields__}
+        unknown = sorted(set(champion.get("params") or {}) - known)
+        if unknown:
+            raise ValueError(f"parameters this code does not know: {unknown}")
+        # A parameter the champion's manifest lacks did not exist when it was trained:
+        # read it as "off", not as today's default.
+        given = champion.get("params") or {}
+        champ_params = HybridParams.from_dict(
+            {**{k: v for k, v in ABSENT_MEANS.items() if k not in given}, **given}
+        )
+    except (TypeError, ValueError) as exc:
+        out["error"] = f"cannot rebuild the champion's recipe: {exc}"
+        return out
+    if champ_params == params:
+        out["same_recipe"] = True
+        out.update({k: v for k, v in candidate.items() if isinstance(v, int | float)})
+        return out
+    with timer.stage("fit champion recipe (evaluation split)"):
+        model = fit_hybrid(train_ds, champ_params)
+    with timer.stage("evaluate champion recipe"):
+        out.update(evaluate(model.recommend_indices, split))
+    out["same_recipe"] = False
+    return out
 
 
 def evaluate_models(
-    dataset: Dataset, split: Split, config: TrainConfig, timer: _Timer
+    dataset: Dataset, split: Split, config: TrainConfig, timer: _Timer,
+    champion: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the served model and every baseline, all on ``split``."""
+    """Metrics of the served model and every baseline, all on ``split``; with ``champion``
+    (``champion_recipe``), also the champion's recipe on the same split."""
     params = config.hybrid_params()
     train_ds = dataset.with_matrix(split.train)
     binary = interactions(split.train)
@@ -165,6 +214,10 @@ def evaluate_models(
     with timer.stage("evaluate model"):
         metrics: dict[str, Any] = evaluate(model.recommend_indices, split)
     del model, shared_cf
+    if champion is not None:
+        metrics["champion_same_holdout"] = evaluate_champion_recipe(
+            champion, train_ds, split, params, metrics, timer
+        )
     for name in config.baselines:
         if name in baselines:
             continue
@@ -197,8 +250,13 @@ def train_model(
     config: TrainConfig | None = None,
     *,
     report: Callable[[str], None] | None = None,
+    champion: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Evaluate on a seeded holdout, then refit the served hybrid on all the data."""
+    """Evaluate on a seeded holdout, then refit the served hybrid on all the data.
+
+    ``champion`` (``champion_recipe(manifest)``) adds the champion's recipe, scored on
+    the same holdout, to the metrics (``champion_same_holdout``) for the promotion gate.
+    """
     config = (config or TrainConfig()).validate()
     timer = _Timer(report)
     if ratings.empty:
@@ -218,7 +276,7 @@ def train_model(
             raise ValueError(
                 f"no user has {config.min_interactions} interactions: nothing to evaluate on"
             )
-        metrics = evaluate_models(dataset, split, config, timer)
+        metrics = evaluate_models(dataset, split, config, timer, champion)
     with timer.stage("fit model (all data)"):
         model = fit_hybrid(dataset, config.hybrid_params())
     return TrainResult(model, metrics, data_fp, timer.timings, config)

@@ -17,6 +17,7 @@ from tasks.train import (
     new_workdir,
     publish_candidate,
     publish_training_artifacts,
+    read_champion_recipe,
     remove_workdir,
     snapshot_ratings,
 )
@@ -36,9 +37,9 @@ def _run_name() -> str:
 @flow(name="train", flow_run_name=_run_name)
 def train_flow(
     algorithm: Literal["ease", "rp3beta"] = "ease",
-    l2: float = 50.0,
-    dropout: float = 0.15,
-    max_items: int = 10_000,
+    l2: float = 100.0,
+    dropout: float = 0.25,
+    max_items: int = 12_500,
     keep: int = 1000,
     explicit_weight: float = 0.0,
     content_slots: int = 0,
@@ -74,7 +75,8 @@ def train_flow(
     try:
         snapshot = snapshot_ratings(workdir)
         logger.info("Snapshot: %(ratings)s ratings, %(books)s books", snapshot)
-        trained = fit_and_evaluate(snapshot["path"], config, version)
+        champion = read_champion_recipe() if evaluate else None
+        trained = fit_and_evaluate(snapshot["path"], config, version, champion)
         publish_candidate(trained["path"], version)
         publish_training_artifacts(
             version, trained["metrics"], trained["timings"], trained["data_fingerprint"]

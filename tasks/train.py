@@ -20,7 +20,7 @@ from prefect.tasks import exponential_backoff
 from bookrec import db, training
 from bookrec.registry import Registry, new_version_id
 from bookrec.settings import get_settings
-from bookrec.store import StoreError
+from bookrec.store import ObjectNotFound, StoreError
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -56,13 +56,37 @@ def snapshot_ratings(workdir: str) -> dict[str, Any]:
     return {"path": str(path), "ratings": len(ratings), "books": len(books)}
 
 
+@task(name="read-champion-recipe", **_io)
+def read_champion_recipe() -> dict[str, Any] | None:
+    """The current champion's version and parameters (None without a readable champion)."""
+    registry = Registry.from_settings(get_settings())
+    pointer = registry.champion_state().pointer
+    if not pointer:
+        return None
+    try:
+        manifest = registry.manifest(pointer["version"])
+    except StoreError as exc:
+        if not isinstance(exc, ObjectNotFound):
+            raise  # a network or store hiccup: retried
+        get_run_logger().warning("champion %s has no manifest", pointer.get("version"))
+        return None
+    except Exception as exc:  # noqa: BLE001 - an unreadable champion: the gate says so later
+        get_run_logger().warning("champion %s unreadable (%s)", pointer.get("version"), exc)
+        return None
+    return training.champion_recipe(manifest)
+
+
 @task(name="fit-and-evaluate")
-def fit_and_evaluate(snapshot_dir: str, config: dict[str, Any], version: str) -> dict[str, Any]:
-    """Fit the hybrid and baselines, evaluate, refit, and save the version folder."""
+def fit_and_evaluate(
+    snapshot_dir: str, config: dict[str, Any], version: str,
+    champion: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fit the hybrid and baselines, evaluate (with the champion's recipe on the same
+    holdout when there is a champion), refit, and save the version folder."""
     logger = get_run_logger()
     ratings, books = training.read_snapshot(Path(snapshot_dir))
     cfg = training.TrainConfig(**{**config, "baselines": tuple(config.get("baselines", ()))})
-    result = training.train_model(ratings, books, cfg, report=logger.info)
+    result = training.train_model(ratings, books, cfg, report=logger.info, champion=champion)
     folder = Path(snapshot_dir).parent / "model" / version
     manifest = training.save_candidate(result, folder, version)
     return {

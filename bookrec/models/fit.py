@@ -29,7 +29,8 @@ def fit_cf(dataset: Dataset, params: HybridParams):
     weights = interactions(dataset.matrix, explicit_weight=params.explicit_weight)
     if params.cf_algorithm == "ease":
         model = EASERecommender(
-            l2=params.l2, max_items=params.max_items, keep=params.keep, dropout=params.dropout
+            l2=params.l2, max_items=params.max_items, keep=params.keep, dropout=params.dropout,
+            user_norm=params.user_norm,
         )
     elif params.cf_algorithm == "rp3beta":
         model = RP3BetaRecommender(

@@ -45,15 +45,18 @@ class HybridParams:
     """Hyperparameters of the served model (all JSON-serialisable)."""
 
     cf_algorithm: str = "ease"  # "ease" | "rp3beta"
-    l2: float = 50.0
-    dropout: float = 0.15  # DLAE: extra L2 of dropout/(1-dropout) x item frequency
-    max_items: int = 10_000
-    keep: int = 1000  # non-zeros kept per row of the item-item weights
+    l2: float = 100.0
+    dropout: float = 0.25  # DLAE: extra L2 of dropout/(1-dropout) x item frequency
+    user_norm: float = 0.25  # users' rows weighted |u|^-user_norm in the Gram matrix
+    max_items: int = 12_500
+    keep: int = 1000  # weights kept per row of the item-item matrix (largest magnitude)
     explicit_weight: float = 0.0  # extra weight of an explicit rating (x rating/10)
     rp3_alpha: float = 1.0
     rp3_beta: float = 0.5
     cf_positive_only: bool = True  # a CF score <= 0 is "no evidence": leave it to content
-    content_slots: int = 0  # list positions given to content picks of little-read books
+    content_slots: int = 0  # list positions (at most k // 5) given to content picks of
+    # little-read books (outside the CF catalogue), taken from the end of the CF list;
+    # 2 gives NDCG@20 +1.5% on BX but halves batch throughput (per-user content scoring)
     content_min_similarity: float = 0.3  # for content_slots picks
     content_fill_min_similarity: float = 0.05  # for filling a short CF list
     require_metadata: bool = True  # only recommend ISBNs with a book row (title, cover)
@@ -414,7 +417,9 @@ class HybridRecommender:
                 results[start + offset] = [
                     (int(self.cf_items[p]), float(s), CF) for p, s in zip(pos, scores, strict=True)
                 ]
-        slots = self.params.content_slots
+        # Content slots for little-read books: at most one per five list positions, so
+        # short lists stay CF.
+        slots = min(self.params.content_slots, k // 5)
         for r, row in enumerate(rows):
             picks = results[r]
             taken = {int(self.work_of_item[i]) for i, _, _ in picks}

@@ -131,3 +131,19 @@ def test_unknown_parameters_are_refused():
 
     with pytest.raises(ValueError, match="unknown hybrid parameter"):
         HybridParams.from_dict({"l3": 5})
+
+
+def test_content_slots_never_take_over_a_short_list(world):
+    """At most one content slot per five positions: a full two-book CF list stays CF
+    even when a similar little-read book (the companion) qualifies for a slot."""
+    from bookrec.models.dataset import build_dataset
+    from bookrec.models.fit import fit_hybrid
+
+    model = fit_hybrid(build_dataset(*world), {
+        "l2": 1.0, "max_items": 12, "keep": 12, "content_slots": 5,
+        "content_min_similarity": 0.05,
+    })
+    for user in (1, 2, 3):
+        assert [r.source for r in model.recommend(user, k=2)] == ["cf", "cf"]
+        # The companion is what a slot would hold: it does come as content in longer lists.
+        assert TAIL[0] in [r.isbn for r in model.recommend(user, k=10) if r.source == "content"]

@@ -12,6 +12,8 @@ from bookrec.models.cf import (
     ImplicitALS,
     ImplicitItemKNN,
     RP3BetaRecommender,
+    prune_rows,
+    user_norm_weights,
 )
 from bookrec.models.content import ContentRecommender
 from bookrec.models.popularity import PopularityRecommender
@@ -197,6 +199,44 @@ def test_dlae_dropout_adds_frequency_proportional_regularisation():
     assert np.allclose(model.weights_, expected, atol=1e-4)
     with pytest.raises(ValueError, match="dropout"):
         EASERecommender(dropout=1.0).fit(x)
+
+
+def test_user_norm_weights_damp_heavy_readers_and_keep_the_mass():
+    x = sp.csr_matrix(np.array([[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=np.float32))
+    w = user_norm_weights(x, 0.5)
+    # |u| = 4, 1, 0: raw weights 4^-0.5, 1, 1; rescaled so 4*w0 + 1*w1 = 5.
+    scale = 5.0 / (4 * 0.5 + 1 * 1.0)
+    assert np.allclose(w, [0.5 * scale, 1.0 * scale, 1.0 * scale])
+    assert np.allclose(user_norm_weights(x, 0.0), 1.0)
+
+
+def test_user_norm_matches_the_weighted_closed_form():
+    """DLAE with user_norm solves (X'DX + L)^-1 with D = |u|^-a (mass-preserving)."""
+    rng = np.random.default_rng(3)
+    x = sp.csr_matrix((rng.random((50, 9)) < 0.35).astype(np.float32))
+    model = EASERecommender(l2=2.0, max_items=None, dropout=0.2, user_norm=0.5).fit(x)
+    n = np.asarray(x.sum(axis=1)).ravel()
+    d = np.maximum(n, 1.0) ** -0.5
+    d *= n.sum() / (d * n).sum()
+    gram = (x.T @ sp.diags(d) @ x).toarray().astype(np.float64)
+    p = np.linalg.inv(gram + np.diag(2.0 + (0.2 / 0.8) * np.diag(gram)))
+    expected = -p / np.diag(p)[None, :]
+    np.fill_diagonal(expected, 0.0)
+    assert np.allclose(model.weights_, expected, atol=1e-4)
+
+
+def test_user_norm_is_neutral_when_every_user_reads_as_much():
+    x = sp.csr_matrix(np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [1, 0, 0, 1],
+                                [1, 0, 1, 0]], dtype=np.float32))
+    plain = EASERecommender(l2=1.0, max_items=None).fit(x).weights_
+    normed = EASERecommender(l2=1.0, max_items=None, user_norm=0.7).fit(x).weights_
+    assert np.allclose(plain, normed, atol=1e-5)
+
+
+def test_prune_rows_keeps_the_largest_magnitudes_negative_ones_included():
+    w = np.array([[0.0, -0.9, 0.2, 0.5], [0.3, 0.0, -0.1, 0.05]], dtype=np.float32)
+    pruned = prune_rows(w, 2).toarray()
+    assert np.allclose(pruned, [[0.0, -0.9, 0.0, 0.5], [0.3, 0.0, -0.1, 0.0]])
 
 
 class TestDLAE(RecommenderSuite):

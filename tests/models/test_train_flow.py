@@ -101,7 +101,7 @@ def test_train_flow_adds_a_verified_candidate_and_publishes_metrics(
     served = table[0]
     assert served["ndcg@20"] == pytest.approx(metrics["ndcg@20"], abs=1e-5)
     assert version in artifacts["training-summary"].data
-    assert run.name == "train-ease-l2=50.0-items=500-sample=1.0"
+    assert run.name == "train-ease-l2=100.0-items=500-sample=1.0"
     # The scratch folder is gone; the version lives in the store only.
     assert not any((train_env.home_dir / "work").iterdir())
 
@@ -152,3 +152,44 @@ def test_train_flow_on_the_bundled_sample(train_env: Settings, clean_db: sa.engi
     # A sample book anybody rated has a title and answers similar() without its own ISBN.
     isbn = ratings.isbn.value_counts().index[0]
     assert isbn not in {r.isbn for r in model.similar(isbn, k=5)}
+
+
+def test_champion_recipe_is_scored_on_the_candidates_holdout(snapshot, train_env: Settings):
+    from flows.train import train_flow
+
+    first = train_flow(max_items=500, l2=100.0, baselines=["most_popular"])
+    assert "champion_same_holdout" not in first["metrics"]  # no champion yet
+    registry = Registry.from_settings(train_env)
+    registry.promote(first["version"], by="tests", reason="first")
+
+    other = train_flow(max_items=500, l2=5.0, baselines=["most_popular"])
+    scored = registry.manifest(other["version"])["metrics"]["champion_same_holdout"]
+    assert scored["version"] == first["version"] and scored["same_recipe"] is False
+    assert scored["ndcg@20"] != other["metrics"]["ndcg@20"]  # really refitted with l2=100
+    # same data, same split, champion's params: the champion recipe's score is reproduced
+    assert scored["ndcg@20"] == pytest.approx(first["metrics"]["ndcg@20"], abs=1e-9)
+
+    same = train_flow(max_items=500, l2=100.0, baselines=["most_popular"])
+    scored = same["metrics"]["champion_same_holdout"]
+    assert scored["same_recipe"] is True
+    assert scored["ndcg@20"] == same["metrics"]["ndcg@20"]
+
+
+def test_a_parameter_missing_from_an_old_champion_means_off():
+    from dataclasses import asdict
+
+    from bookrec import training
+    from bookrec.models.hybrid import HybridParams
+
+    ratings, books = clustered_frames()
+    config = training.TrainConfig(hyperparameters={"max_items": 500}, baselines=())
+    current = {k: v for k, v in asdict(HybridParams(max_items=500)).items()}
+    assert current["user_norm"] > 0  # today's default
+    old = {k: v for k, v in current.items() if k != "user_norm"}
+
+    result = training.train_model(ratings, books, config, champion={"version": "old", "params": old})
+    scored = result.metrics["champion_same_holdout"]
+    assert scored["same_recipe"] is False  # refitted with user_norm 0.0, not today's default
+    result = training.train_model(ratings, books, config,
+                                  champion={"version": "new", "params": current})
+    assert result.metrics["champion_same_holdout"]["same_recipe"] is True

@@ -109,3 +109,15 @@ def test_answers_that_change_between_passes_are_refused(save_hybrid) -> None:
         smoke.answer_and_time(
             model, smoke.DEFAULT_GOLDEN | {"users": GOLDEN_USERS, "isbns": GOLDEN_ISBNS}
         )
+
+
+def test_peak_rss_is_the_smoke_process_own(save_hybrid) -> None:
+    """A parent with a large peak must not pass it on to the report (ru_maxrss would)."""
+    folder = save_hybrid("v1", model_metrics(0.1))
+    code = (
+        "import json, sys; ballast = bytearray(600 * 2**20); ballast[::4096] = b'x' * len(ballast[::4096]);"
+        "from bookrec import smoke; print(json.dumps(smoke.run_smoke(sys.argv[1])['peak_rss_mb']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True,
+                         check=True).stdout
+    assert 10 < float(out.strip().splitlines()[-1]) < 500

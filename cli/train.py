@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rec.add_argument("--k", type=int, default=10)
     rec.add_argument("--json", action="store_true", help="JSON (one line per user for a file)")
     rec.add_argument("--version", default=None, help="model version (default: the champion)")
+    rec.add_argument("--jobs", type=int, default=None,
+                     help="processes for --users-file --json (default: one per core, at most 4)")
     rec.set_defaults(handler=_recommend)
 
     sim = subparsers.add_parser("similar", help="books similar to an ISBN")
@@ -181,11 +184,46 @@ def _read_user_ids(path: Path) -> list[int]:
     return ids
 
 
+_BATCH_MODEL: Any = None  # the model a forked batch worker inherits
+
+
+def _json_lines(task: tuple[list[int], int]) -> str:
+    """One chunk of users as JSON lines (runs in a forked worker)."""
+    chunk, k = task
+    model = _BATCH_MODEL
+    return "".join(
+        _rec_json(user_id, recs, model.version) + "\n"
+        for user_id, recs in zip(chunk, model.recommend_many(chunk, k), strict=True)
+    )
+
+
+def _recommend_parallel(model: Any, ids: list[int], k: int, jobs: int, out: Any) -> None:
+    """Score chunks of users in ``jobs`` forked processes sharing the memory-mapped model;
+    lines come out in input order."""
+    import multiprocessing
+
+    global _BATCH_MODEL
+    _BATCH_MODEL = model
+    chunks = [(ids[i : i + _CHUNK], k) for i in range(0, len(ids), _CHUNK)]
+    try:
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            for text in pool.imap(_json_lines, chunks):
+                out.write(text)
+    finally:
+        _BATCH_MODEL = None
+
+
 def _recommend(args: argparse.Namespace) -> int:
     _check_k(args.k)
     ids = [args.user] if args.users_file is None else _read_user_ids(args.users_file)
+    if args.jobs is not None and not 1 <= args.jobs <= 64:
+        raise CommandError(f"--jobs must be in 1..64, got {args.jobs}")
     model = _load(args.version)
     out = sys.stdout
+    jobs = args.jobs or min(4, os.cpu_count() or 1)
+    if args.json and jobs > 1 and len(ids) > _CHUNK:
+        _recommend_parallel(model, ids, args.k, jobs, out)
+        return 0
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
         for user_id, recs in zip(chunk, model.recommend_many(chunk, args.k), strict=True):

@@ -61,3 +61,18 @@ def test_bad_input_is_named(trained, capsys, tmp_path: Path):
 def test_recommend_without_any_model_says_so(train_env, capsys):  # noqa: F811
     assert main(["recommend", "--user", "1"]) == 1
     assert "no model in the store" in capsys.readouterr().err
+
+
+def test_parallel_batch_gives_the_same_lines_in_order(trained, capsys, tmp_path: Path):
+    ids = tmp_path / "users.txt"
+    users = [(n * 7919) % 300 + 1 for n in range(2500)] + [777777]  # > 2 chunks, unknown last
+    ids.write_text("\n".join(map(str, users)) + "\n")
+    outputs = {}
+    for jobs in ("1", "2"):
+        assert main(["recommend", "--users-file", str(ids), "--k", "4", "--json",
+                     "--jobs", jobs]) == 0
+        outputs[jobs] = capsys.readouterr().out.splitlines()
+    assert outputs["1"] == outputs["2"]
+    assert [json.loads(x)["user_id"] for x in outputs["2"]] == users
+    assert main(["recommend", "--users-file", str(ids), "--json", "--jobs", "0"]) == 1
+    assert "--jobs must be in 1..64" in capsys.readouterr().err

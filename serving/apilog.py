@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import threading
 import time
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -83,7 +83,7 @@ class ApiLogWriter:
         for rec in batch:
             line = {k: v for k, v in rec.items() if k not in ("logged_at", "_line_written")}
             line["ts"] = datetime.fromtimestamp(rec["logged_at"], UTC).isoformat()
-            lines.append(json.dumps(line, separators=(",", ":")))
+            lines.append(orjson.dumps(line).decode())
         request_log.info("\n".join(lines))
 
     def start(self) -> None:

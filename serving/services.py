@@ -3,11 +3,11 @@ the blueprints share to reach them and to build JSON responses."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from flask import Response, current_app, g
 
 from bookrec.settings import Settings
@@ -73,8 +73,9 @@ def require_model() -> Any:
 
 
 def dumps(payload: Any) -> bytes:
-    """Compact UTF-8 JSON."""
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON (orjson: several times faster than ``json`` on these payloads;
+    NumPy scalars allowed, non-finite floats become null)."""
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def json_response(body: bytes, status: int = 200) -> Response:

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # Serving.
     admin_token: SecretStr | None = None
     model_poll_interval_s: float = 5.0
+    reload_stagger_s: float = Field(
+        2.0, ge=0, description="Each worker swaps to a new model after a random 0..N s delay"
+    )
     cache_ttl_s: int = 300
     rate_limit: str = "600 per minute"
     api_log_batch_size: int = 200

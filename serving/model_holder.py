@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import random
 import shutil
 import threading
 import time
@@ -87,6 +88,11 @@ class ModelHolder:
                     result.update(status="unchanged", version=previous)
                 else:
                     model = self._load(champion)
+                    if previous is not None and self.settings.reload_stagger_s > 0:
+                        # Workers swap at spread-out moments: the first to swap fills the
+                        # shared (Redis) cache for the new version, the others then hit it,
+                        # instead of all of them missing every hot key at once.
+                        self._stop.wait(random.uniform(0, self.settings.reload_stagger_s))
                     self.model = model  # the swap: one reference, atomic for readers
                     self.champion = champion
                     self.loaded_at = time.time()

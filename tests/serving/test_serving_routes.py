@@ -368,3 +368,24 @@ def test_each_request_is_one_json_log_line(make_app, serving_settings, engine, c
             ).all()
         )
     assert rows == {"line-1": "/v1/books/popular", "line-2": "/v1/books/\ufffdx"}
+
+
+def test_a_reload_waits_for_its_stagger_but_the_first_load_does_not(
+    serving_settings, model_set, monkeypatch
+):
+    import serving.model_holder as holder_module
+    from serving.metrics import Metrics
+    from serving.model_holder import ModelHolder
+
+    old, new = model_set.versions
+    monkeypatch.setattr(holder_module.random, "uniform", lambda low, high: high)  # worst case
+    holder = ModelHolder(serving_settings.model_copy(update={"reload_stagger_s": 0.6}), Metrics())
+    first = holder.check(reason="startup")
+    assert first["status"] == "reloaded" and first["version"] == old
+    assert first["seconds"] < 0.6  # nothing to stagger against: serve as soon as loaded
+    Registry.from_settings(serving_settings).promote(new, by="test", reason="stagger test")
+    started = time.perf_counter()
+    result = holder.check(reason="signal")
+    assert result["status"] == "reloaded" and holder.version == new
+    assert time.perf_counter() - started >= 0.6  # the swap waited for its turn
+    holder.stop()

@@ -70,7 +70,9 @@ class ApiLogWriter:
             if self._engine is None:
                 return
             rec["_line_written"] = True
-        if len(self._queue) >= _MAX_QUEUE:
+        if len(self._queue) >= _MAX_QUEUE:  # the writer is stuck: keep the line, drop the row
+            if "_line_written" not in rec:
+                self._write_lines([rec])
             self.metrics.api_log_dropped.inc()
             return
         self._queue.append(rec)

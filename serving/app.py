@@ -9,9 +9,9 @@ API-log writer).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
-import uuid
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
@@ -97,7 +97,7 @@ def _start_request() -> None:
     req = request._get_current_object()
     ctx.started = now()
     incoming = req.headers.get("X-Request-Id", "")
-    ctx.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    ctx.request_id = incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
     ctx.model = current_app.extensions["bookrec"].holder.model
     ctx.source = None
     ctx.user_id = None
@@ -111,7 +111,7 @@ def _finish_request(response: Response) -> Response:
     started = getattr(ctx, "started", None)  # None: refused before _start_request ran
     model = ctx.model if started is not None else svc.holder.model
     version = model.version if model is not None else "none"
-    request_id = getattr(ctx, "request_id", None) or uuid.uuid4().hex
+    request_id = getattr(ctx, "request_id", None) or os.urandom(16).hex()
     headers = response.headers
     headers["X-Model-Version"] = version
     headers["X-Request-Id"] = request_id
@@ -120,9 +120,7 @@ def _finish_request(response: Response) -> Response:
     elapsed = now() - started if started is not None else 0.0
     status = response.status_code
     method = req.method
-    metrics = svc.metrics
-    metrics.requests.labels(route, method, str(status)).inc()
-    metrics.latency.labels(route).observe(elapsed)
+    svc.metrics.observe_request(route, method, status, elapsed)
     svc.apilog.record(
         {
             "request_id": request_id,

@@ -184,9 +184,9 @@ class Cache:
         """
         value = self.get(key)
         if value is not None:
-            self.metrics.cache_hits.labels(kind=kind).inc()
+            self.metrics.cache_lookup(kind, True)
             return value
-        self.metrics.cache_misses.labels(kind=kind).inc()
+        self.metrics.cache_lookup(kind, False)
         value, cacheable = compute()
         if cacheable:
             self.set(key, value)

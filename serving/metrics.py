@@ -9,6 +9,7 @@ gets its own in-memory registry, so several apps in one process never collide.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -86,6 +87,27 @@ class Metrics:
         self.rate_limited = Counter(
             "bookrec_rate_limited_total", "Requests refused with 429", registry=reg
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._cache_children: dict[tuple[str, bool], Any] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one request and its latency (the labelled children are looked up once)."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)),
+                        self.latency.labels(route))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def cache_lookup(self, kind: str, hit: bool) -> None:
+        """Count a cache hit or miss of ``kind``."""
+        child = self._cache_children.get((kind, hit))
+        if child is None:
+            child = (self.cache_hits if hit else self.cache_misses).labels(kind=kind)
+            self._cache_children[(kind, hit)] = child
+        child.inc()
 
     def set_model_version(self, new: str, old: str | None) -> None:
         """Mark ``new`` as the version this worker serves (and ``old`` as no longer)."""

@@ -86,30 +86,37 @@ def run_naive(data: Path, url: str, repeat: int) -> dict:
     return {"seconds": time.perf_counter() - t0, "rows": rows}
 
 
-def run_floor(data: Path, url: str, repeat: int) -> dict:
-    """Read the gzip files and COPY them as they are into text tables: the lower bound."""
-    import gzip
-    import io
-
-    columns = {"books": 8, "ratings": 3, "users": 3}
+def _copy_into_text_tables(url: str, prefix: str, read) -> dict:
+    """Time ``read(kind, name) -> (columns, COPY options, file)`` plus a bare COPY of that
+    file into a fresh table of text columns, for each of the three files."""
     engine = sa.create_engine(url)
     raw = engine.raw_connection()
     t0 = time.perf_counter()
     rows = {}
     with raw.cursor() as cur:
         for kind, name in FILES.items():
-            cols = ", ".join(f"c{i} text" for i in range(columns[kind]))
-            cur.execute(f"CREATE TABLE floor_{kind} ({cols})")
-            data_bytes = gzip.decompress((data / name).read_bytes())
-            cur.copy_expert(
-                f"COPY floor_{kind} FROM STDIN WITH (FORMAT csv, HEADER true, DELIMITER ';', "
-                "QUOTE '\"', ESCAPE '\\', ENCODING 'LATIN1')",
-                io.BytesIO(data_bytes),
-            )
+            columns, options, fh = read(kind, name)
+            cols = ", ".join(f"c{i} text" for i in range(columns))
+            cur.execute(f"CREATE TABLE {prefix}_{kind} ({cols})")
+            cur.copy_expert(f"COPY {prefix}_{kind} FROM STDIN WITH ({options})", fh)
             rows[kind] = cur.rowcount
     raw.commit()
     raw.close()
     return {"seconds": time.perf_counter() - t0, "rows": rows}
+
+
+def run_floor(data: Path, url: str, repeat: int) -> dict:
+    """Read the gzip files and COPY them as they are into text tables: the lower bound."""
+    import gzip
+    import io
+
+    columns = {"books": 8, "ratings": 3, "users": 3}
+    options = "FORMAT csv, HEADER true, DELIMITER ';', QUOTE '\"', ESCAPE '\\', ENCODING 'LATIN1'"
+
+    def read(kind: str, name: str):
+        return columns[kind], options, io.BytesIO(gzip.decompress((data / name).read_bytes()))
+
+    return _copy_into_text_tables(url, "floor", read)
 
 
 def run_floor_read(data: Path, url: str, repeat: int) -> dict:
@@ -118,23 +125,14 @@ def run_floor_read(data: Path, url: str, repeat: int) -> dict:
 
     import pandas as pd
 
-    engine = sa.create_engine(url)
-    raw = engine.raw_connection()
-    t0 = time.perf_counter()
-    rows = {}
-    with raw.cursor() as cur:
-        for kind, name in FILES.items():
-            frame = pd.read_csv(data / name, dtype=str, keep_default_na=False, **READ_OPTIONS)
-            cols = ", ".join(f"c{i} text" for i in range(frame.shape[1]))
-            cur.execute(f"CREATE TABLE floor_read_{kind} ({cols})")
-            buffer = io.StringIO()
-            frame.to_csv(buffer, index=False, header=False)
-            buffer.seek(0)
-            cur.copy_expert(f"COPY floor_read_{kind} FROM STDIN WITH (FORMAT csv)", buffer)
-            rows[kind] = cur.rowcount
-    raw.commit()
-    raw.close()
-    return {"seconds": time.perf_counter() - t0, "rows": rows}
+    def read(kind: str, name: str):
+        frame = pd.read_csv(data / name, dtype=str, keep_default_na=False, **READ_OPTIONS)
+        buffer = io.StringIO()
+        frame.to_csv(buffer, index=False, header=False)
+        buffer.seek(0)
+        return frame.shape[1], "FORMAT csv", buffer
+
+    return _copy_into_text_tables(url, "floor_read", read)
 
 
 PATHS = {"bookrec": run_bookrec, "naive": run_naive, "floor": run_floor,

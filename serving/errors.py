@@ -21,7 +21,7 @@ def _error_response(status: int, code: str, message: str, headers=None, field=No
     return response
 
 
-def register_error_handlers(app: Flask, on_rate_limited=None) -> None:
+def register_error_handlers(app: Flask) -> None:
     """Turn ``ApiError``, HTTP errors and unexpected exceptions into JSON responses."""
 
     @app.errorhandler(ApiError)
@@ -36,26 +36,10 @@ def register_error_handlers(app: Flask, on_rate_limited=None) -> None:
             headers = {k: v for k, v in exc.response.headers.items() if k in ("Allow",)}
         elif status == 405 and getattr(exc, "valid_methods", None):
             headers["Allow"] = ", ".join(exc.valid_methods)
-        if status == 429:
-            if on_rate_limited is not None:
-                on_rate_limited()
-            headers["Retry-After"] = str(_retry_after(exc))
         code = (exc.name or "error").lower().replace(" ", "_")
-        message = exc.description or exc.name
-        if status == 429:
-            message = f"rate limit exceeded ({exc.description}); retry later"
-        return _error_response(status, code, message, headers)
+        return _error_response(status, code, exc.description or exc.name, headers)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         log.exception("unhandled error in request %s", g.get("request_id"))
         return _error_response(500, "internal_error", "internal error; see the server log")
-
-
-def _retry_after(exc: HTTPException) -> int:
-    """Seconds until the breached limit resets (at least 1)."""
-    limit = getattr(exc, "limit", None)
-    try:
-        return max(1, int(limit.limit.get_expiry()))  # per-window reset, a safe upper bound
-    except Exception:  # noqa: BLE001 - header is best effort
-        return 60

@@ -33,6 +33,7 @@ UNLIMITED_ENDPOINTS = ("health.livez", "health.readyz", "health.metrics", "stati
 _SWEEP_EVERY_S = 60.0
 SYNC_INTERVAL_S = 0.05
 _BATCHED_PREFIX = "bookrec-"
+_FORGET_EXPIRED_ABOVE = 40_000  # windows kept before expired ones are swept on a new key
 
 # INCRBY the window's counter, start its expiry on the first hit, and return the global
 # count with the milliseconds left in the window.
@@ -76,10 +77,11 @@ class _Window:
 class BatchedRedisStorage(RedisStorage):
     """Redis storage whose fixed-window counters are settled in batches (see module doc).
 
-    Schemes ``bookrec-redis://`` and ``bookrec-rediss://`` (the Redis URL with a prefix).
-    Everything but ``incr`` and ``get`` (moving windows, clear, reset, expiry) is the stock
-    Redis storage. A Redis error propagates, so the caller (``RateLimits``) falls back to
-    its in-memory counter.
+    Takes a plain Redis URL; its own schemes ``bookrec-redis://`` and ``bookrec-rediss://``
+    keep the ``limits`` storage registry's ``redis://`` on the stock class. ``incr`` and
+    ``get`` are batched, ``clear`` and ``reset`` also forget the local windows; expiry and
+    the moving and sliding windows are the stock Redis storage. A Redis error propagates,
+    so the caller (``RateLimits``) falls back to its in-memory counter.
     """
 
     STORAGE_SCHEME = ["bookrec-redis", "bookrec-rediss"]
@@ -103,7 +105,7 @@ class BatchedRedisStorage(RedisStorage):
             if window is None or now >= window.expires:
                 window = _Window(0, 0, now + expiry, -float("inf"))
                 self._windows[key] = window
-                if len(self._windows) > 4 * _MAX_WINDOWS:
+                if len(self._windows) > _FORGET_EXPIRED_ABOVE:
                     self._forget_expired(now)
             window.pending += amount
             if now - window.synced < self.sync_interval_s:
@@ -177,8 +179,6 @@ class BatchedRedisStorage(RedisStorage):
             del self._windows[key]
 
 
-_MAX_WINDOWS = 10_000
-
 
 class RateLimits:
     """Per-client fixed-window limits, checked in one ``before_request`` hook.
@@ -210,7 +210,7 @@ class RateLimits:
         if settings.redis_url:
             timeout = settings.redis_socket_timeout_s
             storage = BatchedRedisStorage(
-                _BATCHED_PREFIX + settings.redis_url,
+                settings.redis_url,
                 key_prefix="bookrec:limits",
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,

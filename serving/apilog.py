@@ -83,8 +83,8 @@ class ApiLogWriter:
             return
         lines = []
         for rec in batch:
+            _stamp(rec)
             line = {k: v for k, v in rec.items() if k not in ("logged_at", "_line_written")}
-            line["ts"] = datetime.fromtimestamp(rec["logged_at"], UTC).isoformat()
             lines.append(orjson.dumps(line).decode())
         request_log.info("\n".join(lines))
 
@@ -148,7 +148,7 @@ class ApiLogWriter:
             for i, value in enumerate(row):  # PostgreSQL text cannot hold NUL (e.g. /%00)
                 if isinstance(value, str) and "\x00" in value:
                     row[i] = value.replace("\x00", "\ufffd")
-            row[0] = datetime.fromtimestamp(rec["logged_at"], UTC).isoformat()
+            row[0] = _stamp(rec)
             writer.writerow(row)
         buffer.seek(0)
         raw = self._engine().raw_connection()
@@ -161,6 +161,14 @@ class ApiLogWriter:
             raise
         finally:
             raw.close()
+
+
+def _stamp(rec: dict[str, Any]) -> str:
+    """The record's time as ISO 8601 (``ts``), formatted once for the line and the row."""
+    ts = rec.get("ts")
+    if ts is None:
+        ts = rec["ts"] = datetime.fromtimestamp(rec["logged_at"], UTC).isoformat()
+    return ts
 
 
 def now() -> float:

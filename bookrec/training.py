@@ -161,17 +161,10 @@ def evaluate_champion_recipe(
     same recipe gives the candidate's own metrics; a recipe this code cannot build is
     reported with the reason, and the gate falls back to the recorded metrics."""
     out: dict[str, Any] = {"version": champion.get("version")}
+    # A parameter the champion's manifest lacks did not exist when it was trained: read it
+    # as "off", not as today's default. ``from_dict`` refuses names this code does not know.
     try:
-        known = {f for f in HybridParams.__dataclass_fields__}
-        unknown = sorted(set(champion.get("params") or {}) - known)
-        if unknown:
-            raise ValueError(f"parameters this code does not know: {unknown}")
-        # A parameter the champion's manifest lacks did not exist when it was trained:
-        # read it as "off", not as today's default.
-        given = champion.get("params") or {}
-        champ_params = HybridParams.from_dict(
-            {**{k: v for k, v in ABSENT_MEANS.items() if k not in given}, **given}
-        )
+        champ_params = HybridParams.from_dict({**ABSENT_MEANS, **(champion.get("params") or {})})
     except (TypeError, ValueError) as exc:
         out["error"] = f"cannot rebuild the champion's recipe: {exc}"
         return out

@@ -20,7 +20,7 @@ from prefect.tasks import exponential_backoff
 from bookrec import db, training
 from bookrec.registry import Registry, new_version_id
 from bookrec.settings import get_settings
-from bookrec.store import ObjectNotFound, StoreError
+from bookrec.store import StoreError
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -65,11 +65,8 @@ def read_champion_recipe() -> dict[str, Any] | None:
         return None
     try:
         manifest = registry.manifest(pointer["version"])
-    except StoreError as exc:
-        if not isinstance(exc, ObjectNotFound):
-            raise  # a network or store hiccup: retried
-        get_run_logger().warning("champion %s has no manifest", pointer.get("version"))
-        return None
+    except StoreError:
+        raise  # a network or store hiccup: retried (a missing manifest is a RegistryError)
     except Exception as exc:  # noqa: BLE001 - an unreadable champion: the gate says so later
         get_run_logger().warning("champion %s unreadable (%s)", pointer.get("version"), exc)
         return None

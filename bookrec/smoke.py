@@ -153,16 +153,17 @@ def answer_and_time(model: Any, golden: dict[str, Any]) -> dict[str, Any]:
     answers (a model that answers the same question differently twice is rejected).
     """
     answers, cold, known = run_golden(model, golden)
+    digest = answers_sha256(answers)
     latencies: list[float] = []
     for _ in range(WARM_PASSES):
         again, warm, _ = run_golden(model, golden)
-        if answers_sha256(again) != answers_sha256(answers):
+        if answers_sha256(again) != digest:
             raise SmokeError("the same golden queries gave different answers on a second pass")
         latencies.extend(warm)
     latencies.sort()
     return {
         "answers": answers,
-        "answers_sha256": answers_sha256(answers),
+        "answers_sha256": digest,
         "known": known,
         "queries": len(cold),
         "latency_ms": {

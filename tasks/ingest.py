@@ -1,13 +1,15 @@
-"""Prefect tasks for ingest: thin wrappers over ``bookrec.ingest`` and ``bookrec.sources``.
+"""Prefect tasks for ingest: thin wrappers over ``bookrec.ingest``, ``bookrec.pgload`` and
+``bookrec.sources``.
 
 Retries with exponential backoff sit on the tasks that do I/O (listing and reading
-S3, loading PostgreSQL); parsing and cleaning are pure and fail fast.
+S3, staging and committing in PostgreSQL); parsing and cleaning are pure and fail fast.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
-from bookrec import db, ingest, sources
+from bookrec import db, ingest, pgload, sources
 from bookrec.settings import get_settings
 
 _IO_RETRIES = {
@@ -66,13 +68,42 @@ def clean_file(kind: str, path: str, layout: str, display: str, spool_dir: str) 
     return ingest.spool_to_dict(spool)
 
 
-@task(name="load-into-postgres", **_IO_RETRIES)
-def load_into_postgres(spools: list[dict], source: str, layout: str, started_at: datetime) -> dict:
-    """One transaction: migrate if needed, COPY into staging, upsert, record the run."""
+@task(name="prepare-database", **_IO_RETRIES)
+def prepare_database() -> str:
+    """Apply migrations and create this run's stage schema; returns its name."""
     engine = db.get_engine(get_settings())
     db.upgrade(engine)
-    files = [ingest.SpoolFile(**s) for s in spools]
-    return ingest.load_spool(engine, files, source=source, layout=layout, started_at=started_at)
+    return pgload.create_stage(engine)
+
+
+@task(name="stage-file", **_IO_RETRIES)
+def stage_file(kind: str, spool: dict, schema: str) -> dict:
+    """COPY one cleaned file into the stage schema (indexes built there on a first load)."""
+    engine = db.get_engine(get_settings())
+    staged = pgload.stage_spool(engine, kind, spool["data_path"], schema)
+    return asdict(staged)
+
+
+@task(name="commit-ingest", **_IO_RETRIES)
+def commit_ingest(
+    staged: list[dict], spools: list[dict], source: str, layout: str, started_at: datetime
+) -> dict:
+    """One transaction: swap in or upsert every staged file, record the run and quarantine."""
+    engine = db.get_engine(get_settings())
+    return pgload.commit_staged(
+        engine,
+        [pgload.StagedFile(**s) for s in staged],
+        [ingest.file_counts(ingest.SpoolFile(**s)) for s in spools],
+        source=source,
+        layout=layout,
+        started_at=started_at,
+    )
+
+
+@task(name="drop-stage-schema", **_IO_RETRIES)
+def drop_stage_schema(schema: str) -> None:
+    """Remove the run's stage schema (already gone after a successful commit)."""
+    pgload.drop_stage(db.get_engine(get_settings()), schema)
 
 
 @task(name="publish-ingest-report")

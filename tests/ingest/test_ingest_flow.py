@@ -74,6 +74,32 @@ def test_flow_fails_on_bad_file_without_retrying_it(prefect_harness, clean_db, f
     assert db_fingerprint(clean_db) == before
 
 
+def test_flow_with_one_bad_file_leaves_tables_and_no_stage_schema(
+    prefect_harness, clean_db, flow_env, sample_copy
+):
+    """Books and ratings are staged while the users file turns out bad: the tables stay as
+    they were and the run's stage schema is gone."""
+    from bookrec.sources import IngestFileError
+    from flows.ingest import ingest_flow
+    from tests.ingest.conftest import read_gz_text, write_gz_text
+
+    folder = sample_copy("original")
+    users = folder / "BX-Users.csv.gz"
+    text = read_gz_text(users, "latin-1")
+    write_gz_text(users, text.replace('"User-ID"', '"Reader"', 1), "latin-1")
+    before = db_fingerprint(clean_db)
+    state = ingest_flow(source=str(folder), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(IngestFileError, match="wrong header"):
+        state.result()
+    assert db_fingerprint(clean_db) == before
+    with clean_db.connect() as conn:
+        stages = conn.execute(
+            sa.text("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'bookrec\\_stage\\_%'")
+        ).scalar_one()
+    assert stages == 0
+
+
 def _bookrec(args, settings, tmp_path):
     """Run the command in a fresh process against the harness's Prefect API."""
     from prefect.settings import PREFECT_API_URL

@@ -1,0 +1,372 @@
+"""Loading cleaned spool files into PostgreSQL: stage in parallel, then one short commit.
+
+Two phases, so that the heavy work uses every core and the database changes atomically:
+
+1. ``stage_spool`` (one per file, each on its own connection, concurrently): COPY the
+   spool into a table of a per-run stage schema and commit it there. When the target
+   table is empty (a first load), the stage table is a full twin of it (same columns,
+   defaults and checks) and gets the target's primary key and indexes, built in parallel
+   sessions -- the expensive part of a first load (the trigram indexes of ``books``).
+2. ``commit_staged`` (ONE transaction): per file, either swap the twin in for the still
+   empty target (drop the empty table, move the twin into its schema, restore grants and
+   owner), or upsert from the stage table, counting inserted / updated / unchanged.
+   Then the ``ingest_runs`` row and the quarantine; then the stage schema is dropped.
+
+Until phase 2 commits, nothing outside the stage schema has changed, so a failure anywhere
+leaves the tables as they were ("a staging swap"); ``drop_stage`` removes the schema, and a
+crashed run's schema is removed by a later run (``STALE_AFTER_S``).
+
+The swap falls back to the upsert whenever it cannot be done safely: the target gained
+rows meanwhile, has triggers, row security, rules, publications or extended statistics, a
+view or foreign key depends on it, or its lock is not granted within ``SWAP_LOCK_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg2
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from bookrec import columns as C
+
+KINDS = ("books", "ratings", "users")
+TARGET_COLUMNS = {"books": C.BOOK_COLUMNS, "ratings": C.RATING_COLUMNS, "users": C.USER_COLUMNS}
+KEYS = {"books": [C.ISBN], "ratings": [C.USER_ID, C.ISBN], "users": [C.USER_ID]}
+
+STAGE_PREFIX = "bookrec_stage_"
+STALE_AFTER_S = 6 * 3600
+SWAP_LOCK_TIMEOUT = "5s"
+INGEST_LOCK = 72210002
+# GIN builds gather their entries in maintenance_work_mem; 256 MB per session holds the
+# largest (books titles) in one pass. A table's indexes are built side by side, in at most
+# INDEX_SESSIONS sessions (CPU-bound, but the longest must not wait for the short ones).
+MAINTENANCE_WORK_MEM = "256MB"
+INDEX_SESSIONS = 4
+
+# Objects that make a table unsafe to replace by another one with the same name.
+_SWAP_BLOCKERS = """
+SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = c.oid AND NOT tgisinternal)
+     + (SELECT count(*) FROM pg_policy WHERE polrelid = c.oid)
+     + (SELECT count(*) FROM pg_rewrite WHERE ev_class = c.oid)
+     + (SELECT count(*) FROM pg_publication_rel WHERE prrelid = c.oid)
+     + (SELECT count(*) FROM pg_statistic_ext WHERE stxrelid = c.oid)
+     + (SELECT count(*) FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid)
+     + (SELECT count(*) FROM pg_constraint WHERE confrelid = c.oid OR
+          (conrelid = c.oid AND contype NOT IN ('p', 'u', 'c', 'n')))
+     + CASE WHEN c.relrowsecurity OR c.relkind <> 'r' OR c.relpersistence <> 'p'
+            THEN 1 ELSE 0 END
+FROM pg_class c WHERE c.oid = %s::regclass
+"""
+
+
+@dataclass
+class StagedFile:
+    """One spool file COPY-ed into the stage schema (small, JSON-able)."""
+
+    kind: str
+    schema: str
+    rows: int
+    twin: bool  # a full twin of an empty target, indexes built: can be swapped in
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _raw(conn) -> psycopg2.extensions.cursor:
+    return conn.connection.dbapi_connection.cursor()
+
+
+def _copy_sql(table: str, kind: str) -> str:
+    return f"COPY {table} ({', '.join(TARGET_COLUMNS[kind])}) FROM STDIN"  # text format
+
+
+def create_stage(engine: Engine) -> str:
+    """A fresh stage schema for one ingest run (and removal of crashed runs' schemas)."""
+    now = int(time.time())
+    name = f"{STAGE_PREFIX}{now}_{secrets.token_hex(4)}"
+    with engine.begin() as conn:
+        for (old,) in conn.execute(
+            sa.text("SELECT nspname FROM pg_namespace WHERE nspname LIKE :p"),
+            {"p": STAGE_PREFIX.replace("_", r"\_") + "%"},
+        ):
+            stamp = old[len(STAGE_PREFIX) :].split("_", 1)[0]
+            if stamp.isdigit() and now - int(stamp) > STALE_AFTER_S:
+                conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {_ident(old)} CASCADE"))
+        conn.execute(sa.text(f"CREATE SCHEMA {_ident(name)}"))
+    return name
+
+
+def drop_stage(engine: Engine, schema: str) -> None:
+    """Remove a run's stage schema (a no-op once ``commit_staged`` has dropped it)."""
+    if not schema.startswith(STAGE_PREFIX):
+        raise ValueError(f"not a stage schema: {schema!r}")
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {_ident(schema)} CASCADE"))
+
+
+def _qualified(cur, schema: str | None, table: str) -> str:
+    """``schema.table`` quoted the way PostgreSQL prints it (as in ``pg_get_indexdef``)."""
+    cur.execute("SELECT format('%%I.%%I', coalesce(%s, current_schema()), %s)", (schema, table))
+    return cur.fetchone()[0]
+
+
+def _swappable(cur, target: str) -> bool:
+    """True when ``target`` is empty and nothing attached to it would be lost by a swap."""
+    cur.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {target})")
+    if not cur.fetchone()[0]:
+        return False
+    cur.execute(_SWAP_BLOCKERS, (target,))
+    return cur.fetchone()[0] == 0
+
+
+def _index_statements(cur, target: str, twin: str) -> tuple[list[str], list[str]]:
+    """The target's indexes re-aimed at the twin: (CREATE INDEX ..., ALTER TABLE ... USING INDEX).
+
+    Index names are kept: the twin lives in another schema, and moves with its indexes.
+    """
+    cur.execute(
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid), con.conname, con.contype "
+        "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid "
+        "JOIN pg_am am ON am.oid = c.relam "
+        "WHERE i.indrelid = %s::regclass "
+        # GIN (slow builds) before B-tree, so the slowest start first when sessions are short
+        "ORDER BY am.amname = 'btree', c.relname",
+        (target,),
+    )
+    creates, constraints = [], []
+    for index, definition, conname, contype in cur.fetchall():
+        head, marker, tail = definition.partition(f" ON {target} ")
+        if not marker:
+            raise RuntimeError(f"unexpected index definition on {target}: {definition}")
+        creates.append(f"{head} ON {twin} {tail}")
+        if contype in ("p", "u"):
+            kind = "PRIMARY KEY" if contype == "p" else "UNIQUE"
+            constraints.append(
+                f"ALTER TABLE {twin} ADD CONSTRAINT {_ident(conname)} {kind} USING INDEX {_ident(index)}"
+            )
+    return creates, constraints
+
+
+def _run_in_sessions(engine: Engine, statements: list[str]) -> None:
+    """Run DDL statements concurrently, each in its own session (CREATE INDEX takes a SHARE
+    lock, so several can build on one table at once)."""
+
+    def run(statement: str) -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"SET LOCAL maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'"))
+            conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
+            _raw(conn).execute(statement)
+
+    if len(statements) <= 1:
+        for statement in statements:
+            run(statement)
+        return
+    with ThreadPoolExecutor(max_workers=min(INDEX_SESSIONS, len(statements))) as pool:
+        for future in [pool.submit(run, s) for s in statements]:
+            future.result()
+
+
+def stage_spool(engine: Engine, kind: str, data_path: str, schema: str) -> StagedFile:
+    """COPY one spool file into ``schema.kind``; for an empty target, build a swappable twin."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
+        cur = _raw(conn)
+        target = _qualified(cur, None, kind)
+        table = _qualified(cur, schema, kind)
+        twin = _swappable(cur, target)
+        cur.execute(f"DROP TABLE IF EXISTS {table}")  # a retried attempt's leftovers
+        if twin:
+            cur.execute(f"CREATE TABLE {table} (LIKE {target} INCLUDING ALL EXCLUDING INDEXES)")
+            creates, constraints = _index_statements(cur, target, table)
+        else:
+            columns = ", ".join(TARGET_COLUMNS[kind])
+            cur.execute(
+                f"CREATE UNLOGGED TABLE {table} AS SELECT {columns} FROM {target} WITH NO DATA"
+            )
+        with open(data_path, encoding="utf-8") as fh:
+            cur.copy_expert(_copy_sql(table, kind), fh)
+        rows = int(cur.rowcount)
+    if twin:
+        _run_in_sessions(engine, creates)
+        with engine.begin() as conn:
+            for statement in constraints:
+                _raw(conn).execute(statement)
+    return StagedFile(kind=kind, schema=schema, rows=rows, twin=twin)
+
+
+def _upsert(cur, kind: str, stage: str) -> tuple[int, int]:
+    """Apply stage -> target, touching only new and changed rows; return (inserted, updated).
+
+    The stage table is compared with the target in one hash join, so rows whose values
+    are unchanged cost no write at all (a re-ingest of the same files is read-only). New
+    rows are inserted with ON CONFLICT so that a rating posted through the API meanwhile
+    is overwritten rather than failing the ingest.
+    """
+    cols = TARGET_COLUMNS[kind]
+    keys = KEYS[kind]
+    compare = [c for c in cols if c not in keys]
+    changed = " OR ".join(f"t.{c} IS DISTINCT FROM s.{c}" for c in compare)
+    key_match = " AND ".join(f"t.{k} = d.{k}" for k in keys)
+    col_list = ", ".join(cols)
+    extra_set = ", source = 'ingest'" if kind == "ratings" else ""
+    cur.execute(
+        f"CREATE TEMP TABLE diff_{kind} ON COMMIT DROP AS "
+        f"SELECT {', '.join('s.' + c for c in cols)}, t.{keys[0]} IS NULL AS is_new "
+        f"FROM {stage} s LEFT JOIN {kind} t USING ({', '.join(keys)}) "
+        f"WHERE t.{keys[0]} IS NULL OR {changed}"
+    )
+    cur.execute(
+        f"INSERT INTO {kind} AS t ({col_list}) SELECT {col_list} FROM diff_{kind} WHERE is_new "
+        f"ORDER BY {', '.join(keys)} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+        + ", ".join(f"{c} = EXCLUDED.{c}" for c in compare)
+        + f", updated_at = now(){extra_set}"
+    )
+    inserted = cur.rowcount
+    cur.execute(
+        f"UPDATE {kind} t SET "
+        + ", ".join(f"{c} = d.{c}" for c in compare)
+        + f", updated_at = now(){extra_set} FROM diff_{kind} d WHERE NOT d.is_new AND {key_match}"
+    )
+    updated = cur.rowcount
+    return int(inserted), int(updated)
+
+
+def _swap(cur, target: str, twin: str) -> bool:
+    """Replace the empty ``target`` by ``twin`` inside a savepoint; False (and nothing
+    changed) when the target has rows by now or cannot be replaced safely."""
+    cur.execute("SAVEPOINT swap")
+    try:
+        cur.execute(f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'")
+        cur.execute(f"LOCK TABLE {target} IN ACCESS EXCLUSIVE MODE")
+        cur.execute("SET LOCAL lock_timeout = 0")
+        if not _swappable(cur, target):
+            cur.execute("ROLLBACK TO SAVEPOINT swap")
+            return False
+        cur.execute(
+            "SELECT n.nspname, pg_get_userbyid(c.relowner), "
+            "  (SELECT coalesce(json_agg(json_build_array("
+            "      CASE a.grantee WHEN 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, "
+            "      a.privilege_type, a.is_grantable)), '[]') "
+            "   FROM aclexplode(c.relacl) a WHERE a.grantee <> c.relowner) "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.oid = %s::regclass",
+            (target,),
+        )
+        namespace, owner, grants = cur.fetchone()
+        cur.execute(f"DROP TABLE {target}")
+        cur.execute(f"ALTER TABLE {twin} SET SCHEMA {_ident(namespace)}")
+        cur.execute("SELECT current_user")
+        if cur.fetchone()[0] != owner:
+            cur.execute(f"ALTER TABLE {target} OWNER TO {_ident(owner)}")
+        for grantee, privilege, grantable in grants:
+            role = "PUBLIC" if grantee is None else _ident(grantee)
+            option = " WITH GRANT OPTION" if grantable else ""
+            cur.execute(f"GRANT {privilege} ON {target} TO {role}{option}")
+        cur.execute("RELEASE SAVEPOINT swap")
+        return True
+    except psycopg2.Error:
+        cur.execute("ROLLBACK TO SAVEPOINT swap")
+        return False
+
+
+@dataclass
+class FileCounts:
+    """What the ingest knows of one file before loading it (from its spool)."""
+
+    kind: str
+    name: str
+    rows_read: int
+    rows_clean: int
+    merged: int
+    quarantined: int
+    reasons: dict[str, int]
+    quarantine_path: str
+
+
+def commit_staged(
+    engine: Engine,
+    staged: list[StagedFile],
+    files: list[FileCounts],
+    *,
+    source: str,
+    layout: str,
+    started_at: datetime,
+) -> dict:
+    """ONE transaction: swap or upsert every staged file, record the run and its quarantine,
+    drop the stage schema. Returns the ingest report."""
+    by_kind = {s.kind: s for s in staged}
+    counts_of = {f.kind: f for f in files}
+    schemas = {s.schema for s in staged}
+    if len(schemas) != 1:
+        raise ValueError(f"staged files come from {len(schemas)} stage schemas")
+    schema = schemas.pop()
+    report: dict[str, dict] = {}
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({INGEST_LOCK})"))
+        conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
+        conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
+        cur = _raw(conn)
+        for kind in KINDS:
+            stage = by_kind[kind]
+            table = _qualified(cur, schema, kind)
+            target = _qualified(cur, None, kind)
+            if stage.twin and _swap(cur, target, table):
+                inserted, updated = stage.rows, 0
+            else:
+                inserted, updated = _upsert(cur, kind, table)
+            f = counts_of[kind]
+            report[kind] = {
+                "rows_read": f.rows_read,
+                "inserted": inserted,
+                "updated": updated,
+                "unchanged": max(f.rows_clean - inserted - updated, 0),
+                "merged": f.merged,
+                "quarantined": f.quarantined,
+                "reasons": f.reasons,
+            }
+        finished = datetime.now(UTC)
+        duration = (finished - started_at).total_seconds()
+        run_id = conn.execute(
+            sa.text(
+                "INSERT INTO ingest_runs (started_at, finished_at, source, layout, counts, duration_s) "
+                "VALUES (:s, :f, :src, :lay, CAST(:c AS jsonb), :d) RETURNING id"
+            ),
+            {
+                "s": started_at,
+                "f": finished,
+                "src": source,
+                "lay": layout,
+                "c": json.dumps(report),
+                "d": duration,
+            },
+        ).scalar_one()
+        cur.execute(
+            "CREATE TEMP TABLE stage_quarantine (line_number int, raw text, reason text) ON COMMIT DROP"
+        )
+        for kind in KINDS:
+            f = counts_of[kind]
+            cur.execute("TRUNCATE stage_quarantine")
+            with open(f.quarantine_path, encoding="utf-8") as fh:
+                cur.copy_expert("COPY stage_quarantine FROM STDIN WITH (FORMAT csv)", fh)
+            cur.execute(
+                "INSERT INTO quarantine (run_id, source_file, kind, line_number, raw, reason) "
+                "SELECT %s, %s, %s, line_number, raw, reason FROM stage_quarantine",
+                (run_id, f.name, kind),
+            )
+        cur.execute(f"DROP SCHEMA {_ident(schema)} CASCADE")
+    return {
+        "files": report,
+        "duration_s": round(duration, 3),
+        "run_id": run_id,
+        "source": source,
+        "layout": layout,
+    }

@@ -1,0 +1,226 @@
+"""The staging swap against the real PostgreSQL: a first load swaps in fully indexed twins,
+anything unsafe falls back to the upsert, and a failed commit leaves no trace."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from bookrec import pgload
+from bookrec.ingest import _write_copy_text, run_ingest
+from tests.conftest import SAMPLE_DIR
+from tests.ingest.conftest import db_fingerprint
+
+INDEXES = (
+    "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+    "JOIN pg_class c ON c.oid = i.indexrelid "
+    "WHERE i.indrelid IN ('books'::regclass, 'ratings'::regclass, 'users'::regclass) "
+    "ORDER BY 1"
+)
+CONSTRAINTS = (
+    "SELECT conname, conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint "
+    "WHERE conrelid IN ('books'::regclass, 'ratings'::regclass, 'users'::regclass) ORDER BY 1"
+)
+OIDS = "SELECT 'books'::regclass::oid, 'ratings'::regclass::oid, 'users'::regclass::oid"
+STAGES = "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bookrec\\_stage\\_%' ORDER BY 1"
+
+
+def _rows(engine, query: str) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(query))]
+
+
+def test_first_load_swaps_in_twins_with_the_same_indexes(clean_db, settings):
+    indexes, constraints, oids = (_rows(clean_db, q) for q in (INDEXES, CONSTRAINTS, OIDS))
+    report = run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"))
+    # new tables (the twins) took the place of the empty ones...
+    assert all(a != b for a, b in zip(oids[0], _rows(clean_db, OIDS)[0], strict=True))
+    # ...with the very same indexes and constraints under the same names
+    assert _rows(clean_db, INDEXES) == indexes
+    assert _rows(clean_db, CONSTRAINTS) == constraints
+    assert _rows(clean_db, STAGES) == []
+    with clean_db.connect() as conn:
+        for kind in pgload.KINDS:
+            stored = conn.execute(sa.text(f"SELECT count(*) FROM {kind}")).scalar_one()
+            assert stored == report["files"][kind]["inserted"] > 0
+        # the column defaults came along (updated_at, ratings.source)
+        assert (
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM ratings WHERE source = 'ingest' AND updated_at IS NOT NULL"
+                )
+            ).scalar_one()
+            == report["files"]["ratings"]["inserted"]
+        )
+        # and the trigram index serves a search
+        plan = (
+            conn.execute(
+                sa.text("EXPLAIN SELECT isbn FROM books WHERE title ILIKE '%mockingbird%'")
+            )
+            .scalars()
+            .all()
+        )
+    assert any("ix_books_title_trgm" in line for line in plan), plan
+
+
+def test_a_second_load_upserts_into_the_same_tables(clean_db, settings):
+    run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"))
+    oids = _rows(clean_db, OIDS)
+    report = run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"))
+    assert _rows(clean_db, OIDS) == oids
+    assert all(c["inserted"] == c["updated"] == 0 for c in report["files"].values())
+
+
+def test_swap_keeps_grants_and_owner(clean_db, settings):
+    role = f"bookrec_reader_{uuid.uuid4().hex[:8]}"
+    with clean_db.begin() as conn:
+        conn.execute(sa.text(f"CREATE ROLE {role} NOLOGIN"))
+        conn.execute(sa.text(f"GRANT SELECT ON books TO {role}"))
+        conn.execute(sa.text(f"GRANT SELECT, INSERT ON ratings TO {role} WITH GRANT OPTION"))
+        conn.execute(sa.text("GRANT SELECT ON users TO PUBLIC"))
+    owners = _rows(
+        clean_db,
+        "SELECT relname, pg_get_userbyid(relowner) FROM pg_class "
+        "WHERE relname IN ('books', 'ratings', 'users') AND relkind = 'r' ORDER BY 1",
+    )
+    try:
+        oids = _rows(clean_db, OIDS)
+        run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"))
+        assert _rows(clean_db, OIDS) != oids  # swapped
+        grants = set(
+            _rows(
+                clean_db,
+                "SELECT table_name, grantee, privilege_type, is_grantable "
+                "FROM information_schema.role_table_grants "
+                f"WHERE grantee IN ('{role}', 'PUBLIC') AND table_schema = current_schema()",
+            )
+        )
+        assert grants == {
+            ("books", role, "SELECT", "NO"),
+            ("ratings", role, "SELECT", "YES"),
+            ("ratings", role, "INSERT", "YES"),
+            ("users", "PUBLIC", "SELECT", "NO"),
+        }
+        assert (
+            _rows(
+                clean_db,
+                "SELECT relname, pg_get_userbyid(relowner) FROM pg_class "
+                "WHERE relname IN ('books', 'ratings', 'users') AND relkind = 'r' "
+                "ORDER BY 1",
+            )
+            == owners
+        )
+    finally:
+        with clean_db.begin() as conn:
+            conn.execute(sa.text(f"REVOKE ALL ON books, ratings FROM {role}"))
+            conn.execute(sa.text("REVOKE ALL ON users FROM PUBLIC"))
+            conn.execute(sa.text(f"DROP ROLE {role}"))
+
+
+def test_a_dependent_view_or_trigger_means_upsert_not_swap(clean_db, settings):
+    with clean_db.begin() as conn:
+        conn.execute(
+            sa.text("CREATE VIEW books_by_year AS SELECT year, count(*) FROM books GROUP BY 1")
+        )
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION users_touch() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN NEW.location := NEW.location; RETURN NEW; END $$"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE TRIGGER users_touch BEFORE INSERT ON users "
+                "FOR EACH ROW EXECUTE FUNCTION users_touch()"
+            )
+        )
+    try:
+        oids = _rows(clean_db, OIDS)[0]
+        report = run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"))
+        after = _rows(clean_db, OIDS)[0]
+        assert after[0] == oids[0]  # books: the view blocks the DROP, so upserted in place
+        assert after[1] != oids[1]  # ratings: nothing attached, swapped
+        assert after[2] == oids[2]  # users: a trigger is never bypassed
+        with clean_db.connect() as conn:
+            in_view = conn.execute(sa.text("SELECT sum(count) FROM books_by_year")).scalar_one()
+        assert in_view == report["files"]["books"]["inserted"] > 0
+        assert _rows(clean_db, STAGES) == []
+    finally:
+        with clean_db.begin() as conn:
+            conn.execute(sa.text("DROP VIEW books_by_year"))
+            conn.execute(sa.text("DROP TRIGGER users_touch ON users"))
+            conn.execute(sa.text("DROP FUNCTION users_touch()"))
+
+
+def test_failed_commit_leaves_tables_and_no_stage_schema(clean_db, settings):
+    with clean_db.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION refuse_runs() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'ingest_runs is read-only today'; END $$"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE TRIGGER refuse_runs BEFORE INSERT ON ingest_runs "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_runs()"
+            )
+        )
+    before = db_fingerprint(clean_db)
+    oids = _rows(clean_db, OIDS)
+    try:
+        # the failure comes after the three swaps, inside the same transaction
+        with pytest.raises(sa.exc.DBAPIError, match="read-only today"):
+            run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"))
+    finally:
+        with clean_db.begin() as conn:
+            conn.execute(sa.text("DROP TRIGGER refuse_runs ON ingest_runs"))
+            conn.execute(sa.text("DROP FUNCTION refuse_runs()"))
+    assert db_fingerprint(clean_db) == before
+    assert _rows(clean_db, OIDS) == oids
+    assert _rows(clean_db, STAGES) == []
+
+
+def test_stale_stage_schemas_of_crashed_runs_are_removed(clean_db, settings):
+    stale = f"bookrec_stage_{int(time.time()) - pgload.STALE_AFTER_S - 60}_dead"
+    recent = f"bookrec_stage_{int(time.time()) - 60}_busy"
+    with clean_db.begin() as conn:
+        for name in (stale, recent):
+            conn.execute(sa.text(f"CREATE SCHEMA {name}"))
+            conn.execute(sa.text(f"CREATE TABLE {name}.books (isbn text)"))
+    try:
+        run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"))
+        assert _rows(clean_db, STAGES) == [(recent,)]
+    finally:
+        pgload.drop_stage(clean_db, recent)
+        pgload.drop_stage(clean_db, stale)
+    with pytest.raises(ValueError, match="not a stage schema"):
+        pgload.drop_stage(clean_db, "public")
+
+
+def test_copy_text_spool_round_trips_awkward_values(engine, tmp_path):
+    frame = pd.DataFrame(
+        {
+            "a": ["plain", "tab\there", "line\nbreak", "back\\slash", "cr\rlf", None, "\\N", "é ü"],
+            "b": pd.array([1, None, 3, 4, 5, 6, None, 8], dtype="Int16"),
+            "c": [10, 20, 30, 40, 50, 60, 70, 80],
+        }
+    )
+    path = tmp_path / "frame.copy"
+    _write_copy_text(path, frame)
+    with engine.begin() as conn:
+        cur = conn.connection.dbapi_connection.cursor()
+        cur.execute("CREATE TEMP TABLE round_trip (a text, b smallint, c bigint) ON COMMIT DROP")
+        with open(path, encoding="utf-8") as fh:
+            cur.copy_expert("COPY round_trip FROM STDIN", fh)
+        cur.execute("SELECT a, b, c FROM round_trip")
+        back = cur.fetchall()
+    expected = [
+        (None if pd.isna(a) else a, None if pd.isna(b) else int(b), c)
+        for a, b, c in zip(frame["a"], frame["b"], frame["c"], strict=True)
+    ]
+    assert back == expected

@@ -1,6 +1,7 @@
 """Serving benchmark: throughput and p99 with wrk on loopback, hot reload under load, memory.
 
-Run:  .venv/bin/python bench/bench_serving.py [--duration 10] [--workers 4] [--max-items 5000]
+Run:  .venv/bin/python bench/bench_serving.py [--duration 10] [--workers 4] [--threads 4]
+          [--max-items 5000]
 
 What it does, all in one run and on the same gunicorn configuration (serving/gunicorn_conf.py):
 1. fits the hybrid on the full Book-Crossing data (Kaggle CSVs; cached under --work),
@@ -9,7 +10,8 @@ What it does, all in one run and on the same gunicorn configuration (serving/gun
 2. baseline: a trivial Flask app returning a JSON body of the same size as the popular
    list, under the same gunicorn config; then the cached/precomputed API paths (popular,
    warmed per-user lists, book details, similar), then uncached paths (random users and
-   ISBNs, title search). wrk -c16, reports req/s and p99;
+   ISBNs, title search). wrk -c16, reports req/s and p99; both servers first get a 3 s
+   wrk warm-up that is not counted (cold workers open connections and fill caches);
 3. reload under load: steady wrk run, then a run during which the second version is
    promoted and signalled; reports failed/5xx responses, p99 vs steady, and how long
    until every worker serves the new version (from the merged /metrics);
@@ -227,6 +229,7 @@ def trivial_app():
 
 
 # -- wrk -----------------------------------------------------------------------------------
+WARMUP_S = 3
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
@@ -288,6 +291,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=4, help="gthread threads per worker")
     parser.add_argument("--max-items", type=int, default=5000, help="CF items of the model")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bookrec-bench")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
@@ -308,13 +312,19 @@ def main() -> None:
         "BOOKREC_RATE_LIMIT": "100000000 per minute",
         "BOOKREC_MODEL_POLL_INTERVAL_S": "5",
         "BOOKREC_ADMIN_TOKEN": uuid.uuid4().hex,
+        "BOOKREC_THREADS": str(args.threads),
     }
     import redis as redis_lib
 
     rclient = redis_lib.Redis.from_url(args.redis)
     rclient.flushdb()
     servers: list[Server] = []
-    results: dict = {"workers": args.workers, "duration_s": args.duration, "connections": 16}
+    results: dict = {
+        "workers": args.workers,
+        "threads": args.threads,
+        "duration_s": args.duration,
+        "connections": 16,
+    }
     try:
         api = Server(env, args.workers, None, work / "api.log")
         servers.append(api)
@@ -374,6 +384,11 @@ def main() -> None:
             ],
         }
 
+        # Warm-up, not counted: each worker's first requests (threads spawned, Redis and
+        # PostgreSQL connections opened, first cache fills) would otherwise land in the
+        # first measured run's tail, whichever server or path that happens to be.
+        wrk(trivial.url, ["/trivial"], WARMUP_S)
+        wrk(api.url, [p for paths in cached_paths.values() for p in paths], WARMUP_S)
         base = wrk(trivial.url, ["/trivial"], args.duration)
         results["trivial"] = base
         print(

@@ -8,10 +8,12 @@ API-log writer).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
 import sys
+import threading
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
@@ -28,6 +30,30 @@ from serving.ratelimit import init_rate_limits
 from serving.services import Services
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestIds:
+    """32-hex-digit request ids: a random 64-bit prefix per process (drawn again in a forked
+    child) and a counter. Unique across workers without a ``getrandom`` system call per
+    request (~15 us here, against ~0.5 us for this)."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._prefix = ""
+        self._counter = itertools.count()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._prefix = os.urandom(8).hex()
+                    self._counter = itertools.count()
+                    self._pid = os.getpid()
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+_new_request_id = RequestIds()
 
 
 def create_app(settings: Settings | None = None, test_config: dict[str, Any] | None = None):
@@ -97,7 +123,7 @@ def _start_request() -> None:
     req = request._get_current_object()
     ctx.started = now()
     incoming = req.headers.get("X-Request-Id", "")
-    ctx.request_id = incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
+    ctx.request_id = incoming if incoming and _REQUEST_ID.match(incoming) else _new_request_id()
     ctx.model = current_app.extensions["bookrec"].holder.model
     ctx.source = None
     ctx.user_id = None
@@ -111,7 +137,7 @@ def _finish_request(response: Response) -> Response:
     started = getattr(ctx, "started", None)  # None: refused before _start_request ran
     model = ctx.model if started is not None else svc.holder.model
     version = model.version if model is not None else "none"
-    request_id = getattr(ctx, "request_id", None) or os.urandom(16).hex()
+    request_id = getattr(ctx, "request_id", None) or _new_request_id()
     headers = response.headers
     headers["X-Model-Version"] = version
     headers["X-Request-Id"] = request_id

@@ -47,6 +47,34 @@ def test_unknown_user_gets_popular_books(client):
     assert [item["source"] for item in body["items"]] == ["popular"] * 3
 
 
+def _ids_in_child(ids, queue) -> None:
+    queue.put([ids() for _ in range(100)])
+
+
+def test_request_ids_are_unique_across_threads_and_forked_workers():
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.app import RequestIds
+
+    ids = RequestIds()
+    with ThreadPoolExecutor(4) as pool:
+        parent = [
+            i for batch in pool.map(lambda _: [ids() for _ in range(500)], range(4)) for i in batch
+        ]
+    assert len(set(parent)) == 2000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in parent)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_ids_in_child, args=(ids, queue))
+    child.start()
+    in_child = queue.get(timeout=30)
+    child.join(timeout=30)
+    assert len(set(in_child)) == 100
+    assert not set(in_child) & set(parent)
+    assert {i[:16] for i in in_child}.isdisjoint({i[:16] for i in parent})
+
+
 def test_request_id_is_generated_when_missing_or_unsafe(client):
     response = client.get("/livez", headers={"X-Request-Id": "bad id with spaces"})
     assert response.headers["X-Request-Id"] != "bad id with spaces"

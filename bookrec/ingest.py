@@ -36,6 +36,7 @@ from sqlalchemy.engine import Engine
 
 from bookrec import cleaning, pgload
 from bookrec import columns as C
+from bookrec.pgload import SpoolFile
 from bookrec.sources import HEADERS, KINDS, IngestFileError, fetch, locate, read_text
 
 DIALECTS = {
@@ -105,21 +106,6 @@ class CleanFile:
     frame: pd.DataFrame
     quarantine: pd.DataFrame  # columns: line_number, raw, reason
     merged: int
-
-
-@dataclass
-class SpoolFile:
-    """What ``write_spool`` left on disk for one file (small, JSON-able)."""
-
-    kind: str
-    name: str
-    rows_read: int
-    rows_clean: int
-    merged: int
-    quarantined: int
-    reasons: dict[str, int]
-    data_path: str
-    quarantine_path: str
 
 
 def _norm_header(name: str) -> str:
@@ -580,20 +566,6 @@ def write_spool(clean: CleanFile, spool_dir: Path) -> SpoolFile:
     )
 
 
-def file_counts(spool: SpoolFile) -> pgload.FileCounts:
-    """What the final commit needs to know of a spooled file besides its staged rows."""
-    return pgload.FileCounts(
-        kind=spool.kind,
-        name=spool.name,
-        rows_read=spool.rows_read,
-        rows_clean=spool.rows_clean,
-        merged=spool.merged,
-        quarantined=spool.quarantined,
-        reasons=spool.reasons,
-        quarantine_path=spool.quarantine_path,
-    )
-
-
 def public_report(report: dict) -> dict:
     """The report as ``bookrec ingest --json`` prints it: files and duration only."""
     return {"files": report["files"], "duration_s": report["duration_s"]}
@@ -660,7 +632,7 @@ def run_ingest(
             report = pgload.commit_staged(
                 engine,
                 [staged for _, staged in done],
-                [file_counts(spool) for spool, _ in done],
+                [spool for spool, _ in done],
                 source=source,
                 layout=resolved,
                 started_at=started,

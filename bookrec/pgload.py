@@ -67,6 +67,22 @@ FROM pg_class c WHERE c.oid = %s::regclass
 
 
 @dataclass
+class SpoolFile:
+    """One cleaned file as ``ingest.write_spool`` left it on disk (small, JSON-able): the
+    rows to load (COPY text format), the quarantine (CSV) and the counts."""
+
+    kind: str
+    name: str
+    rows_read: int
+    rows_clean: int
+    merged: int
+    quarantined: int
+    reasons: dict[str, int]
+    data_path: str
+    quarantine_path: str
+
+
+@dataclass
 class StagedFile:
     """One spool file COPY-ed into the stage schema (small, JSON-able)."""
 
@@ -278,24 +294,10 @@ def _swap(cur, target: str, twin: str) -> bool:
         return False
 
 
-@dataclass
-class FileCounts:
-    """What the ingest knows of one file before loading it (from its spool)."""
-
-    kind: str
-    name: str
-    rows_read: int
-    rows_clean: int
-    merged: int
-    quarantined: int
-    reasons: dict[str, int]
-    quarantine_path: str
-
-
 def commit_staged(
     engine: Engine,
     staged: list[StagedFile],
-    files: list[FileCounts],
+    files: list[SpoolFile],
     *,
     source: str,
     layout: str,

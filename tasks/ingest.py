@@ -93,7 +93,7 @@ def commit_ingest(
     return pgload.commit_staged(
         engine,
         [pgload.StagedFile(**s) for s in staged],
-        [ingest.file_counts(ingest.SpoolFile(**s)) for s in spools],
+        [pgload.SpoolFile(**s) for s in spools],
         source=source,
         layout=layout,
         started_at=started_at,

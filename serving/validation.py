@@ -6,6 +6,7 @@ and also renders its OpenAPI description, so the document and the checks cannot 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,13 @@ def parse_user_id(raw: object, field_name: str = "user_id") -> int:
     return value
 
 
+@functools.lru_cache(maxsize=16384)
+def _canonical_isbn(compact: str) -> str | None:
+    """``normalize_isbn`` of a well-shaped key, remembered: hot books are asked for again
+    and again, and the check-digit arithmetic is a Python loop."""
+    return normalize_isbn(compact)
+
+
 def parse_isbn(raw: object, field_name: str = "isbn") -> str:
     """A valid ISBN-10 or ISBN-13 (hyphens and spaces allowed), in canonical catalogue form."""
     if not isinstance(raw, str) or len(raw) > 20:
@@ -72,7 +80,7 @@ def parse_isbn(raw: object, field_name: str = "isbn") -> str:
     compact = _ISBN_SEPARATORS.sub("", raw).upper()
     if not _ISBN_SHAPE.match(compact):
         raise invalid(field_name, f"{raw!r} is not shaped like an ISBN-10 or ISBN-13")
-    canonical = normalize_isbn(compact)
+    canonical = _canonical_isbn(compact)
     if canonical is None:
         raise invalid(field_name, f"{raw!r} fails the ISBN check-digit test")
     return canonical

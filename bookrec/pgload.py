@@ -116,7 +116,15 @@ def create_stage(engine: Engine) -> str:
             stamp = old[len(STAGE_PREFIX) :].split("_", 1)[0]
             if stamp.isdigit() and now - int(stamp) > STALE_AFTER_S:
                 conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {_ident(old)} CASCADE"))
-        conn.execute(sa.text(f"CREATE SCHEMA {_ident(name)}"))
+        try:
+            conn.execute(sa.text(f"CREATE SCHEMA {_ident(name)}"))
+        except sa.exc.ProgrammingError as exc:
+            if getattr(exc.orig, "pgcode", None) != "42501":  # insufficient_privilege
+                raise
+            raise PermissionError(
+                "ingest stages files in a schema of its own: the database role needs "
+                "CREATE on the database (GRANT CREATE ON DATABASE ... TO <role>)"
+            ) from exc
     return name
 
 

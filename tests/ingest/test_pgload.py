@@ -224,3 +224,39 @@ def test_copy_text_spool_round_trips_awkward_values(engine, tmp_path):
         for a, b, c in zip(frame["a"], frame["b"], frame["c"], strict=True)
     ]
     assert back == expected
+
+
+def test_a_reader_holding_the_table_means_upsert_not_a_wait(clean_db, settings, monkeypatch):
+    """A long transaction reading ``books`` (the API, a report) keeps its lock; the swap gives
+    up after the lock timeout and the rows go in by upsert, which readers do not block."""
+    monkeypatch.setattr(pgload, "SWAP_LOCK_TIMEOUT", "300ms")
+    oids = _rows(clean_db, OIDS)[0]
+    reader = clean_db.connect()
+    try:
+        reader.execute(sa.text("BEGIN"))
+        reader.execute(sa.text("SELECT count(*) FROM books")).scalar_one()
+        report = run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"))
+    finally:
+        reader.rollback()
+        reader.close()
+    after = _rows(clean_db, OIDS)[0]
+    assert after[0] == oids[0]  # books upserted in place
+    assert after[1:] != oids[1:]  # the others swapped
+    with clean_db.connect() as conn:
+        stored = conn.execute(sa.text("SELECT count(*) FROM books")).scalar_one()
+    assert stored == report["files"]["books"]["inserted"] > 0
+
+
+def test_a_role_that_cannot_create_schemas_gets_a_clear_error(clean_db, database_url):
+    role = f"bookrec_nocreate_{uuid.uuid4().hex[:8]}"
+    with clean_db.begin() as conn:
+        conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))  # CONNECT and TEMP only
+    url = sa.engine.make_url(database_url).set(username=role, password=None)
+    engine = sa.create_engine(url)
+    try:
+        with pytest.raises(PermissionError, match="CREATE on the database"):
+            pgload.create_stage(engine)
+    finally:
+        engine.dispose()
+        with clean_db.begin() as conn:
+            conn.execute(sa.text(f"DROP ROLE {role}"))

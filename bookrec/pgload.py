@@ -142,11 +142,13 @@ def _qualified(cur, schema: str | None, table: str) -> str:
     return cur.fetchone()[0]
 
 
-def _swappable(cur, target: str) -> bool:
-    """True when ``target`` is empty and nothing attached to it would be lost by a swap."""
-    cur.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {target})")
-    if not cur.fetchone()[0]:
-        return False
+def _swappable(cur, target: str, *, empty: bool = True) -> bool:
+    """True when nothing attached to ``target`` would be lost by a swap (and, with ``empty``,
+    it has no rows)."""
+    if empty:
+        cur.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {target})")
+        if not cur.fetchone()[0]:
+            return False
     cur.execute(_SWAP_BLOCKERS, (target,))
     return cur.fetchone()[0] == 0
 
@@ -227,6 +229,86 @@ def stage_spool(engine: Engine, kind: str, data_path: str, schema: str) -> Stage
     return StagedFile(kind=kind, schema=schema, rows=rows, twin=twin)
 
 
+# A load that at least doubles a table is merged into a fresh twin (built and indexed in
+# parallel sessions, then swapped in) instead of inserted row by row into its indexes.
+MERGE_FACTOR = 2
+_BOOKKEEPING = {"updated_at": "now()", "source": "'ingest'"}
+
+
+def _merge_plan(cur, kind: str, target: str, staged_rows: int) -> bool:
+    """Whether to merge ``kind`` into a twin: a large load, nothing attached to the target,
+    and no columns this code does not know how to fill. Takes a SHARE lock on the target
+    (writers wait, readers do not) so that the twin is built from a table nobody changes."""
+    cur.execute(
+        "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = %s::regclass", (target,)
+    )
+    if staged_rows < MERGE_FACTOR * cur.fetchone()[0]:
+        return False
+    cur.execute(f"LOCK TABLE {target} IN SHARE MODE")
+    cur.execute(f"SELECT count(*) FROM {target}")
+    if staged_rows < MERGE_FACTOR * cur.fetchone()[0] or not _swappable(cur, target, empty=False):
+        return False
+    cur.execute(
+        "SELECT array_agg(attname::text) FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+        (target,),
+    )
+    known = set(TARGET_COLUMNS[kind]) | set(_BOOKKEEPING)
+    return set(cur.fetchone()[0]) <= known
+
+
+def _build_merged_twin(
+    engine: Engine, kind: str, target: str, stage: str, twin: str
+) -> tuple[int, int]:
+    """``twin`` := the target with the staged rows applied (new rows added, changed rows
+    replaced and stamped, unchanged and target-only rows kept as they are), with the
+    target's indexes built side by side. Returns (inserted, updated)."""
+    keys = KEYS[kind]
+    compare = [c for c in TARGET_COLUMNS[kind] if c not in keys]
+    on = " AND ".join(f"s.{k} = t.{k}" for k in keys)
+    new = f"t.{keys[0]} IS NULL"
+    changed = (
+        f"(s.{keys[0]} IS NOT NULL AND t.{keys[0]} IS NOT NULL AND ("
+        + " OR ".join(f"t.{c} IS DISTINCT FROM s.{c}" for c in compare)
+        + "))"
+    )
+    with engine.begin() as conn:
+        conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
+        conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
+        cur = _raw(conn)
+        cur.execute(
+            "SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+            (target,),
+        )
+        columns = cur.fetchone()[0]
+        select = []
+        for c in columns:
+            if c in keys:
+                select.append(f"coalesce(s.{c}, t.{c})")
+            elif c in _BOOKKEEPING:
+                select.append(f"CASE WHEN {new} OR {changed} THEN {_BOOKKEEPING[c]} ELSE t.{c} END")
+            else:
+                select.append(f"CASE WHEN s.{keys[0]} IS NULL THEN t.{c} ELSE s.{c} END")
+        cur.execute(f"DROP TABLE IF EXISTS {twin}")
+        cur.execute(f"CREATE TABLE {twin} (LIKE {target} INCLUDING ALL EXCLUDING INDEXES)")
+        cur.execute(
+            f"INSERT INTO {twin} ({', '.join(columns)}) SELECT {', '.join(select)} "
+            f"FROM {stage} s FULL JOIN {target} t ON {on}"
+        )
+        cur.execute(
+            f"SELECT count(*) FILTER (WHERE {new}), count(*) FILTER (WHERE {changed}) "
+            f"FROM {stage} s LEFT JOIN {target} t ON {on}"
+        )
+        inserted, updated = cur.fetchone()
+        creates, constraints = _index_statements(cur, target, twin)
+    _run_in_sessions(engine, creates)
+    with engine.begin() as conn:
+        for statement in constraints:
+            _raw(conn).execute(statement)
+    return int(inserted), int(updated)
+
+
 def _upsert(cur, kind: str, stage: str) -> tuple[int, int]:
     """Apply stage -> target, touching only new and changed rows; return (inserted, updated).
 
@@ -264,15 +346,16 @@ def _upsert(cur, kind: str, stage: str) -> tuple[int, int]:
     return int(inserted), int(updated)
 
 
-def _swap(cur, target: str, twin: str) -> bool:
-    """Replace the empty ``target`` by ``twin`` inside a savepoint; False (and nothing
-    changed) when the target has rows by now or cannot be replaced safely."""
+def _swap(cur, target: str, twin: str, *, empty: bool = True) -> bool:
+    """Replace ``target`` by ``twin`` inside a savepoint; False (and nothing changed) when
+    the target cannot be replaced safely, or (``empty``) has rows by now. With ``empty``
+    False the caller has held a SHARE lock on the target since the twin was built from it."""
     cur.execute("SAVEPOINT swap")
     try:
         cur.execute(f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'")
         cur.execute(f"LOCK TABLE {target} IN ACCESS EXCLUSIVE MODE")
         cur.execute("SET LOCAL lock_timeout = 0")
-        if not _swappable(cur, target):
+        if not _swappable(cur, target, empty=empty):
             cur.execute("ROLLBACK TO SAVEPOINT swap")
             return False
         cur.execute(
@@ -288,6 +371,9 @@ def _swap(cur, target: str, twin: str) -> bool:
         namespace, owner, grants = cur.fetchone()
         cur.execute(f"DROP TABLE {target}")
         cur.execute(f"ALTER TABLE {twin} SET SCHEMA {_ident(namespace)}")
+        twin_name, target_name = twin.rsplit(".", 1)[1], target.rsplit(".", 1)[1]
+        if twin_name != target_name:
+            cur.execute(f"ALTER TABLE {_ident(namespace)}.{twin_name} RENAME TO {target_name}")
         cur.execute("SELECT current_user")
         if cur.fetchone()[0] != owner:
             cur.execute(f"ALTER TABLE {target} OWNER TO {_ident(owner)}")
@@ -325,12 +411,31 @@ def commit_staged(
         conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
         conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
         cur = _raw(conn)
+        merges = {}
+        for kind in KINDS:
+            stage = by_kind[kind]
+            target = _qualified(cur, None, kind)
+            if not stage.twin and _merge_plan(cur, kind, target, stage.rows):
+                merges[kind] = (
+                    target,
+                    _qualified(cur, schema, kind),
+                    _qualified(cur, schema, f"{kind}_merged"),
+                )
+        if merges:  # built in their own sessions from the targets this transaction locked
+            with ThreadPoolExecutor(max_workers=len(merges)) as pool:
+                built = {
+                    kind: pool.submit(_build_merged_twin, engine, kind, *names)
+                    for kind, names in merges.items()
+                }
+                merged_counts = {kind: future.result() for kind, future in built.items()}
         for kind in KINDS:
             stage = by_kind[kind]
             table = _qualified(cur, schema, kind)
             target = _qualified(cur, None, kind)
             if stage.twin and _swap(cur, target, table):
                 inserted, updated = stage.rows, 0
+            elif kind in merges and _swap(cur, target, merges[kind][2], empty=False):
+                inserted, updated = merged_counts[kind]
             else:
                 inserted, updated = _upsert(cur, kind, table)
             f = counts_of[kind]

@@ -260,3 +260,97 @@ def test_a_role_that_cannot_create_schemas_gets_a_clear_error(clean_db, database
         engine.dispose()
         with clean_db.begin() as conn:
             conn.execute(sa.text(f"DROP ROLE {role}"))
+
+
+def _content(engine) -> dict[str, tuple]:
+    """Every row of the three tables without the time stamps, and the row ids of a few."""
+    out = {}
+    with engine.connect() as conn:
+        for kind in pgload.KINDS:
+            cols = ", ".join(
+                pgload.TARGET_COLUMNS[kind] + (["source"] if kind == "ratings" else [])
+            )
+            keys = ", ".join(pgload.KEYS[kind])
+            out[kind] = tuple(
+                conn.execute(
+                    sa.text(
+                        f"SELECT count(*), md5(string_agg(row({cols})::text, '|' ORDER BY {keys})) "
+                        f"FROM {kind}"
+                    )
+                ).one()
+            )
+    return out
+
+
+def _first_lines(source, target, lines: int) -> None:
+    """A copy of the sample's three files cut to their first ``lines`` lines."""
+    from tests.ingest.conftest import read_gz_text, write_gz_text
+
+    target.mkdir()
+    for path in source.glob("*.csv.gz"):
+        text = read_gz_text(path, "latin-1")
+        write_gz_text(target / path.name, "".join(text.splitlines(True)[:lines]), "latin-1")
+
+
+def _small_then_full(engine, settings, small, monkeypatch, merge: bool) -> tuple[dict, dict]:
+    """From empty tables: a small drop, an API rating, then the whole sample."""
+    monkeypatch.setattr(pgload, "MERGE_FACTOR", 2 if merge else 10**9)
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE quarantine, ingest_runs, ratings, users, books CASCADE"))
+    run_ingest(engine, settings, str(small))
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO ratings (user_id, isbn, rating, source) "
+                "VALUES (2147483000, '0000000000', 7, 'api')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "UPDATE books SET updated_at = '2001-01-01' WHERE isbn IN "
+                "(SELECT isbn FROM books ORDER BY isbn LIMIT 5)"
+            )
+        )
+        # a changed row: the file puts its title back (updated, stamped anew)
+        conn.execute(
+            sa.text(
+                "UPDATE books SET title = 'edited', updated_at = '2001-01-01' WHERE isbn = "
+                "(SELECT isbn FROM books ORDER BY isbn OFFSET 5 LIMIT 1)"
+            )
+        )
+    oids = _rows(engine, OIDS)[0]
+    report = run_ingest(engine, settings, str(SAMPLE_DIR / "original"))
+    after = _rows(engine, OIDS)[0]
+    assert all((a != b) == merge for a, b in zip(oids, after, strict=True)), (merge, oids, after)
+    assert _rows(engine, STAGES) == []
+    with engine.connect() as conn:
+        api = conn.execute(
+            sa.text("SELECT rating, source FROM ratings WHERE user_id = 2147483000")
+        ).one()
+        kept = conn.execute(
+            sa.text("SELECT count(*) FROM books WHERE updated_at = '2001-01-01'")
+        ).scalar_one()
+    assert tuple(api) == (7, "api")  # a row only the table has is kept
+    assert kept == 5  # unchanged rows keep their time stamp; the edited one was restamped
+    summary = {k: (c["inserted"], c["updated"], c["unchanged"]) for k, c in report["files"].items()}
+    return _content(engine), summary
+
+
+def test_a_load_that_doubles_a_table_merges_into_a_twin_like_the_upsert(
+    clean_db, settings, tmp_path, monkeypatch
+):
+    """Merged into twins (swapped in, new tables) or upserted (same tables): the same rows,
+    the same counts; the merge keeps the indexes and leaves no stage schema."""
+    _first_lines(SAMPLE_DIR / "original", tmp_path / "small", 200)
+    indexes = _rows(clean_db, INDEXES)
+    merged, merged_summary = _small_then_full(
+        clean_db, settings, tmp_path / "small", monkeypatch, True
+    )
+    assert _rows(clean_db, INDEXES) == indexes
+    upserted, upserted_summary = _small_then_full(
+        clean_db, settings, tmp_path / "small", monkeypatch, False
+    )
+    assert merged == upserted
+    assert merged_summary == upserted_summary
+    assert all(inserted > 0 and unchanged > 0 for inserted, _, unchanged in merged_summary.values())
+    assert merged_summary["books"][1] == 1

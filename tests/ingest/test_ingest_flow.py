@@ -62,35 +62,29 @@ def test_flow_loads_sample_and_publishes_report(prefect_harness, clean_db, flow_
     assert "quarantined" in summary.data
 
 
-def test_flow_fails_on_bad_file_without_retrying_it(prefect_harness, clean_db, flow_env, tmp_path):
-    from bookrec.sources import IngestFileError
-    from flows.ingest import ingest_flow
-
-    before = db_fingerprint(clean_db)
-    state = ingest_flow(source=str(tmp_path), return_state=True)
-    assert state.is_failed()
-    with pytest.raises(IngestFileError, match="missing"):
-        state.result()
-    assert db_fingerprint(clean_db) == before
-
-
-def test_flow_with_one_bad_file_leaves_tables_and_no_stage_schema(
-    prefect_harness, clean_db, flow_env, sample_copy
+@pytest.mark.parametrize(
+    ("case", "message"), [("missing", "missing"), ("users_header", "wrong header")]
+)
+def test_flow_fails_on_bad_file_and_leaves_tables_and_no_stage_schema(
+    prefect_harness, clean_db, flow_env, tmp_path, sample_copy, case, message
 ):
-    """Books and ratings are staged while the users file turns out bad: the tables stay as
-    they were and the run's stage schema is gone."""
+    """A missing file stops the run before anything is staged; a bad users file is found
+    while books and ratings are being staged. Either way the tables stay as they were and
+    the run's stage schema is gone."""
     from bookrec.sources import IngestFileError
     from flows.ingest import ingest_flow
     from tests.ingest.conftest import read_gz_text, write_gz_text
 
-    folder = sample_copy("original")
-    users = folder / "BX-Users.csv.gz"
-    text = read_gz_text(users, "latin-1")
-    write_gz_text(users, text.replace('"User-ID"', '"Reader"', 1), "latin-1")
+    folder = tmp_path
+    if case == "users_header":
+        folder = sample_copy("original")
+        users = folder / "BX-Users.csv.gz"
+        text = read_gz_text(users, "latin-1")
+        write_gz_text(users, text.replace('"User-ID"', '"Reader"', 1), "latin-1")
     before = db_fingerprint(clean_db)
     state = ingest_flow(source=str(folder), return_state=True)
     assert state.is_failed()
-    with pytest.raises(IngestFileError, match="wrong header"):
+    with pytest.raises(IngestFileError, match=message):
         state.result()
     assert db_fingerprint(clean_db) == before
     with clean_db.connect() as conn:

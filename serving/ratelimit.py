@@ -26,6 +26,7 @@ from flask import Flask, request
 from limits.storage import MemoryStorage, RedisStorage
 
 from bookrec.settings import Settings
+from serving.cache import Breaker
 from serving.metrics import Metrics
 from serving.validation import ApiError
 
@@ -216,10 +217,10 @@ class RateLimits:
                 socket_connect_timeout=timeout,
             )
             self.shared = FixedWindowRateLimiter(storage)
-        self._redis_down_until = 0.0
+        self.breaker = Breaker(cooldown_s=1.0)
 
     def _strategy(self):
-        if self.shared is not None and time.monotonic() >= self._redis_down_until:
+        if self.shared is not None and not self.breaker.open:
             return self.shared
         return self.memory
 
@@ -229,7 +230,7 @@ class RateLimits:
         try:
             allowed = strategy.hit(self.item, "api", client)
         except Exception:  # noqa: BLE001 - any storage error: count in memory for a while
-            self._redis_down_until = time.monotonic() + 1.0
+            self.breaker.trip()
             self.metrics.fallbacks.labels(reason="redis_down").inc()
             strategy = self.memory
             allowed = strategy.hit(self.item, "api", client)

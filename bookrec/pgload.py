@@ -201,6 +201,14 @@ def _run_in_sessions(engine: Engine, statements: list[str]) -> None:
             future.result()
 
 
+def _build_indexes(engine: Engine, creates: list[str], constraints: list[str]) -> None:
+    """A twin's indexes side by side (``_run_in_sessions``), then its key constraints."""
+    _run_in_sessions(engine, creates)
+    with engine.begin() as conn:
+        for statement in constraints:
+            _raw(conn).execute(statement)
+
+
 def stage_spool(engine: Engine, kind: str, data_path: str, schema: str) -> StagedFile:
     """COPY one spool file into ``schema.kind``; for an empty target, build a swappable twin."""
     with engine.begin() as conn:
@@ -222,11 +230,17 @@ def stage_spool(engine: Engine, kind: str, data_path: str, schema: str) -> Stage
             cur.copy_expert(_copy_sql(table, kind), fh)
         rows = int(cur.rowcount)
     if twin:
-        _run_in_sessions(engine, creates)
-        with engine.begin() as conn:
-            for statement in constraints:
-                _raw(conn).execute(statement)
+        _build_indexes(engine, creates, constraints)
     return StagedFile(kind=kind, schema=schema, rows=rows, twin=twin)
+
+
+def _compare_columns(kind: str) -> list[str]:
+    return [c for c in TARGET_COLUMNS[kind] if c not in KEYS[kind]]
+
+
+def _differs(kind: str) -> str:
+    """SQL: target row ``t`` and staged row ``s`` of one key differ in a loaded column."""
+    return " OR ".join(f"t.{c} IS DISTINCT FROM s.{c}" for c in _compare_columns(kind))
 
 
 # A load that at least doubles a table is merged into a fresh twin (built and indexed in
@@ -235,53 +249,44 @@ MERGE_FACTOR = 2
 _BOOKKEEPING = {"updated_at": "now()", "source": "'ingest'"}
 
 
-def _merge_plan(cur, kind: str, target: str, staged_rows: int) -> bool:
-    """Whether to merge ``kind`` into a twin: a large load, nothing attached to the target,
-    and no columns this code does not know how to fill. Takes a SHARE lock on the target
-    (writers wait, readers do not) so that the twin is built from a table nobody changes."""
+def _merge_plan(cur, kind: str, target: str, staged_rows: int) -> list[str] | None:
+    """The target's columns if ``kind`` is to be merged into a twin (a large load, nothing
+    attached to the target, no columns this code does not know how to fill), else None.
+    Takes a SHARE lock on the target (writers wait, readers do not) so that the twin is
+    built from a table nobody changes."""
     cur.execute(
         "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = %s::regclass", (target,)
     )
     if staged_rows < MERGE_FACTOR * cur.fetchone()[0]:
-        return False
+        return None
     cur.execute(f"LOCK TABLE {target} IN SHARE MODE")
     cur.execute(f"SELECT count(*) FROM {target}")
     if staged_rows < MERGE_FACTOR * cur.fetchone()[0] or not _swappable(cur, target, empty=False):
-        return False
+        return None
     cur.execute(
-        "SELECT array_agg(attname::text) FROM pg_attribute "
+        "SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute "
         "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
         (target,),
     )
+    columns = cur.fetchone()[0]
     known = set(TARGET_COLUMNS[kind]) | set(_BOOKKEEPING)
-    return set(cur.fetchone()[0]) <= known
+    return columns if set(columns) <= known else None
 
 
 def _build_merged_twin(
-    engine: Engine, kind: str, target: str, stage: str, twin: str
+    engine: Engine, kind: str, columns: list[str], target: str, stage: str, twin: str
 ) -> tuple[int, int]:
     """``twin`` := the target with the staged rows applied (new rows added, changed rows
     replaced and stamped, unchanged and target-only rows kept as they are), with the
     target's indexes built side by side. Returns (inserted, updated)."""
     keys = KEYS[kind]
-    compare = [c for c in TARGET_COLUMNS[kind] if c not in keys]
     on = " AND ".join(f"s.{k} = t.{k}" for k in keys)
     new = f"t.{keys[0]} IS NULL"
-    changed = (
-        f"(s.{keys[0]} IS NOT NULL AND t.{keys[0]} IS NOT NULL AND ("
-        + " OR ".join(f"t.{c} IS DISTINCT FROM s.{c}" for c in compare)
-        + "))"
-    )
+    changed = f"(s.{keys[0]} IS NOT NULL AND t.{keys[0]} IS NOT NULL AND ({_differs(kind)}))"
     with engine.begin() as conn:
         conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
         conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
         cur = _raw(conn)
-        cur.execute(
-            "SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute "
-            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
-            (target,),
-        )
-        columns = cur.fetchone()[0]
         select = []
         for c in columns:
             if c in keys:
@@ -302,10 +307,7 @@ def _build_merged_twin(
         )
         inserted, updated = cur.fetchone()
         creates, constraints = _index_statements(cur, target, twin)
-    _run_in_sessions(engine, creates)
-    with engine.begin() as conn:
-        for statement in constraints:
-            _raw(conn).execute(statement)
+    _build_indexes(engine, creates, constraints)
     return int(inserted), int(updated)
 
 
@@ -319,8 +321,8 @@ def _upsert(cur, kind: str, stage: str) -> tuple[int, int]:
     """
     cols = TARGET_COLUMNS[kind]
     keys = KEYS[kind]
-    compare = [c for c in cols if c not in keys]
-    changed = " OR ".join(f"t.{c} IS DISTINCT FROM s.{c}" for c in compare)
+    compare = _compare_columns(kind)
+    changed = _differs(kind)
     key_match = " AND ".join(f"t.{k} = d.{k}" for k in keys)
     col_list = ", ".join(cols)
     extra_set = ", source = 'ingest'" if kind == "ratings" else ""
@@ -411,30 +413,35 @@ def commit_staged(
         conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
         conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
         cur = _raw(conn)
+        names = {  # (target, stage table, merged twin)
+            kind: (
+                _qualified(cur, None, kind),
+                _qualified(cur, schema, kind),
+                _qualified(cur, schema, f"{kind}_merged"),
+            )
+            for kind in KINDS
+        }
         merges = {}
         for kind in KINDS:
             stage = by_kind[kind]
-            target = _qualified(cur, None, kind)
-            if not stage.twin and _merge_plan(cur, kind, target, stage.rows):
-                merges[kind] = (
-                    target,
-                    _qualified(cur, schema, kind),
-                    _qualified(cur, schema, f"{kind}_merged"),
-                )
+            if not stage.twin:
+                columns = _merge_plan(cur, kind, names[kind][0], stage.rows)
+                if columns is not None:
+                    merges[kind] = columns
+        merged_counts = {}
         if merges:  # built in their own sessions from the targets this transaction locked
             with ThreadPoolExecutor(max_workers=len(merges)) as pool:
                 built = {
-                    kind: pool.submit(_build_merged_twin, engine, kind, *names)
-                    for kind, names in merges.items()
+                    kind: pool.submit(_build_merged_twin, engine, kind, columns, *names[kind])
+                    for kind, columns in merges.items()
                 }
                 merged_counts = {kind: future.result() for kind, future in built.items()}
         for kind in KINDS:
             stage = by_kind[kind]
-            table = _qualified(cur, schema, kind)
-            target = _qualified(cur, None, kind)
+            target, table, merged = names[kind]
             if stage.twin and _swap(cur, target, table):
                 inserted, updated = stage.rows, 0
-            elif kind in merges and _swap(cur, target, merges[kind][2], empty=False):
+            elif kind in merges and _swap(cur, target, merged, empty=False):
                 inserted, updated = merged_counts[kind]
             else:
                 inserted, updated = _upsert(cur, kind, table)

@@ -515,14 +515,10 @@ def _copy_text_column(col: pd.Series) -> list[str]:
     missing = col.isna().to_numpy()
     has_missing = bool(missing.any())
     if not pd.api.types.is_numeric_dtype(col.dtype):  # object or string dtypes
-        values = (
-            [v if type(v) is str else str(v) for v in col.tolist()]
-            if not has_missing
-            else [
-                "" if m else (v if type(v) is str else str(v))
-                for v, m in zip(col.tolist(), missing.tolist(), strict=True)
-            ]
-        )
+        values = col.tolist()
+        if has_missing:  # placeholders until the escaping is done, then \N
+            values = ["" if m else v for v, m in zip(values, missing.tolist(), strict=True)]
+        values = [v if type(v) is str else str(v) for v in values]
         joined = "".join(values)
         if "\\" in joined or "\t" in joined or "\n" in joined or "\r" in joined:
             values = [v.translate(_COPY_ESCAPES) for v in values]

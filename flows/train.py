@@ -11,6 +11,8 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from bookrec.models.hybrid import HybridParams
+from bookrec.training import BASELINES
 from tasks.train import (
     fit_and_evaluate,
     make_version_id,
@@ -37,13 +39,14 @@ def _run_name() -> str:
 @flow(name="train", flow_run_name=_run_name)
 def train_flow(
     algorithm: Literal["ease", "rp3beta"] = "ease",
-    l2: float = 100.0,
-    dropout: float = 0.25,
-    max_items: int = 12_500,
-    keep: int = 1000,
-    explicit_weight: float = 0.0,
-    content_slots: int = 0,
-    require_metadata: bool = True,
+    # defaults: the served model's (HybridParams), written once there
+    l2: float = HybridParams.l2,
+    dropout: float = HybridParams.dropout,
+    max_items: int = HybridParams.max_items,
+    keep: int = HybridParams.keep,
+    explicit_weight: float = HybridParams.explicit_weight,
+    content_slots: int = HybridParams.content_slots,
+    require_metadata: bool = HybridParams.require_metadata,
     extra_hyperparameters: dict[str, Any] | None = None,
     sample_fraction: float = 1.0,
     seed: int = 42,
@@ -67,8 +70,7 @@ def train_flow(
         "sample_fraction": sample_fraction,
         "seed": seed,
         "evaluate": evaluate,
-        "baselines": list(baselines) if baselines is not None else
-        ["most_popular", "itemknn", "als", "ease_plain"],
+        "baselines": list(baselines if baselines is not None else BASELINES),
     }
     version = make_version_id()
     workdir = new_workdir()

@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("serve", help="run the HTTP API (gunicorn)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default 4)")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per CPU)")
     parser.set_defaults(handler=_serve)
 
 

@@ -144,13 +144,20 @@ def client(app):
 class Gunicorn:
     """A real gunicorn running the project's config on a free loopback port."""
 
-    def __init__(self, settings: Settings, workers: int, log_path: Path):
+    def __init__(
+        self,
+        settings: Settings,
+        workers: int,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKREC_")}
         env.update(settings_env(settings))
         env["PROMETHEUS_MULTIPROC_DIR"] = str(log_path.parent / f"prom-{self.port}")
         env["BOOKREC_LOG_LEVEL"] = "warning"
+        env.update(extra_env or {})
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -202,8 +209,12 @@ def start_gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
     """Start gunicorn servers for a test; all are stopped afterwards."""
     servers: list[Gunicorn] = []
 
-    def start(settings: Settings, workers: int = 3) -> Gunicorn:
-        server = Gunicorn(settings, workers, tmp_path / f"gunicorn-{len(servers)}.log")
+    def start(
+        settings: Settings, workers: int = 3, extra_env: dict[str, str] | None = None
+    ) -> Gunicorn:
+        server = Gunicorn(
+            settings, workers, tmp_path / f"gunicorn-{len(servers)}.log", extra_env=extra_env
+        )
         servers.append(server)
         server.wait_ready()
         return server

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     )
     cache_ttl_s: int = 300
     rate_limit: str = "600 per minute"
-    api_log_batch_size: int = 200
+    api_log_batch_size: int = 1000
     api_log_flush_interval_s: float = 1.0
     serving_urls: str = Field(
         "http://127.0.0.1:8000",

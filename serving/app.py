@@ -122,7 +122,7 @@ def _start_request() -> None:
     ctx = g._get_current_object()  # plain objects: the proxies cost a lookup per access
     req = request._get_current_object()
     ctx.started = now()
-    incoming = req.headers.get("X-Request-Id", "")
+    incoming = req.environ.get("HTTP_X_REQUEST_ID", "")  # the header, without EnvironHeaders
     ctx.request_id = incoming if incoming and _REQUEST_ID.match(incoming) else _new_request_id()
     ctx.model = current_app.extensions["bookrec"].holder.model
     ctx.source = None

@@ -33,6 +33,7 @@ from serving.validation import ApiError
 UNLIMITED_ENDPOINTS = ("health.livez", "health.readyz", "health.metrics", "static")
 _SWEEP_EVERY_S = 60.0
 SYNC_INTERVAL_S = 0.05
+_MAX_CLIENT_KEYS = 100_000  # remembered storage keys; forgotten all at once beyond this
 _BATCHED_PREFIX = "bookrec-"
 _FORGET_EXPIRED_ABOVE = 40_000  # windows kept before expired ones are swept on a new key
 
@@ -218,6 +219,18 @@ class RateLimits:
             )
             self.shared = FixedWindowRateLimiter(storage)
         self.breaker = Breaker(cooldown_s=1.0)
+        self._expiry = self.item.get_expiry()
+        self._keys: dict[str, str] = {}  # client -> storage key
+
+    def _hit(self, strategy: Any, client: str) -> bool:
+        """``FixedWindowRateLimiter.hit`` with each client's storage key built once (its
+        ``key_for`` was a few microseconds of every request)."""
+        key = self._keys.get(client)
+        if key is None:
+            if len(self._keys) >= _MAX_CLIENT_KEYS:
+                self._keys.clear()
+            key = self._keys[client] = self.item.key_for("api", client)
+        return strategy.storage.incr(key, self._expiry, amount=1) <= self.item.amount
 
     def _strategy(self):
         if self.shared is not None and not self.breaker.open:
@@ -228,12 +241,12 @@ class RateLimits:
         """Count one request of ``client``: (allowed, seconds until its window resets)."""
         strategy = self._strategy()
         try:
-            allowed = strategy.hit(self.item, "api", client)
+            allowed = self._hit(strategy, client)
         except Exception:  # noqa: BLE001 - any storage error: count in memory for a while
             self.breaker.trip()
             self.metrics.fallbacks.labels(reason="redis_down").inc()
             strategy = self.memory
-            allowed = strategy.hit(self.item, "api", client)
+            allowed = self._hit(strategy, client)
         if allowed:
             return True, 0
         try:

@@ -90,15 +90,23 @@ def test_polling_alone_reloads_every_worker_and_metrics_merge(
     wait_for(lambda: len(worker_versions(server.url)) == WORKERS, 60)  # all workers booted
     for _ in range(30):
         assert requests.get(f"{server.url}/v1/books/popular?k=3", timeout=5).status_code == 200
-    counted = metric_sum(
-        server.url, "bookrec_http_requests_total", route="/v1/books/popular", status="200"
+    # merged across the workers; each worker folds its samples in within a second
+    wait_for(
+        lambda: metric_sum(
+            server.url, "bookrec_http_requests_total", route="/v1/books/popular", status="200"
+        )
+        == 30,
+        5,
     )
-    assert counted == 30  # merged across the workers
     assert (
         metric_sum(server.url, "bookrec_cache_hits_total")
         + metric_sum(server.url, "bookrec_cache_misses_total")
         == 30
     )
+    histogram = metric_sum(
+        server.url, "bookrec_http_request_duration_seconds_count", route="/v1/books/popular"
+    )
+    assert histogram == 30
     Registry.from_settings(serving_settings).promote(new, by="test", reason="poll")
     wait_for(lambda: set(worker_versions(server.url).values()) == {new}, 20)
     assert versions_seen(server.url) == {new}
@@ -119,7 +127,7 @@ def test_redis_cache_is_shared_and_its_loss_is_survived(
     client.close()
     for _ in range(6):  # whichever worker answers, the entry comes from Redis
         assert requests.get(url, timeout=5).content == first.content
-    assert metric_sum(server.url, "bookrec_cache_hits_total", kind="user") == 6
+    wait_for(lambda: metric_sum(server.url, "bookrec_cache_hits_total", kind="user") == 6, 5)
 
     redis_server["proc"].terminate()
     redis_server["proc"].wait(timeout=10)

@@ -6,11 +6,12 @@ from typing import Any
 
 from flask import Blueprint, g, request
 
+from serving import bodies
 from serving import validation as v
 from serving.cache import Cache
 from serving.catalog import CatalogUnavailable
 from serving.openapi import operation
-from serving.services import dumps, json_response, rec_to_dict, require_model, services
+from serving.services import dumps, json_response, require_model, services
 
 bp = Blueprint("books", __name__)
 _IMAGE_KEYS = ("image_url_s", "image_url_m", "image_url_l")
@@ -33,19 +34,13 @@ def similar_books(isbn: str):
 
     def compute() -> tuple[bytes, bool]:
         try:
-            recs = model.similar(canonical, k=k)
+            body = bodies.similar(model, canonical, k)
         except KeyError:
             raise v.ApiError(
                 404, "unknown_book", f"isbn: {canonical} is not in the model", field="isbn"
             ) from None
         g.source = "model"
-        payload = {
-            "model_version": model.version,
-            "isbn": canonical,
-            "k": k,
-            "items": [rec_to_dict(r) for r in recs],
-        }
-        return dumps(payload), True
+        return body, True
 
     key = Cache.key(model.version, "similar", canonical, k)
     return json_response(services().cache.get_or_compute("similar", key, compute))
@@ -67,8 +62,7 @@ def popular_books():
 
     def compute() -> tuple[bytes, bool]:
         g.source = "model"
-        items = [rec_to_dict(r) for r in model.popular(k)]
-        return dumps({"model_version": model.version, "k": k, "items": items}), True
+        return bodies.popular(model, k), True
 
     key = Cache.key(model.version, "popular", k)
     return json_response(services().cache.get_or_compute("popular", key, compute))

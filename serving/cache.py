@@ -82,6 +82,18 @@ class MemoryCache:
                     break
                 data.popitem(last=False)
 
+    def recent_keys(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` live keys starting with ``prefix``, most recently used first."""
+        now = time.monotonic()
+        with self._lock:
+            found = []
+            for key in reversed(self._data):
+                if key.startswith(prefix) and self._data[key][0] >= now:
+                    found.append(key)
+                    if len(found) >= limit:
+                        break
+            return found
+
     def delete(self, keys: list[str]) -> None:
         """Drop these keys if present."""
         with self._lock:

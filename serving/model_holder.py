@@ -19,6 +19,7 @@ import random
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ class ModelHolder:
         self._requested = 0
         self._completed = 0
         self._threads: list[threading.Thread] = []
+        # Called as prewarm(new_model, previous_version) between loading and swapping.
+        self.prewarm: Callable[[Any, str], int] | None = None
 
     # -- reading ---------------------------------------------------------------------------
     @property
@@ -88,6 +91,8 @@ class ModelHolder:
                     result.update(status="unchanged", version=previous)
                 else:
                     model = self._load(champion)
+                    if previous is not None and self.prewarm is not None:
+                        result["prewarmed"] = self._prewarm(model, previous)
                     if previous is not None and self.settings.reload_stagger_s > 0:
                         # Workers swap at spread-out moments: the first to swap fills the
                         # shared (Redis) cache for the new version, the others then hit it,
@@ -110,6 +115,14 @@ class ModelHolder:
             result["seconds"] = round(time.perf_counter() - started, 3)
             self.last_result = result
             return result
+
+    def _prewarm(self, model: Any, previous: str) -> int:
+        """Run the pre-warming hook; its failure is logged and does not stop the reload."""
+        try:
+            return self.prewarm(model, previous)
+        except Exception as exc:  # noqa: BLE001 - warming is an optimisation
+            log.warning("cache pre-warming for %s failed: %s", model.version, exc)
+            return 0
 
     def _load(self, champion: dict[str, Any]) -> Any:
         """Fetch, verify and load the champion's version; raise if anything is off."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, g, request
 
+from serving import bodies
 from serving import validation as v
 from serving.cache import Cache
-from serving.catalog import CatalogUnavailable
 from serving.openapi import operation
-from serving.services import dumps, json_response, rec_to_dict, require_model, services
+from serving.services import json_response, require_model, services
 
 bp = Blueprint("recommendations", __name__)
 
@@ -39,26 +39,8 @@ def user_recommendations(user_id: str):
     g.source = "cache"
 
     def compute() -> tuple[bytes, bool]:
-        exclude: list[str] = []
-        cacheable = True
-        try:
-            exclude = svc.catalog.api_rated(uid)
-        except CatalogUnavailable:
-            svc.metrics.fallbacks.labels(reason="postgres_down").inc()
-            cacheable = False
-        known = bool(model.knows_user(uid))
-        if not known:
-            svc.metrics.fallbacks.labels(reason="unknown_user").inc()
-        recs = model.recommend(uid, k=k, exclude=exclude)
-        g.source = "model" if known else "popular"
-        payload = {
-            "model_version": model.version,
-            "user_id": uid,
-            "k": k,
-            "known_user": known,
-            "items": [rec_to_dict(r) for r in recs],
-        }
-        return dumps(payload), cacheable
+        body, cacheable, g.source = bodies.user(svc, model, uid, k)
+        return body, cacheable
 
     key = Cache.key(model.version, "user", uid, k)
     return json_response(svc.cache.get_or_compute("user", key, compute))

@@ -31,9 +31,15 @@ class Services:
     apilog: ApiLogWriter
     background: bool = False
 
+    def __post_init__(self) -> None:
+        from serving.prewarm import prewarm
+
+        self.holder.prewarm = lambda model, previous: prewarm(self, model, previous)
+
     def start_background(self) -> None:
-        """Start the model loader, pub/sub listener and API-log writer threads."""
+        """Start the model loader, pub/sub listener, API-log writer and metrics threads."""
         self.background = True
+        self.metrics.start()
         self.holder.start()
         self.apilog.start()
 
@@ -51,6 +57,7 @@ class Services:
         """Stop background threads, flush logs and close connections."""
         self.holder.stop()
         self.apilog.stop()
+        self.metrics.stop()
         self.cache.close()
 
 

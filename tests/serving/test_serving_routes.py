@@ -10,6 +10,7 @@ from serving_data import ADMIN_TOKEN, genre_isbns, isbn13_of, rating_frame
 
 from bookrec.registry import Registry
 from bookrec.settings import Settings
+from serving import bodies
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -236,6 +237,45 @@ def test_reload_swaps_to_the_new_champion_and_cache_keys_follow(
     assert after.get_json()["model_version"] == new  # not the cached body of the old model
     unchanged = client.post("/admin/reload", headers=AUTH).get_json()
     assert unchanged["status"] == "unchanged"
+
+
+def test_a_reload_prewarms_the_recently_used_entries_for_the_new_model(
+    client, app, serving_settings, model_set
+):
+    old, new = model_set.versions
+    isbn = genre_isbns("herbs")[0]
+    paths = [
+        "/v1/books/popular?k=3",
+        "/v1/users/7/recommendations?k=2",
+        f"/v1/books/{isbn}/similar?k=4",
+        f"/v1/books/{isbn}",
+    ]
+    for path in paths:
+        assert client.get(path).headers["X-Model-Version"] == old
+    Registry.from_settings(serving_settings).promote(new, by="test", reason="prewarm test")
+    result = client.post("/admin/reload", headers=AUTH).get_json()
+    assert result["status"] == "reloaded" and result["prewarmed"] == len(paths)
+    svc = app.extensions["bookrec"]
+    assert len(svc.cache.memory.recent_keys(f"bookrec:api:{new}:", 10)) == len(paths)
+    hits_before = _metric(client, "bookrec_cache_hits_total")
+    misses_before = _metric(client, "bookrec_cache_misses_total")
+    answers = [client.get(path) for path in paths]
+    assert _metric(client, "bookrec_cache_misses_total") == misses_before  # all pre-warmed
+    assert _metric(client, "bookrec_cache_hits_total") == hits_before + len(paths)
+    assert all(a.status_code == 200 and a.headers["X-Model-Version"] == new for a in answers)
+    # computed by the new model: the same body as computing it now
+    assert answers[0].data == bodies.popular(svc.holder.model, 3)
+    assert answers[1].get_json()["model_version"] == new
+    assert answers[2].get_json()["model_version"] == new
+
+
+def _metric(client, name: str) -> float:
+    text = client.get("/metrics").get_data(as_text=True)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{")
+    )
 
 
 def test_a_failed_load_keeps_the_old_model(client, app, serving_settings, model_set):

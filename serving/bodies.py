@@ -1,0 +1,55 @@
+"""Response bodies computed from a model: shared by the views and by the cache pre-warming
+that runs before a reload swaps models (``serving/prewarm.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serving.catalog import CatalogUnavailable
+from serving.services import Services, dumps, rec_to_dict
+
+
+def popular(model: Any, k: int) -> bytes:
+    """The popular list of ``model``."""
+    items = [rec_to_dict(r) for r in model.popular(k)]
+    return dumps({"model_version": model.version, "k": k, "items": items})
+
+
+def similar(model: Any, isbn: str, k: int) -> bytes:
+    """Books similar to ``isbn`` (a canonical ISBN); KeyError if the model does not know it."""
+    recs = model.similar(isbn, k=k)
+    payload = {
+        "model_version": model.version,
+        "isbn": isbn,
+        "k": k,
+        "items": [rec_to_dict(r) for r in recs],
+    }
+    return dumps(payload)
+
+
+def user(
+    svc: Services, model: Any, user_id: int, k: int, count: bool = True
+) -> tuple[bytes, bool, str]:
+    """A user's recommendations: (body, cacheable, source). Books the user rated through the
+    API are excluded; without PostgreSQL the answer is given but not cacheable. ``count``
+    says whether the fallbacks are counted in the metrics (not for pre-warming)."""
+    exclude: list[str] = []
+    cacheable = True
+    try:
+        exclude = svc.catalog.api_rated(user_id)
+    except CatalogUnavailable:
+        if count:
+            svc.metrics.fallbacks.labels(reason="postgres_down").inc()
+        cacheable = False
+    known = bool(model.knows_user(user_id))
+    if not known and count:
+        svc.metrics.fallbacks.labels(reason="unknown_user").inc()
+    recs = model.recommend(user_id, k=k, exclude=exclude)
+    payload = {
+        "model_version": model.version,
+        "user_id": user_id,
+        "k": k,
+        "known_user": known,
+        "items": [rec_to_dict(r) for r in recs],
+    }
+    return dumps(payload), cacheable, "model" if known else "popular"

@@ -1,29 +1,35 @@
 """Serving benchmark: throughput and p99 with wrk on loopback, hot reload under load, memory.
 
-Run:  .venv/bin/python bench/bench_serving.py [--duration 10] [--workers 4] [--threads 4]
-          [--max-items 5000]
+Run:  .venv/bin/python bench/bench_serving.py [--duration 8] [--workers N] [--threads 4]
+          [--memory-workers 4] [--max-items 5000]
 
-What it does, all in one run and on the same gunicorn configuration (serving/gunicorn_conf.py):
+What it does, all in one run and on the same gunicorn configuration (serving/gunicorn_conf.py;
+by default one worker per CPU):
 1. fits the hybrid on the full Book-Crossing data (Kaggle CSVs; cached under --work),
    saves it as two versions in a local registry and promotes the first; loads the books
    into a fresh PostgreSQL database; uses a private Redis database for the cache;
 2. baseline: a trivial Flask app returning a JSON body of the same size as the popular
-   list, under the same gunicorn config; then the cached/precomputed API paths (popular,
-   warmed per-user lists, book details, similar), then uncached paths (random users and
-   ISBNs, title search). wrk -c16, reports req/s and p99; both servers first get a 3 s
-   wrk warm-up that is not counted (cold workers open connections and fill caches);
+   list, under the same gunicorn config. Each cached/precomputed API path (popular, warmed
+   per-user lists, book details, similar) is measured in ROUNDS rounds interleaved with the
+   trivial endpoint (trivial, path, path, trivial, ...; --duration seconds of each in all),
+   so that both see the same periods of the machine; the ratio is the path's requests over
+   the trivial's, and p99 is over all of the path's requests (pooled from wrk's percentile
+   tables of the rounds, rounded up). Then uncached paths (random users and ISBNs, title
+   search), one run each. wrk -c16; both servers first get a 3 s warm-up that is not counted;
 3. reload under load: steady wrk run, then a run during which the second version is
    promoted and signalled; reports failed/5xx responses, p99 vs steady, and how long
    until every worker serves the new version (from the merged /metrics);
-4. memory: what the model costs master + workers (the private memory loading it adds,
-   from PSS at start against the same app with no model, plus the PSS of its memory-mapped
-   files after the traffic above touched them) against the RSS one process needs to load
-   and touch one copy; and, as an upper bound, total PSS after traffic minus the bare app.
+4. memory, on a separate server with --memory-workers workers (the goal is stated for 4):
+   what the model costs master + workers (the private memory loading it adds, from PSS at
+   start against the same app with no model, plus the PSS of its memory-mapped files after
+   traffic touched them) against the RSS one process needs to load and touch one copy; and,
+   as an upper bound, total PSS after traffic minus the bare app.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import random
@@ -36,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -142,7 +149,7 @@ def drop_database(admin_url: str, url: str) -> None:
 class Server:
     """gunicorn with the project's config, serving ``app`` (default: the bookrec API)."""
 
-    def __init__(self, env: dict[str, str], workers: int, app: str | None, log: Path):
+    def __init__(self, env: dict[str, str], workers: int | None, app: str | None, log: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKREC_")}
@@ -157,9 +164,11 @@ class Server:
             str(CONF),
             "--bind",
             f"127.0.0.1:{self.port}",
-            "--workers",
-            str(workers),
         ]
+        if workers is not None:
+            argv += ["--workers", str(workers)]
+        else:  # the configuration's default: one per CPU
+            workers = len(os.sched_getaffinity(0))
         if app:
             argv.append(app)
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
@@ -233,21 +242,42 @@ WARMUP_S = 3
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
-def wrk(url: str, paths: list[str], duration: int, connections: int = 16) -> dict:
-    """Run wrk over ``paths`` (round robin per thread); req/s, p99 ms, errors."""
+_PERCENTILES = [round(90 + i * 0.01, 2) for i in range(1001)]  # 90.00 ... 100.00
+
+
+def wrk(url: str, paths: list[str], duration: float, connections: int = 16) -> dict:
+    """Run wrk over ``paths`` (round robin per thread); req/s, p99 ms, errors, and the
+    latency percentile table from 90 to 100 (us) for pooling several runs."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
-    quoted = ",".join(json.dumps(p) for p in paths)
+    table = script.with_suffix(".pct")
+    # percent-encoded (an HTTP request line is ASCII; Lua has no \u escapes)
+    quoted = ",".join(json.dumps(urllib.parse.quote(p, safe="/?=&%+-._~")) for p in paths)
     script.write_text(
         "local paths = {" + quoted + "}\nlocal i = math.random(#paths)\n"
         "request = function()\n  i = i % #paths + 1\n  return wrk.format('GET', paths[i])\nend\n"
+        "done = function(summary, latency, requests)\n"
+        f"  local f = io.open({json.dumps(str(table))}, 'w')\n"
+        "  for i = 0, 1000 do f:write(latency:percentile(90 + i / 100), '\\n') end\n"
+        "  f:close()\nend\n"
     )
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{duration:g}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     script.unlink()
+    tail_us = [float(line) for line in table.read_text().split()]
+    table.unlink()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99_value, p99_unit = re.search(r"99%\s+([\d.]+)(us|ms|s|m)\b", out).groups()
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
@@ -259,7 +289,51 @@ def wrk(url: str, paths: list[str], duration: int, connections: int = 16) -> dic
         "non_2xx": int(non2xx.group(1)) if non2xx else 0,
         "socket_errors": sum(map(int, sock.groups())) if sock else 0,
         "requests": total,
+        "tail_us": tail_us,
     }
+
+
+def pooled_p99_ms(runs: list[dict]) -> float:
+    """The 99th percentile over all requests of ``runs``, from their percentile tables.
+
+    A run's share of requests at or under x is taken as the largest tabulated percentile
+    whose latency is <= x (0 below its 90th): a lower bound, so the result rounds up."""
+    total = sum(r["requests"] for r in runs)
+    for x in sorted({v for r in runs for v in r["tail_us"]}):
+        below = 0.0
+        for r in runs:  # the table is non-decreasing: the last entry <= x by bisection
+            i = bisect.bisect_right(r["tail_us"], x)
+            below += r["requests"] * (_PERCENTILES[i - 1] if i else 0.0) / 100
+        if below >= 0.99 * total:
+            return x / 1000
+    return max(r["tail_us"][-1] for r in runs) / 1000
+
+
+ROUNDS = 2
+
+
+def interleaved(trivial_url: str, api_url: str, paths: list[str], duration: float) -> dict:
+    """The path and the trivial endpoint in ROUNDS alternating rounds (ABBA order), each
+    ``duration`` seconds in all; throughput ratio and pooled p99 of each."""
+    step = duration / ROUNDS
+    runs: dict[str, list[dict]] = {"path": [], "trivial": []}
+    for i in range(ROUNDS):
+        order = ("trivial", "path") if i % 2 == 0 else ("path", "trivial")
+        for which in order:
+            url, run_paths = (trivial_url, ["/trivial"]) if which == "trivial" else (api_url, paths)
+            runs[which].append(wrk(url, run_paths, step))
+    out = {}
+    for which, rs in runs.items():
+        out[which] = {
+            "rps": round(sum(r["rps"] for r in rs) / len(rs), 1),
+            "p99_ms": round(pooled_p99_ms(rs), 2),
+            "p99_ms_rounds": [round(r["p99_ms"], 2) for r in rs],
+            "requests": sum(r["requests"] for r in rs),
+            "non_2xx": sum(r["non_2xx"] for r in rs),
+            "socket_errors": sum(r["socket_errors"] for r in rs),
+        }
+    out["path"]["ratio_to_trivial"] = round(out["path"]["requests"] / out["trivial"]["requests"], 3)
+    return out
 
 
 def worker_versions(url: str) -> dict[str, str]:
@@ -289,8 +363,13 @@ def model_rss_mb(folder: Path) -> float:
 # -- main ----------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--duration", type=int, default=8, help="seconds of load per path")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="API workers (default: the config's, 1 per CPU)"
+    )
+    parser.add_argument(
+        "--memory-workers", type=int, default=4, help="workers of the memory measurement"
+    )
     parser.add_argument("--threads", type=int, default=4, help="gthread threads per worker")
     parser.add_argument("--max-items", type=int, default=5000, help="CF items of the model")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bookrec-bench")
@@ -330,9 +409,8 @@ def main() -> None:
         servers.append(api)
         api.wait("/readyz")
         time.sleep(2.0)  # every worker has loaded the model (readyz answers from one)
+        results["workers"] = api.workers
         models_dir = work / "home" / "serving" / "models"
-        pss_at_start = api.pss_mb()
-        mapped_at_start = api.mapped_mb(models_dir)
         popular = requests.get(api.url + "/v1/books/popular?k=10", timeout=5).content
         body_file = work / "trivial.json"
         body_file.write_bytes(popular)
@@ -389,36 +467,42 @@ def main() -> None:
         # first measured run's tail, whichever server or path that happens to be.
         wrk(trivial.url, ["/trivial"], WARMUP_S)
         wrk(api.url, [p for paths in cached_paths.values() for p in paths], WARMUP_S)
-        base = wrk(trivial.url, ["/trivial"], args.duration)
-        results["trivial"] = base
-        print(
-            f"trivial Flask JSON ({len(popular)} B): {base['rps']:.0f} req/s, "
-            f"p99 {base['p99_ms']:.1f} ms"
-        )
         results["cached"] = {}
+        trivial_runs = []
         for name, paths in cached_paths.items():
-            r = wrk(api.url, paths, args.duration)
-            r["ratio_to_trivial"] = round(r["rps"] / base["rps"], 3)
+            r = interleaved(trivial.url, api.url, paths, args.duration)
             results["cached"][name] = r
+            trivial_runs.append(r["trivial"])
+            path, base = r["path"], r["trivial"]
             print(
-                f"{name}: {r['rps']:.0f} req/s ({r['ratio_to_trivial']:.2f}x trivial), "
-                f"p99 {r['p99_ms']:.1f} ms, non-2xx {r['non_2xx']}"
+                f"{name}: {path['rps']:.0f} req/s ({path['ratio_to_trivial']:.2f}x the trivial "
+                f"endpoint's {base['rps']:.0f} in the same rounds), p99 {path['p99_ms']:.1f} ms "
+                f"(trivial {base['p99_ms']:.1f} ms), non-2xx {path['non_2xx']}"
             )
+        results["trivial_rps_range"] = [
+            min(r["rps"] for r in trivial_runs),
+            max(r["rps"] for r in trivial_runs),
+        ]
+        print(
+            f"(trivial Flask JSON endpoint, {len(popular)} B: "
+            f"{results['trivial_rps_range'][0]:.0f}-{results['trivial_rps_range'][1]:.0f} req/s)"
+        )
         trivial.stop()
         servers.remove(trivial)
         results["uncached"] = {}
         for name, paths in uncached_paths.items():
             r = wrk(api.url, paths, args.duration)
+            r.pop("tail_us")
             results["uncached"][name] = r
             print(
                 f"{name}: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.1f} ms, "
                 f"non-2xx {r['non_2xx']} (404 for ISBNs unknown to the model count here)"
             )
 
-        mapped_before = api.mapped_mb(models_dir)
         # Reload under load: a mix of cached and uncached user lists.
         mix = cached_paths["user recs (cached, 200 users)"] + cached_paths["popular k=10"] * 50
         steady = wrk(api.url, mix, args.duration)
+        steady.pop("tail_us")
         results["reload_steady"] = steady
         from bookrec.registry import Registry
 
@@ -432,7 +516,7 @@ def main() -> None:
             rclient.publish(channel, json.dumps({"version": VERSIONS[1]}))
             while time.monotonic() - started < 30:
                 seen = worker_versions(api.url)
-                if len(seen) == args.workers and set(seen.values()) == {VERSIONS[1]}:
+                if len(seen) == api.workers and set(seen.values()) == {VERSIONS[1]}:
                     converged["seconds"] = round(time.monotonic() - started, 2)
                     return
                 time.sleep(0.1)
@@ -440,6 +524,7 @@ def main() -> None:
         watcher = threading.Thread(target=promote_and_watch)
         watcher.start()
         during = wrk(api.url, mix, args.duration)
+        during.pop("tail_us")
         watcher.join()
         results["reload_during"] = during
         results["reload_all_workers_s"] = converged.get("seconds")
@@ -448,19 +533,29 @@ def main() -> None:
             f"req/s; during reload p99 {during['p99_ms']:.1f} ms "
             f"({during['p99_ms'] / steady['p99_ms']:.2f}x), {during['requests']} requests, "
             f"non-2xx {during['non_2xx']}, socket errors {during['socket_errors']}; "
-            f"all {args.workers} workers on the new version after "
+            f"all {api.workers} workers on the new version after "
             f"{converged.get('seconds')} s"
         )
-
-        # Memory.
-        with_model = api.pss_mb()
-        mapped_after = api.mapped_mb(models_dir)
         api.stop()
         servers.remove(api)
+
+        # Memory, on its own server with --memory-workers workers.
+        mem = Server(env, args.memory_workers, None, work / "memory.log")
+        servers.append(mem)
+        mem.wait("/readyz")
+        time.sleep(2.0)  # every worker has loaded the model
+        pss_at_start = mem.pss_mb()
+        mapped_at_start = mem.mapped_mb(models_dir)
+        for paths in [*cached_paths.values(), *uncached_paths.values()]:
+            wrk(mem.url, paths, 2)  # every route touches its part of the model
+        with_model = mem.pss_mb()
+        mapped_after = mem.mapped_mb(models_dir)
+        mem.stop()
+        servers.remove(mem)
         empty_store = work / f"empty-{uuid.uuid4().hex[:6]}"
         bare = Server(
             {**env, "BOOKREC_ARTIFACTS_URI": str(empty_store)},
-            args.workers,
+            args.memory_workers,
             None,
             work / "bare.log",
         )
@@ -470,7 +565,7 @@ def main() -> None:
         without_model = bare.pss_mb()
         one_copy = model_rss_mb(models / VERSIONS[0])
         files_mb = sum(p.stat().st_size for p in (models / VERSIONS[0]).iterdir()) / 2**20
-        # What the model costs the 4 workers: the private memory loading it added (PSS at
+        # What the model costs the workers: the private memory loading it added (PSS at
         # start, model files excluded, minus the same app with no model) plus its file pages
         # after every route has touched them (shared through the page cache, so PSS splits
         # each page among the processes mapping it).
@@ -480,12 +575,12 @@ def main() -> None:
         # model (response caches, allocator arenas, connection pools included).
         upper = with_model - without_model
         results["memory_mb"] = {
+            "workers": args.memory_workers,
             "pss_total_at_start": round(pss_at_start, 1),
             "pss_total_after_traffic": round(with_model, 1),
             "pss_total_without_model": round(without_model, 1),
             "model_files_pss_at_start": round(mapped_at_start, 1),
             "model_files_pss_after_traffic": round(mapped_after, 1),
-            "model_files_pss_before_reload": round(mapped_before, 1),
             "private_memory_from_loading": round(private_load, 1),
             "model_cost": round(model_cost, 1),
             "upper_bound_with_traffic_growth": round(upper, 1),
@@ -495,13 +590,20 @@ def main() -> None:
         ratio = model_cost / one_copy
         results["memory_mb"]["ratio"] = round(ratio, 2)
         results["memory_mb"]["upper_bound_ratio"] = round(upper / one_copy, 2)
+        # Had the traffic touched every page of the model files, they would add at most
+        # their size (each page once in the page cache, split among the mappers).
+        every_page = private_load + files_mb
+        results["memory_mb"]["bound_every_page_touched"] = round(every_page, 1)
+        results["memory_mb"]["bound_every_page_touched_ratio"] = round(every_page / one_copy, 2)
         print(
-            f"memory: the model costs master+{args.workers} workers {model_cost:.0f} MB "
+            f"memory: the model costs master+{args.memory_workers} workers {model_cost:.0f} MB "
             f"({private_load:.0f} MB private from loading + {mapped_after:.0f} MB of shared file "
             f"pages after traffic) vs {one_copy:.0f} MB for one copy in one process: "
             f"{ratio:.2f}x (goal <= 1.5x). Upper bound charging all traffic growth to the "
             f"model: PSS {with_model:.0f} MB after traffic - {without_model:.0f} MB without a "
-            f"model = {upper:.0f} MB ({upper / one_copy:.2f}x); model files {files_mb:.0f} MB"
+            f"model = {upper:.0f} MB ({upper / one_copy:.2f}x); model files {files_mb:.0f} MB, "
+            f"so with every page touched at most {every_page:.0f} MB "
+            f"({every_page / one_copy:.2f}x)"
         )
     finally:
         for server in servers:

@@ -69,7 +69,15 @@ class ApiLogWriter:
         path = rec.get("path")
         if path and "\x00" in path:  # PostgreSQL text cannot hold NUL (e.g. /%00)
             rec["path"] = path.replace("\x00", "\ufffd")
-        line = orjson.dumps(rec)
+        try:
+            line = orjson.dumps(rec)
+        except orjson.JSONEncodeError:  # e.g. a lone surrogate: log a replacement, never fail
+            line = orjson.dumps(
+                {
+                    k: v.encode("utf-8", "replace").decode() if isinstance(v, str) else v
+                    for k, v in rec.items()
+                }
+            )
         written = self._thread is None  # no writer thread: the line now, the row on flush()
         if written:
             self._write_lines([line])

@@ -12,7 +12,6 @@ slowed down.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from bookrec.settings import Settings
 from serving.metrics import Metrics
+from serving.periodic import Periodic
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("bookrec.api")
@@ -57,11 +57,9 @@ class ApiLogWriter:
         """``engine`` is a callable returning the engine (None disables database logging)."""
         self.metrics = metrics
         self.batch_size = max(1, settings.api_log_batch_size)
-        self.interval_s = settings.api_log_flush_interval_s
         self._engine = engine
-        self._queue: deque[dict[str, Any]] = deque()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._queue: deque[tuple[bytes, bool]] = deque()  # (JSON line, line already written)
+        self._writer = Periodic("api-log-writer", settings.api_log_flush_interval_s, self.flush)
 
     def record(self, rec: dict[str, Any]) -> None:
         """Stamp, encode and queue one request's record (never blocks)."""
@@ -78,7 +76,7 @@ class ApiLogWriter:
                     for k, v in rec.items()
                 }
             )
-        written = self._thread is None  # no writer thread: the line now, the row on flush()
+        written = not self._writer.started  # no writer thread: the line now, the row on flush()
         if written:
             self._write_lines([line])
             if self._engine is None:
@@ -97,23 +95,11 @@ class ApiLogWriter:
 
     def start(self) -> None:
         """Start the background writer (once, in the serving process)."""
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="api-log-writer", daemon=True)
-        self._thread.start()
+        self._writer.start()
 
     def stop(self) -> None:
         """Flush what is queued and stop the writer."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        self.flush()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._stop.wait(self.interval_s)
-            self.flush()
+        self._writer.stop()
 
     def _drain(self) -> list[tuple[bytes, bool]]:
         batch: list[tuple[bytes, bool]] = []

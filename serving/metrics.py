@@ -30,6 +30,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from serving.periodic import Periodic
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -99,20 +101,19 @@ class Metrics:
         )
         self._pending: deque[tuple] = deque()  # samples not yet folded in (append is atomic)
         self._flush_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._folder = Periodic("metrics-flush", 1.0, self.flush)
 
     # -- per-request samples ---------------------------------------------------------------
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one request and its latency."""
         self._pending.append((route, method, status, seconds))
-        if self._thread is None:
+        if not self._folder.started:
             self.flush()
 
     def cache_lookup(self, kind: str, hit: bool) -> None:
         """Count a cache hit or miss of ``kind``."""
         self._pending.append((kind, hit))
-        if self._thread is None:
+        if not self._folder.started:
             self.flush()
 
     def flush(self) -> None:
@@ -149,23 +150,11 @@ class Metrics:
 
     def start(self) -> None:
         """Queue the per-request samples and fold them in once a second from now on."""
-        if self._thread is not None and self._thread.is_alive():
-            return  # (a thread object inherited through a fork is not alive)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
-        self._thread.start()
+        self._folder.start()
 
     def stop(self) -> None:
         """Stop the background thread and fold in what is queued."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        self.flush()
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            self.flush()
+        self._folder.stop()
 
     def set_model_version(self, new: str, old: str | None) -> None:
         """Mark ``new`` as the version this worker serves (and ``old`` as no longer)."""

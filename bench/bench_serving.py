@@ -55,6 +55,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from bookrec import db  # noqa: E402
 from bookrec.settings import Settings  # noqa: E402
+from serving.gunicorn_worker import workers_per_cpu  # noqa: E402
 
 CONF = REPO / "serving" / "gunicorn_conf.py"
 VERSIONS = ("bench-a", "bench-b")
@@ -168,7 +169,7 @@ class Server:
         if workers is not None:
             argv += ["--workers", str(workers)]
         else:  # the configuration's default: one per CPU
-            workers = len(os.sched_getaffinity(0))
+            workers = workers_per_cpu()
         if app:
             argv.append(app)
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()

@@ -14,6 +14,8 @@ import os
 import shutil
 import tempfile
 
+from serving.gunicorn_worker import workers_per_cpu
+
 
 def _metrics_folder() -> str:
     """An empty multiprocess metrics folder, set in the environment before the app (and
@@ -37,11 +39,10 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 wsgi_app = "serving.app:create_worker_app()"
 bind = os.environ.get("BOOKREC_BIND", "127.0.0.1:8000")
-# One worker per CPU this process may run on: each worker runs Python under one GIL, so
-# more workers than CPUs only take turns (on this 2-core machine 4 workers gave the same
-# throughput as 2 and a longer tail). Threads cover the waits on Redis and PostgreSQL; the
-# worker class spreads keep-alive connections evenly over the workers (see its module).
-workers = int(os.environ.get("BOOKREC_WORKERS") or len(os.sched_getaffinity(0)))
+# One worker per CPU (on this 2-core machine 4 workers gave the same throughput as 2 and a
+# longer tail). Threads cover the waits on Redis and PostgreSQL; the worker class spreads
+# keep-alive connections evenly over the workers (see its module).
+workers = int(os.environ.get("BOOKREC_WORKERS") or workers_per_cpu())
 worker_class = "serving.gunicorn_worker.BalancedThreadWorker"
 threads = int(os.environ.get("BOOKREC_THREADS", "4"))
 preload_app = False

@@ -17,12 +17,19 @@ and a new connection waits at most a few milliseconds once, never per request.
 
 from __future__ import annotations
 
+import os
 import time
 
 from gunicorn.workers.gthread import ThreadWorker
 
 ACCEPT_BACKOFF_S = 0.01  # per connection held beyond the worker's thread count...
 MAX_ACCEPT_PAUSE_S = 0.05  # ...up to this
+
+
+def workers_per_cpu() -> int:
+    """The default number of workers: one per CPU this process may run on (each worker runs
+    Python under one GIL, so more workers than CPUs only take turns)."""
+    return len(os.sched_getaffinity(0))
 
 
 class BalancedThreadWorker(ThreadWorker):

@@ -246,21 +246,27 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 _PERCENTILES = [round(90 + i * 0.01, 2) for i in range(1001)]  # 90.00 ... 100.00
 
 
-def wrk(url: str, paths: list[str], duration: float, connections: int = 16) -> dict:
-    """Run wrk over ``paths`` (round robin per thread); req/s, p99 ms, errors, and the
-    latency percentile table from 90 to 100 (us) for pooling several runs."""
+def wrk(
+    url: str, paths: list[str], duration: float, connections: int = 16, tail: bool = False
+) -> dict:
+    """Run wrk over ``paths`` (round robin per thread); req/s, p99 ms, errors, and with
+    ``tail`` the latency percentile table from 90 to 100 (us) for pooling several runs."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     table = script.with_suffix(".pct")
     # percent-encoded (an HTTP request line is ASCII; Lua has no \u escapes)
     quoted = ",".join(json.dumps(urllib.parse.quote(p, safe="/?=&%+-._~")) for p in paths)
-    script.write_text(
+    lua = (
         "local paths = {" + quoted + "}\nlocal i = math.random(#paths)\n"
         "request = function()\n  i = i % #paths + 1\n  return wrk.format('GET', paths[i])\nend\n"
-        "done = function(summary, latency, requests)\n"
-        f"  local f = io.open({json.dumps(str(table))}, 'w')\n"
-        "  for i = 0, 1000 do f:write(latency:percentile(90 + i / 100), '\\n') end\n"
-        "  f:close()\nend\n"
     )
+    if tail:
+        lua += (
+            "done = function(summary, latency, requests)\n"
+            f"  local f = io.open({json.dumps(str(table))}, 'w')\n"
+            "  for i = 0, 1000 do f:write(latency:percentile(90 + i / 100), '\\n') end\n"
+            "  f:close()\nend\n"
+        )
+    script.write_text(lua)
     out = subprocess.run(
         [
             "wrk",
@@ -277,21 +283,22 @@ def wrk(url: str, paths: list[str], duration: float, connections: int = 16) -> d
         check=True,
     ).stdout
     script.unlink()
-    tail_us = [float(line) for line in table.read_text().split()]
-    table.unlink()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99_value, p99_unit = re.search(r"99%\s+([\d.]+)(us|ms|s|m)\b", out).groups()
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     total = int(re.search(r"(\d+) requests in", out).group(1))
-    return {
+    result = {
         "rps": rps,
         "p99_ms": float(p99_value) * _UNITS[p99_unit],
         "non_2xx": int(non2xx.group(1)) if non2xx else 0,
         "socket_errors": sum(map(int, sock.groups())) if sock else 0,
         "requests": total,
-        "tail_us": tail_us,
     }
+    if tail:
+        result["tail_us"] = [float(line) for line in table.read_text().split()]
+        table.unlink()
+    return result
 
 
 def pooled_p99_ms(runs: list[dict]) -> float:
@@ -322,7 +329,7 @@ def interleaved(trivial_url: str, api_url: str, paths: list[str], duration: floa
         order = ("trivial", "path") if i % 2 == 0 else ("path", "trivial")
         for which in order:
             url, run_paths = (trivial_url, ["/trivial"]) if which == "trivial" else (api_url, paths)
-            runs[which].append(wrk(url, run_paths, step))
+            runs[which].append(wrk(url, run_paths, step, tail=True))
     out = {}
     for which, rs in runs.items():
         out[which] = {
@@ -400,7 +407,6 @@ def main() -> None:
     rclient.flushdb()
     servers: list[Server] = []
     results: dict = {
-        "workers": args.workers,
         "threads": args.threads,
         "duration_s": args.duration,
         "connections": 16,
@@ -493,7 +499,6 @@ def main() -> None:
         results["uncached"] = {}
         for name, paths in uncached_paths.items():
             r = wrk(api.url, paths, args.duration)
-            r.pop("tail_us")
             results["uncached"][name] = r
             print(
                 f"{name}: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.1f} ms, "
@@ -503,7 +508,6 @@ def main() -> None:
         # Reload under load: a mix of cached and uncached user lists.
         mix = cached_paths["user recs (cached, 200 users)"] + cached_paths["popular k=10"] * 50
         steady = wrk(api.url, mix, args.duration)
-        steady.pop("tail_us")
         results["reload_steady"] = steady
         from bookrec.registry import Registry
 
@@ -525,7 +529,6 @@ def main() -> None:
         watcher = threading.Thread(target=promote_and_watch)
         watcher.start()
         during = wrk(api.url, mix, args.duration)
-        during.pop("tail_us")
         watcher.join()
         results["reload_during"] = during
         results["reload_all_workers_s"] = converged.get("seconds")

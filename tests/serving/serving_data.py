@@ -105,3 +105,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
     if settings.admin_token:
         env["BOOKREC_ADMIN_TOKEN"] = settings.admin_token.get_secret_value()
     return env
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of metric ``name`` in Prometheus text whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

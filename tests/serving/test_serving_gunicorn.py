@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 import requests
-from serving_data import ADMIN_TOKEN
+from serving_data import ADMIN_TOKEN, metric_total
 
 from bookrec.registry import Registry
 from tasks.reload import call_instance, publish_signal
@@ -41,14 +41,7 @@ def worker_versions(url: str) -> dict[str, str]:
 
 def metric_sum(url: str, name: str, **labels: str) -> float:
     """Sum of a metric's samples whose labels include ``labels``."""
-    text = requests.get(f"{url}/metrics", timeout=5).text
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return metric_total(requests.get(f"{url}/metrics", timeout=5).text, name, **labels)
 
 
 def wait_for(predicate, timeout_s: float) -> float:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from serving_data import ADMIN_TOKEN, genre_isbns, isbn13_of, rating_frame
+from serving_data import ADMIN_TOKEN, genre_isbns, isbn13_of, metric_total, rating_frame
 
 from bookrec.registry import Registry
 from bookrec.settings import Settings
@@ -270,12 +270,7 @@ def test_a_reload_prewarms_the_recently_used_entries_for_the_new_model(
 
 
 def _metric(client, name: str) -> float:
-    text = client.get("/metrics").get_data(as_text=True)
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{")
-    )
+    return metric_total(client.get("/metrics").get_data(as_text=True), name)
 
 
 def test_a_failed_load_keeps_the_old_model(client, app, serving_settings, model_set):

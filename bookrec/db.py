@@ -87,6 +87,15 @@ def dispose_engines() -> None:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply the Alembic migrations up to ``revision`` on ``engine``'s database."""
+    _migrate(engine, "upgrade", revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Undo the Alembic migrations after ``revision`` on ``engine``'s database."""
+    _migrate(engine, "downgrade", revision)
+
+
+def _migrate(engine: Engine, direction: str, revision: str) -> None:
     from alembic import command
     from alembic.config import Config
 
@@ -96,7 +105,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         # Serialise concurrent upgrades (API workers and flows starting together).
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(72210001)"))
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        getattr(command, direction)(cfg, revision)
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     rate_limit: str = "600 per minute"
     api_log_batch_size: int = 1000
     api_log_flush_interval_s: float = 1.0
+    log_retention_days: int = Field(
+        30, ge=1, description="Days of api_logs (and other day-partitioned logs) kept"
+    )
     serving_urls: str = Field(
         "http://127.0.0.1:8000",
         description="Comma-separated base URLs of serving instances the reload flow calls",

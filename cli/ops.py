@@ -386,7 +386,7 @@ def _deployments_exist() -> bool:
 
 
 def _deploy(settings, env, clock: _Clock) -> None:
-    """``prefect deploy --name local``: register the six local deployments from prefect.yaml
+    """``prefect deploy --name local``: register the local deployments from prefect.yaml
     (skipped when neither prefect.yaml nor the flows changed since the last registration)."""
     from cli.main import CommandError
 

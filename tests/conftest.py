@@ -69,6 +69,19 @@ def database_url(pg_admin_url: str) -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture
+def empty_database_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh database with no schema at all (for migration tests), dropped afterwards."""
+    name = f"bookrec_empty_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield sa.engine.make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def engine(database_url: str) -> sa.engine.Engine:
     """The pooled engine for the session database."""

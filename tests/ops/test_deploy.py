@@ -1,5 +1,5 @@
-"""`prefect deploy --name local` against a real Prefect server (the test harness): the six
-deployments, their schedule, concurrency limit, parameter schemas and the reload trigger;
+"""`prefect deploy --name local` against a real Prefect server (the test harness): the seven
+deployments, their schedules, concurrency limit, parameter schemas and the reload trigger;
 the ECS pool template is accepted by the server."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
-# The real CLI imports every flow and registers six deployments: about a minute here.
+# The real CLI imports every flow and registers seven deployments: about a minute here.
 pytestmark = pytest.mark.slow
 
 
@@ -48,8 +48,8 @@ def deployed(prefect_harness, tmp_path_factory):
         yield client
 
 
-def test_six_local_deployments_run_in_the_checkout(deployed):
-    names = {"ingest", "train", "promote", "rollback", "reload", "nightly"}
+def test_seven_local_deployments_run_in_the_checkout(deployed):
+    names = {"ingest", "train", "promote", "rollback", "reload", "nightly", "housekeeping"}
     for flow in names:
         deployment = deployed.read_deployment_by_name(f"{flow}/local")
         assert deployment.work_pool_name == "local-process"
@@ -74,6 +74,13 @@ def test_nightly_schedule_concurrency_and_typed_parameters(deployed):
     assert set(props) == {"source", "layout", "baselines"}  # the UI run form
     for flow in ("ingest", "train", "promote", "rollback", "reload"):
         assert not deployed.read_deployment_by_name(f"{flow}/local").schedules
+    housekeeping = deployed.read_deployment_by_name("housekeeping/local")
+    (schedule,) = housekeeping.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("30 1 * * *", "UTC")
+    assert set(housekeeping.parameter_openapi_schema["properties"]) == {
+        "retention_days",
+        "days_ahead",
+    }
 
 
 def test_promotion_event_automation_runs_the_reload_deployment(deployed):

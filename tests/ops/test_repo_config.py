@@ -25,6 +25,7 @@ FLOWS = {
     "rollback": "flows/rollback.py:rollback_flow",
     "reload": "flows/reload.py:reload_flow",
     "nightly": "flows/nightly.py:nightly_flow",
+    "housekeeping": "flows/housekeeping.py:housekeeping_flow",
 }
 PLACEHOLDER = re.compile(r"\{\{\s*\$([A-Z0-9_]+)\s*\}\}")
 
@@ -137,7 +138,7 @@ def test_prefect_yaml_parses_with_prefects_model(prefect_yaml):
     from prefect.cli.deploy._models import PrefectYamlModel
 
     model = PrefectYamlModel.model_validate(prefect_yaml)
-    assert len(model.deployments) == 12
+    assert len(model.deployments) == 2 * len(FLOWS)
     assert set(_deployments(prefect_yaml, "local")) == set(FLOWS)
     assert set(_deployments(prefect_yaml, "production")) == set(FLOWS)
 
@@ -173,8 +174,22 @@ def test_nightly_schedule_and_concurrency(prefect_yaml):
     assert (built.cron, built.timezone) == ("0 2 * * *", "UTC")
     config = ConcurrencyLimitConfig.model_validate(nightly["concurrency_limit"])
     assert config.limit == 1 and config.collision_strategy.value == "CANCEL_NEW"
-    others = [d for f, d in _deployments(prefect_yaml, "local").items() if f != "nightly"]
-    assert not any(d.get("schedules") for d in others)  # only nightly runs on a clock
+    clocked = {"nightly", "housekeeping"}
+    others = [d for f, d in _deployments(prefect_yaml, "local").items() if f not in clocked]
+    assert not any(d.get("schedules") for d in others)  # only these run on a clock
+
+
+def test_housekeeping_runs_daily_in_both_deployments(prefect_yaml):
+    from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    for name in ("local", "production"):
+        housekeeping = _deployments(prefect_yaml, name)["housekeeping"]
+        (schedule,) = housekeeping["schedules"]
+        built = _schedule_config_to_deployment_schedule(schedule)["schedule"]
+        assert (built.cron, built.timezone) == ("30 1 * * *", "UTC")  # daily, before nightly
+        config = ConcurrencyLimitConfig.model_validate(housekeeping["concurrency_limit"])
+        assert config.limit == 1
 
 
 def test_promotion_event_triggers_the_reload_deployment(prefect_yaml):

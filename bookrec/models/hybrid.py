@@ -10,7 +10,7 @@ back (workers share the pages). Item ids are positions in the sorted ISBN array.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from bookrec.models.base import NO_ITEM, top_n
 
 CF, CONTENT, POPULAR = "cf", "content", "popular"
 STRING_FIELDS = ("title", "author", "publisher", "image_url_m")
+History = tuple[np.ndarray, np.ndarray]  # a reader's (item ids, 0..10 ratings), sorted by item
 
 
 @dataclass(frozen=True)
@@ -244,35 +245,31 @@ class HybridRecommender:
 
     # ---- scoring cores -------------------------------------------------------------------
 
-    def _cf_input(self, rows: np.ndarray) -> sp.csr_matrix:
-        """Users' training histories as CF input weights over the CF items."""
-        a = self.arrays
-        indptr = a["hist_indptr"]
+    def _cf_input(self, hists: Sequence[History]) -> sp.csr_matrix:
+        """Histories as CF input weights over the CF items (one row per history)."""
         n_cf = len(self.cf_items)
         r_idx, c_idx, vals = [], [], []
-        for r, row in enumerate(rows):
-            if row < 0:
+        for r, (items, ratings) in enumerate(hists):
+            if not len(items):
                 continue
-            items = a["hist_items"][indptr[row] : indptr[row + 1]]
-            ratings = a["hist_ratings"][indptr[row] : indptr[row + 1]]
             pos = self.cf_pos[items]
             ok = pos >= 0
             r_idx.append(np.full(int(ok.sum()), r))
             c_idx.append(pos[ok])
             vals.append(1.0 + self.params.explicit_weight * ratings[ok].astype(np.float32) / 10.0)
         if not r_idx:
-            return sp.csr_matrix((len(rows), n_cf), dtype=np.float32)
+            return sp.csr_matrix((len(hists), n_cf), dtype=np.float32)
         return sp.csr_matrix(
             (np.concatenate(vals).astype(np.float32),
              (np.concatenate(r_idx), np.concatenate(c_idx))),
-            shape=(len(rows), n_cf),
+            shape=(len(hists), n_cf),
         )
 
-    def _cf_ranked(self, rows: np.ndarray, n: int, exclude_works: list[np.ndarray]):
-        """Per user, up to ``n`` CF item positions (best first, one per work) and scores."""
-        x = self._cf_input(rows)
+    def _cf_ranked(self, hists: Sequence[History], n: int, exclude_works: list[np.ndarray]):
+        """Per history, up to ``n`` CF item positions (best first, one per work) and scores."""
+        x = self._cf_input(hists)
         if x.shape[1] == 0:
-            return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in rows], x
+            return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in hists], x
         scores = np.asarray((x @ self.cf_weights).toarray(), dtype=np.float32)
         has_input = np.diff(x.indptr) > 0
         scores[~has_input] = -np.inf
@@ -284,7 +281,7 @@ class HybridRecommender:
             scores[scores <= 0] = -np.inf
         ids, best = top_n(scores, n + 10)
         out = []
-        for r in range(len(rows)):
+        for r in range(len(hists)):
             keep = ids[r] >= 0
             pid, psc = ids[r][keep], best[r][keep]
             _, first = np.unique(self.cf_work[pid], return_index=True)
@@ -354,7 +351,8 @@ class HybridRecommender:
     def recommend(
         self, user_id: int, k: int = 10, exclude: Iterable[str] = ()
     ) -> list[Recommendation]:
-        """Top ``k`` books for one user (unknown users get popular books)."""
+        """Top ``k`` books for one user from their training history (unknown users get
+        popular books)."""
         return self.recommend_many([user_id], k, exclude=[list(exclude)])[0]
 
     def recommend_many(
@@ -365,17 +363,85 @@ class HybridRecommender:
         exclude: Sequence[Iterable[str]] | None = None,
         reasons: bool = True,
     ) -> list[list[Recommendation]]:
-        """Top ``k`` for many users in one vectorised pass."""
+        """Top ``k`` for many users from their training histories, in one vectorised pass."""
+        rows = [self._user_index(int(u)) for u in user_ids]
+        return self._recommend_hists([self._row_history(r) for r in rows], k, exclude, reasons)
+
+    def recommend_history(
+        self, history: Mapping[str, int], k: int = 10, *, exclude: Iterable[str] = (),
+        reasons: bool = True,
+    ) -> list[Recommendation]:
+        """Fold-in: top ``k`` for a reader whose ratings now are ``history`` (ISBN -> 0..10).
+
+        The reader need not be in the training data: CF scores are the history times the
+        item-item matrix, exactly as for a trained reader, so a rating stored after the
+        snapshot counts at once. ISBNs the model does not know are ignored; rated books and
+        their other editions are never recommended. Serving and ``bookrec recommend`` call
+        this with the reader's current ratings from PostgreSQL.
+        """
+        return self.recommend_histories([history], k, exclude=[exclude], reasons=reasons)[0]
+
+    def recommend_histories(
+        self,
+        histories: Sequence[Mapping[str, int]],
+        k: int = 10,
+        *,
+        exclude: Sequence[Iterable[str]] | None = None,
+        reasons: bool = True,
+    ) -> list[list[Recommendation]]:
+        """``recommend_history`` for many readers in one vectorised pass."""
+        hists = [self.history_arrays(h) for h in histories]
+        return self._recommend_hists(hists, k, exclude, reasons)
+
+    def history_arrays(self, history: Mapping[str, int]) -> History:
+        """(items, ratings) of the ISBNs in ``history`` the model knows, sorted by item.
+
+        ISBNs are looked up exactly (the stored, canonical form); an ISBN ingested after
+        the model was trained is not an item and is left out.
+        """
+        width = self._isbn_width
+        keys, values = [], []
+        for isbn, rating in history.items():
+            key = str(isbn).encode("utf-8", "replace")
+            if key and len(key) <= width:
+                keys.append(key)
+                values.append(rating)
+        if not keys:
+            return np.empty(0, np.int32), np.empty(0, np.int8)
+        wanted = np.array(keys, dtype=self.isbns.dtype)
+        pos = np.searchsorted(self.isbns, wanted)
+        pos = np.minimum(pos, len(self.isbns) - 1)
+        ok = self.isbns[pos] == wanted
+        items = pos[ok].astype(np.int32)
+        ratings = np.clip(np.asarray(values, dtype=np.int16)[ok], 0, 10).astype(np.int8)
+        order = np.argsort(items, kind="stable")
+        items, ratings = items[order], ratings[order]
+        first = np.r_[True, items[1:] != items[:-1]] if len(items) else np.empty(0, bool)
+        return items[first], ratings[first]
+
+    def _row_history(self, row: int) -> History:
+        """A training row's (items, ratings); empty for -1 (a reader the model never saw)."""
+        if row < 0:
+            return np.empty(0, np.int32), np.empty(0, np.int8)
+        return self._hist(row)
+
+    def _recommend_hists(
+        self,
+        hists: list[History],
+        k: int,
+        exclude: Sequence[Iterable[str]] | None,
+        reasons: bool,
+    ) -> list[list[Recommendation]]:
+        """Recommendations with reasons for (items, ratings) histories."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        rows = np.array([self._user_index(int(u)) for u in user_ids], dtype=np.int64)
         extra = [self._items_of_isbns(e) for e in exclude] if exclude else None
-        picks = self._rank(rows, k, extra)
+        picks = self._rank(hists, k, extra)
         out = []
-        for row, user_picks in zip(rows, picks, strict=True):
+        for hist, user_picks in zip(hists, picks, strict=True):
             recs = []
-            hist_items = self._hist(row)[0] if row >= 0 else np.empty(0, np.int32)
-            cf_reason = self._cf_reasons(row, [i for i, _, s in user_picks if s == CF]) \
+            hist_items = hist[0]
+            cf_reason = self._cf_reasons(hist, [i for i, _, s in user_picks if s == CF]) \
                 if reasons else {}
             for item, score, source in user_picks:
                 if source == CF:
@@ -393,25 +459,29 @@ class HybridRecommender:
 
     def recommend_indices(self, rows: np.ndarray, k: int) -> np.ndarray:
         """Item ids (n_users x k, -1 padded) for user rows: the evaluation entry point."""
-        picks = self._rank(np.asarray(rows, dtype=np.int64), k, None)
+        hists = [self._row_history(int(r)) for r in np.asarray(rows, dtype=np.int64)]
+        return self.recommend_hist_indices(hists, k)
+
+    def recommend_hist_indices(self, hists: Sequence[History], k: int) -> np.ndarray:
+        """Item ids (n x k, -1 padded) for (items, ratings) histories (evaluation of fold-in)."""
+        picks = self._rank(list(hists), k, None)
         out = np.full((len(picks), k), NO_ITEM, np.int64)
         for r, user_picks in enumerate(picks):
             for c, (item, _, _) in enumerate(user_picks[:k]):
                 out[r, c] = item
         return out
 
-    def _rank(self, rows: np.ndarray, k: int, extra: list[np.ndarray] | None):
-        """Per user, k (item, score, source) triples: CF, then content, then popular."""
+    def _rank(self, hists: list[History], k: int, extra: list[np.ndarray] | None):
+        """Per history, k (item, score, source) triples: CF, then content, then popular."""
         exclude_works, exclude_items = [], []
-        for r, row in enumerate(rows):
-            items = self._hist(row)[0] if row >= 0 else np.empty(0, np.int32)
+        for r, (items, _) in enumerate(hists):
             if extra is not None:
                 items = np.union1d(items, extra[r])
             exclude_items.append(items)
             exclude_works.append(np.unique(self.work_of_item[items]))
-        results: list[list[tuple[int, float, str]]] = [[] for _ in rows]
-        for start in range(0, len(rows), 1024):
-            chunk = rows[start : start + 1024]
+        results: list[list[tuple[int, float, str]]] = [[] for _ in hists]
+        for start in range(0, len(hists), 1024):
+            chunk = hists[start : start + 1024]
             cf, _ = self._cf_ranked(chunk, k, exclude_works[start : start + 1024])
             for offset, (pos, scores) in enumerate(cf):
                 results[start + offset] = [
@@ -420,12 +490,11 @@ class HybridRecommender:
         # Content slots for little-read books: at most one per five list positions, so
         # short lists stay CF.
         slots = min(self.params.content_slots, k // 5)
-        for r, row in enumerate(rows):
+        for r, (items, ratings) in enumerate(hists):
             picks = results[r]
             taken = {int(self.work_of_item[i]) for i, _, _ in picks}
             want_content = k - len(picks) if len(picks) < k else min(slots, k)
-            if row >= 0 and want_content > 0 and len(self.content_items):
-                items, ratings = self._hist(row)
+            if len(items) and want_content > 0 and len(self.content_items):
                 content = self._content_picks(
                     items, ratings, want_content,
                     np.concatenate([exclude_items[r], [i for i, _, _ in picks]]).astype(np.int64),
@@ -457,11 +526,11 @@ class HybridRecommender:
         return [(int(self.content_items[i]), float(s), CONTENT) for i, s in zip(ids, best,
                                                                                  strict=True)]
 
-    def _cf_reasons(self, row: int, picked: list[int]) -> dict[int, int]:
+    def _cf_reasons(self, hist: History, picked: list[int]) -> dict[int, int]:
         """For each CF pick, the history item that contributed most to its score."""
-        if row < 0 or not picked:
+        items, ratings = hist
+        if not len(items) or not picked:
             return {}
-        items, ratings = self._hist(row)
         pos = self.cf_pos[items]
         ok = pos >= 0
         if not ok.any():

@@ -232,14 +232,36 @@ def decide(checks: list[Check]) -> GateResult:
     return GateResult(PROMOTED, "; ".join(c.detail for c in checks), tuple(checks))
 
 
+def segment_values(metrics: dict[str, Any] | None) -> dict[str, float]:
+    """The evaluation's segments flattened: ``"readers cold ndcg@20"``, ``"books low
+    reachability"``... (readers by training interactions, books by popularity tercile)."""
+    segments = (metrics or {}).get("segments")
+    out: dict[str, float] = {}
+    if not isinstance(segments, dict):
+        return out
+    for group, label in (("readers", "readers"), ("popularity", "books")):
+        for name, values in (segments.get(group) or {}).items():
+            for metric, value in (values or {}).items():
+                if metric in ("ndcg@20", "recall@20", "reachability", "users"):
+                    number = _number({"v": value}, "v")
+                    if number is not None:
+                        out[f"{label} {name} {metric}"] = number
+    return out
+
+
 def comparison_rows(
     candidate: dict[str, Any], champion: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
-    """Candidate-vs-champion rows for every numeric metric either of them has."""
+    """Candidate-vs-champion rows for every numeric metric either of them has, then
+    the per-segment figures (``segment_values``)."""
     names = sorted(
         {k for k in candidate if _number(candidate, k) is not None}
         | {k for k in (champion or {}) if _number(champion, k) is not None}
     )
+    cand_seg, champ_seg = segment_values(candidate), segment_values(champion)
+    candidate = {**candidate, **cand_seg}
+    champion = {**(champion or {}), **champ_seg} if champion is not None else None
+    names += [n for n in dict.fromkeys([*cand_seg, *champ_seg])]
     rows = []
     for name in names:
         cand, champ = _number(candidate, name), _number(champion, name)

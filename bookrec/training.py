@@ -20,7 +20,13 @@ import numpy as np
 import pandas as pd
 
 from bookrec import columns as C
-from bookrec.evaluation import Split, evaluate, holdout_split, model_recommend_fn
+from bookrec.evaluation import (
+    Split,
+    evaluate,
+    holdout_split,
+    model_recommend_fn,
+    scorable_items,
+)
 from bookrec.models.cf import EASERecommender, ImplicitALS, ImplicitItemKNN, prune_rows
 from bookrec.models.dataset import Dataset, build_dataset, fingerprint, interactions
 from bookrec.models.fit import fit_hybrid
@@ -46,6 +52,7 @@ class TrainConfig:
     seed: int = 42
     min_interactions: int = 10
     test_fraction: float = 0.2
+    cold_test_users: int = 2000  # readers with 2-5 interactions, one held out (cold segment)
     baselines: tuple[str, ...] = BASELINES
     evaluate: bool = True
 
@@ -59,6 +66,8 @@ class TrainConfig:
             raise ValueError(f"sample_fraction must be in (0, 1], got {self.sample_fraction}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.cold_test_users < 0:
+            raise ValueError(f"cold_test_users must be >= 0, got {self.cold_test_users}")
         if self.min_interactions < 2:
             raise ValueError(f"min_interactions must be at least 2, got {self.min_interactions}")
         unknown = sorted(set(self.baselines) - set(BASELINES))
@@ -76,6 +85,7 @@ class TrainConfig:
             "min_interactions": self.min_interactions,
             "test_fraction": self.test_fraction,
             "sample_fraction": self.sample_fraction,
+            "cold_test_users": self.cold_test_users,
         }
 
 
@@ -170,14 +180,22 @@ def evaluate_champion_recipe(
         return out
     if champ_params == params:
         out["same_recipe"] = True
-        out.update({k: v for k, v in candidate.items() if isinstance(v, int | float)})
+        out.update({k: v for k, v in candidate.items()
+                    if isinstance(v, int | float) or k == "segments"})
         return out
     with timer.stage("fit champion recipe (evaluation split)"):
         model = fit_hybrid(train_ds, champ_params)
     with timer.stage("evaluate champion recipe"):
-        out.update(evaluate(model.recommend_indices, split))
+        out.update(_evaluate_model(model, split))
     out["same_recipe"] = False
     return out
+
+
+def _evaluate_model(model, split: Split, binary=None) -> dict[str, Any]:
+    """Headline metrics plus segments of the hybrid (``binary`` None) or a baseline."""
+    fn = model.recommend_indices if binary is None else model_recommend_fn(model, binary)
+    return evaluate(fn, split, scorable=scorable_items(model, split.train.shape[1]),
+                    segments=True)
 
 
 def evaluate_models(
@@ -195,7 +213,7 @@ def evaluate_models(
         with timer.stage("fit ease_plain (shared with the model)"):
             dense = fit_baseline("ease_plain", binary)
         with timer.stage("evaluate ease_plain"):
-            baselines["ease_plain"] = evaluate(model_recommend_fn(dense, binary), split)
+            baselines["ease_plain"] = _evaluate_model(dense, split, binary)
         shared_cf = dense
         if params.keep and params.keep < len(dense.items_):
             shared_cf = EASERecommender(l2=dense.l2, max_items=dense.max_items, keep=params.keep)
@@ -205,7 +223,7 @@ def evaluate_models(
     with timer.stage("fit model (evaluation split)"):
         model = fit_hybrid(train_ds, params, cf_model=shared_cf)
     with timer.stage("evaluate model"):
-        metrics: dict[str, Any] = evaluate(model.recommend_indices, split)
+        metrics: dict[str, Any] = _evaluate_model(model, split)
     del model, shared_cf
     if champion is not None:
         metrics["champion_same_holdout"] = evaluate_champion_recipe(
@@ -217,7 +235,7 @@ def evaluate_models(
         with timer.stage(f"fit {name}"):
             baseline = fit_baseline(name, binary)
         with timer.stage(f"evaluate {name}"):
-            baselines[name] = evaluate(model_recommend_fn(baseline, binary), split)
+            baselines[name] = _evaluate_model(baseline, split, binary)
         del baseline
     metrics["baselines"] = {name: baselines[name] for name in config.baselines}
     best_name, best = _best_baseline(baselines)
@@ -264,6 +282,7 @@ def train_model(
             split = holdout_split(
                 dataset.matrix, min_interactions=config.min_interactions,
                 test_fraction=config.test_fraction, seed=config.seed,
+                cold_users=config.cold_test_users,
             )
         if split.n_test_users == 0:
             raise ValueError(
@@ -307,6 +326,30 @@ def comparison_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
 
 
+SEGMENT_COLUMNS = ("users", "ndcg@20", "recall@20", "reachability")
+
+
+def segment_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per model and segment (readers cold/regular/heavy, books by popularity
+    tercile) from the ``segments`` each evaluation recorded."""
+    models = [("served (hybrid)", metrics)] + list((metrics.get("baselines") or {}).items())
+    rows = []
+    for model, values in models:
+        segments = (values or {}).get("segments") or {}
+        for group, label in (("readers", "readers"), ("popularity", "books")):
+            for name, seg in (segments.get(group) or {}).items():
+                rows.append({"model": model, "segment": f"{label} {name}",
+                             **{c: seg.get(c) for c in SEGMENT_COLUMNS}})
+    return [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+
+
+def _cell(value: Any) -> str:
+    """A table cell: 4 decimals for floats, '-' for missing."""
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def summary_markdown(version: str, metrics: dict[str, Any], timings: dict[str, float],
                      data_fp: dict[str, Any]) -> str:
     """A short human summary: what was trained, on what, how good, how long."""
@@ -329,6 +372,16 @@ def summary_markdown(version: str, metrics: dict[str, Any], timings: dict[str, f
             lines.append(f"| {row['model']} | " + " | ".join(
                 f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c])
                 for c in METRIC_COLUMNS) + " |")
+        seg_rows = segment_rows(metrics)
+        if seg_rows:
+            lines += ["", "Segments: readers by training interactions (cold 1-4, regular 5-99, "
+                      "heavy >= 100), held-out books by popularity tercile; reachability = "
+                      "share of held-out books the model can score at all.", "",
+                      "| model | segment | " + " | ".join(SEGMENT_COLUMNS) + " |",
+                      "|---|---|" + "---|" * len(SEGMENT_COLUMNS)]
+            for row in seg_rows:
+                lines.append(f"| {row['model']} | {row['segment']} | "
+                             + " | ".join(_cell(row[c]) for c in SEGMENT_COLUMNS) + " |")
     else:
         lines.append("Evaluation was skipped.")
     lines += ["", "Stage times (s): " + json.dumps(timings)]

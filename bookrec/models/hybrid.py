@@ -184,6 +184,13 @@ class HybridRecommender:
                 return pos
         return -1
 
+    def scorable_items(self) -> np.ndarray:
+        """Bool mask of the books the CF core can score and list (the evaluation's
+        "reachability"); content and popular fill reach others only for short lists."""
+        mask = np.zeros(len(self.isbns), bool)
+        mask[self.cf_items[self.cf_ok]] = True
+        return mask
+
     def knows_user(self, user_id: int) -> bool:
         """True when the user has a training history."""
         row = self._user_index(user_id)

@@ -84,6 +84,11 @@ def test_train_flow_adds_a_verified_candidate_and_publishes_metrics(
     assert metrics["ndcg@20"] > 1.5 * metrics["baselines"]["most_popular"]["ndcg@20"]
     assert manifest["data_fingerprint"]["ratings"] == len(ratings)
     assert manifest["params"]["evaluation"]["seed"] == 42
+    segments = metrics["segments"]
+    assert segments["readers"]["regular"]["users"] > 0
+    assert 0.0 < segments["readers"]["regular"]["reachability"] <= 1.0
+    assert set(segments["popularity"]) == {"low", "mid", "high"}
+    assert set(metrics["baselines"]["ease_plain"]["segments"]) == {"readers", "popularity"}
     assert manifest["version"] == version
 
     folder = registry.fetch_version(version, tmp_path / "cache")
@@ -101,6 +106,8 @@ def test_train_flow_adds_a_verified_candidate_and_publishes_metrics(
     served = table[0]
     assert served["ndcg@20"] == pytest.approx(metrics["ndcg@20"], abs=1e-5)
     assert version in artifacts["training-summary"].data
+    assert "| served (hybrid) | readers regular |" in artifacts["training-summary"].data
+    assert "| ease_plain | books low |" in artifacts["training-summary"].data
     assert run.name == "train-ease-l2=100.0-items=500-sample=1.0"
     # The scratch folder is gone; the version lives in the store only.
     assert not any((train_env.home_dir / "work").iterdir())

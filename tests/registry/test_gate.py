@@ -147,3 +147,20 @@ def test_champion_metrics_come_from_the_candidates_holdout_when_scored() -> None
     metrics, source = gate.champion_on_candidate_holdout(failed, champion)
     assert metrics == champion["metrics"] and "cannot rebuild" in source
     assert gate.champion_on_candidate_holdout(candidate, None) == (None, "no champion")
+
+
+def test_comparison_rows_show_the_segments() -> None:
+    def seg(cold: float) -> dict:
+        return {"readers": {"cold": {"users": 10, "ndcg@20": cold, "recall@20": 0.2,
+                                     "reachability": 0.5},
+                            "heavy": {"users": 0, "ndcg@20": None}},
+                "popularity": {"low": {"users": 5, "ndcg@20": 0.01, "reachability": 0.1}}}
+
+    rows = gate.comparison_rows({**_m(0.11), "segments": seg(0.05)},
+                                {**_m(0.1), "segments": seg(0.04)})
+    by_name = {r["metric"]: r for r in rows}
+    assert by_name["readers cold ndcg@20"]["change"] == "+25.00%"
+    assert by_name["books low reachability"]["candidate"] == 0.1
+    assert "readers heavy ndcg@20" not in by_name  # an empty segment has no figure
+    assert [r["metric"] for r in rows].index("ndcg@20") < [r["metric"] for r in rows].index(
+        "readers cold ndcg@20")

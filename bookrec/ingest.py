@@ -23,6 +23,7 @@ import os
 import re
 import threading
 import time
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -34,10 +35,10 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from bookrec import cleaning, pgload
+from bookrec import cleaning, pgload, sources, textscan
 from bookrec import columns as C
 from bookrec.pgload import SpoolFile
-from bookrec.sources import HEADERS, KINDS, IngestFileError, fetch, locate, read_text
+from bookrec.sources import HEADERS, KINDS, IngestFileError, fetch, locate, read_source
 
 DIALECTS = {
     "original": {"delimiter": ";", "quotechar": '"', "escapechar": "\\", "doublequote": False},
@@ -60,7 +61,9 @@ class ParsedFile:
 
     ``frame`` has one object column per expected field; ``starts``/``ends`` give the
     physical line span (1-based) of each of its rows; ``bad`` holds (start, end, reason)
-    for records that could not be parsed or had the wrong number of fields.
+    for records that could not be parsed, had the wrong number of fields, lay on a faulty
+    line or had a field over ``textscan.MAX_FIELD_BYTES``; ``escaped`` holds the raw
+    bytes, escaped, of the bad records that contain bytes that are not text.
     """
 
     kind: str
@@ -70,6 +73,7 @@ class ParsedFile:
     starts: np.ndarray
     ends: np.ndarray
     bad: list[tuple[int, int, str]] = field(default_factory=list)
+    escaped: dict[int, str] = field(default_factory=dict)  # start line -> escaped raw
     _lines: list[str] | None = None
 
     @property
@@ -125,19 +129,23 @@ def _check_header(text: str, layout: str, kind: str, name: str) -> None:
         )
 
 
-def parse_file(text: str, layout: str, kind: str, name: str) -> ParsedFile:
+def parse_file(
+    text: str, layout: str, kind: str, name: str, faults: textscan.LineFaults | None = None
+) -> ParsedFile:
     """Split ``text`` into records with the layout's CSV dialect, checking the header.
 
     The usual case (every record on its own line) is parsed by pandas' C parser in one
     pass; otherwise (records spanning lines, blank lines, unparseable records) the csv
     module goes record by record, keeping exact line numbers and carrying on after
-    errors. Records with the wrong number of fields go to ``bad``.
+    errors. Records with the wrong number of fields go to ``bad``, and so do the records
+    on the lines of ``faults`` and those with a field over the bound (``_apply_faults``).
     """
     _check_header(text, layout, kind, name)
     width = len(HEADERS[kind])
     parsed = _parse_fast(text, layout, kind, name, width) or _parse_slow(
         text, layout, kind, name, width
     )
+    _apply_faults(parsed, faults or textscan.LineFaults(textscan.ENCODINGS[layout]))
     if parsed.rows_read == 0:
         raise IngestFileError(name, "has a header but no data rows")
     return parsed
@@ -308,17 +316,85 @@ def _split_by_width(kind, name, text, frame, starts, ends, bad, width, layout) -
     return ParsedFile(kind, name, text, good, starts[ok], ends[ok], bad)
 
 
+def _covering(starts: np.ndarray, ends: np.ndarray, lines: list[int]) -> list[tuple[int, int]]:
+    """(line, record position) for each of the sorted ``lines`` that a record spans."""
+    if not lines or not len(starts):
+        return []
+    wanted = np.asarray(lines, dtype=np.int64)
+    index = np.searchsorted(starts, wanted, side="right") - 1
+    hit = (index >= 0) & (ends[np.maximum(index, 0)] >= wanted)
+    return list(zip(wanted[hit].tolist(), index[hit].tolist(), strict=True))
+
+
+def _long_field(values: list, kind: str, encoding: str) -> str | None:
+    """The reason when one of ``values`` is over ``textscan.MAX_FIELD_BYTES`` encoded."""
+    limit = textscan.MAX_FIELD_BYTES
+    for name, value in zip(HEADERS[kind], values, strict=False):
+        if isinstance(value, str) and len(value) * 4 > limit:
+            size = len(value.encode(encoding, "replace"))
+            if size > limit:
+                return f"field_too_long: {name} has {size:,} bytes (limit {limit:,})"
+    return None
+
+
+def _apply_faults(parsed: ParsedFile, faults: textscan.LineFaults) -> None:
+    """Move to ``bad`` the records on a faulty line (NUL, invalid encoding, line too long)
+    and those with a field over the bound; a malformed record on a faulty line takes the
+    line's reason. Only records on long lines or spanning lines have their fields measured,
+    so clean files cost two vector operations."""
+    starts, ends = parsed.starts, parsed.ends
+    bad_lines = sorted(faults.bad)
+    reasons: dict[int, str] = {}
+    for line, i in _covering(starts, ends, bad_lines):
+        reasons.setdefault(i, faults.bad[line])
+    measure = {i for _, i in _covering(starts, ends, sorted(faults.long))}
+    measure.update(np.flatnonzero(ends > starts).tolist())
+    for i in sorted(measure - reasons.keys()):
+        reason = _long_field(parsed.frame.iloc[i].tolist(), parsed.kind, faults.encoding)
+        if reason is not None:
+            reasons[i] = reason
+    bad = []
+    for start, end, reason in parsed.bad:
+        inside = bad_lines[bisect_left(bad_lines, start) : bisect_right(bad_lines, end)]
+        bad.append((start, end, faults.bad[inside[0]] if inside else reason))
+    if reasons:
+        rows = sorted(reasons)
+        bad += [(int(starts[i]), int(ends[i]), reasons[i]) for i in rows]
+        keep = np.ones(len(starts), dtype=bool)
+        keep[rows] = False
+        parsed.frame = parsed.frame[keep].reset_index(drop=True)
+        parsed.starts, parsed.ends = starts[keep], ends[keep]
+    parsed.bad = sorted(bad)
+    escaped_lines = sorted(faults.escaped)
+    for start, end, _ in parsed.bad:
+        if escaped_lines[bisect_left(escaped_lines, start) : bisect_right(escaped_lines, end)]:
+            text = parsed.raw_many([(start, end)])[0]
+            pieces = [
+                faults.escaped.get(start + k) or textscan.escape_text(piece)
+                for k, piece in enumerate(text.split("\n"))
+            ]
+            parsed.escaped[start] = "\n".join(pieces).rstrip("\r\n")
+
+
 def _quarantine_frame(parsed: ParsedFile, rejected: np.ndarray, reasons: list[str]) -> pd.DataFrame:
-    """Quarantine rows: the malformed records plus the rows that cleaning rejected."""
+    """Quarantine rows: the malformed records plus the rows that cleaning rejected.
+
+    ``raw_format`` is ``text`` (the record as it decoded) or ``escaped`` (its bytes held
+    bytes that are not text: ``textscan.escape_bytes`` form, ``textscan.unescape`` inverts).
+    """
     spans = [(start, end) for start, end, _ in parsed.bad]
     spans += [(int(parsed.starts[i]), int(parsed.ends[i])) for i in rejected.tolist()]
     why = [reason for _, _, reason in parsed.bad] + list(reasons)
+    plain = [span for span in spans if span[0] not in parsed.escaped]
+    texts = dict(zip(plain, parsed.raw_many(plain), strict=True))
     rows = [
-        (start, raw, reason)
-        for (start, _), raw, reason in zip(spans, parsed.raw_many(spans), why, strict=True)
+        (start, parsed.escaped[start], reason, "escaped")
+        if start in parsed.escaped
+        else (start, texts[(start, end)], reason, "text")
+        for (start, end), reason in zip(spans, why, strict=True)
     ]
     rows.sort(key=lambda row: row[0])
-    return pd.DataFrame(rows, columns=["line_number", "raw", "reason"])
+    return pd.DataFrame(rows, columns=["line_number", "raw", "reason", "raw_format"])
 
 
 def _reason_code(reason: str) -> str:
@@ -458,13 +534,19 @@ CLEANERS = {"books": clean_books, "ratings": clean_ratings, "users": clean_users
 
 def clean_path(path: Path, kind: str, layout: str, display: str) -> CleanFile:
     """Read, parse and clean one local file (pure apart from reading it)."""
-    text = read_text(path, layout, display)
-    return CLEANERS[kind](parse_file(text, layout, kind, display), layout)
+    text, faults = read_source(path, layout, display)
+    return CLEANERS[kind](parse_file(text, layout, kind, display, faults), layout)
 
 
 def clean_to_spool(path: Path, kind: str, layout: str, display: str, spool_dir: Path) -> SpoolFile:
-    """Read, parse and clean one file and write its spool: the whole CPU-bound half of ingest."""
-    return write_spool(clean_path(path, kind, layout, display), spool_dir)
+    """Read, parse and clean one file and write its spool: the whole CPU-bound half of ingest.
+
+    The spool records the file's modification time (``sources.fetch`` gives a downloaded
+    S3 object its LastModified): it decides whether a rating in the file replaces one the
+    API wrote (``pgload.commit_staged``)."""
+    spool = write_spool(clean_path(path, kind, layout, display), spool_dir)
+    spool.modified_at = sources.modified_at(path)
+    return spool
 
 
 def clean_to_spool_in_subprocess(

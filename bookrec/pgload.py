@@ -80,6 +80,7 @@ class SpoolFile:
     reasons: dict[str, int]
     data_path: str
     quarantine_path: str
+    modified_at: str | None = None  # the file's mtime / S3 LastModified, ISO 8601 UTC
 
 
 @dataclass
@@ -243,6 +244,19 @@ def _differs(kind: str) -> str:
     return " OR ".join(f"t.{c} IS DISTINCT FROM s.{c}" for c in _compare_columns(kind))
 
 
+def _api_newer(file_time: str) -> str:
+    """SQL: target rating ``t`` was written through the API after the file was (the API's
+    value then wins over the file's; see ``commit_staged``)."""
+    return f"coalesce(t.source = 'api' AND t.updated_at > {file_time}, false)"
+
+
+def _time_literal(cur, modified_at: str | None) -> str:
+    """A SQL timestamptz literal of the file's time; an unknown time is older than any row."""
+    if modified_at is None:
+        return "'-infinity'::timestamptz"
+    return cur.mogrify("%s::timestamptz", (modified_at,)).decode()
+
+
 # A load that at least doubles a table is merged into a fresh twin (built and indexed in
 # parallel sessions, then swapped in) instead of inserted row by row into its indexes.
 MERGE_FACTOR = 2
@@ -274,15 +288,26 @@ def _merge_plan(cur, kind: str, target: str, staged_rows: int) -> list[str] | No
 
 
 def _build_merged_twin(
-    engine: Engine, kind: str, columns: list[str], target: str, stage: str, twin: str
+    engine: Engine,
+    kind: str,
+    columns: list[str],
+    target: str,
+    stage: str,
+    twin: str,
+    file_time: str = "'-infinity'::timestamptz",
 ) -> tuple[int, int]:
     """``twin`` := the target with the staged rows applied (new rows added, changed rows
-    replaced and stamped, unchanged and target-only rows kept as they are), with the
-    target's indexes built side by side. Returns (inserted, updated)."""
+    replaced and stamped, unchanged and target-only rows kept as they are; a rating the API
+    wrote after ``file_time`` is kept too), with the target's indexes built side by side.
+    Returns (inserted, updated)."""
     keys = KEYS[kind]
     on = " AND ".join(f"s.{k} = t.{k}" for k in keys)
     new = f"t.{keys[0]} IS NULL"
-    changed = f"(s.{keys[0]} IS NOT NULL AND t.{keys[0]} IS NOT NULL AND ({_differs(kind)}))"
+    keep = _api_newer(file_time) if kind == "ratings" else "false"
+    changed = (
+        f"(s.{keys[0]} IS NOT NULL AND t.{keys[0]} IS NOT NULL AND ({_differs(kind)}) "
+        f"AND NOT {keep})"
+    )
     with engine.begin() as conn:
         conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
         conn.execute(sa.text("SET LOCAL work_mem = '256MB'"))
@@ -294,7 +319,7 @@ def _build_merged_twin(
             elif c in _BOOKKEEPING:
                 select.append(f"CASE WHEN {new} OR {changed} THEN {_BOOKKEEPING[c]} ELSE t.{c} END")
             else:
-                select.append(f"CASE WHEN s.{keys[0]} IS NULL THEN t.{c} ELSE s.{c} END")
+                select.append(f"CASE WHEN s.{keys[0]} IS NULL OR {keep} THEN t.{c} ELSE s.{c} END")
         cur.execute(f"DROP TABLE IF EXISTS {twin}")
         cur.execute(f"CREATE TABLE {twin} (LIKE {target} INCLUDING ALL EXCLUDING INDEXES)")
         cur.execute(
@@ -311,18 +336,21 @@ def _build_merged_twin(
     return int(inserted), int(updated)
 
 
-def _upsert(cur, kind: str, stage: str) -> tuple[int, int]:
+def _upsert(
+    cur, kind: str, stage: str, file_time: str = "'-infinity'::timestamptz"
+) -> tuple[int, int]:
     """Apply stage -> target, touching only new and changed rows; return (inserted, updated).
 
     The stage table is compared with the target in one hash join, so rows whose values
-    are unchanged cost no write at all (a re-ingest of the same files is read-only). New
-    rows are inserted with ON CONFLICT so that a rating posted through the API meanwhile
-    is overwritten rather than failing the ingest.
+    are unchanged cost no write at all (a re-ingest of the same files is read-only). A
+    rating the API wrote after ``file_time`` is left as it is, also when it is posted while
+    this runs (the insert's ON CONFLICT and the update re-check it on the current row).
     """
     cols = TARGET_COLUMNS[kind]
     keys = KEYS[kind]
     compare = _compare_columns(kind)
-    changed = _differs(kind)
+    keep = _api_newer(file_time) if kind == "ratings" else "false"
+    changed = f"({_differs(kind)}) AND NOT {keep}"
     key_match = " AND ".join(f"t.{k} = d.{k}" for k in keys)
     col_list = ", ".join(cols)
     extra_set = ", source = 'ingest'" if kind == "ratings" else ""
@@ -336,16 +364,26 @@ def _upsert(cur, kind: str, stage: str) -> tuple[int, int]:
         f"INSERT INTO {kind} AS t ({col_list}) SELECT {col_list} FROM diff_{kind} WHERE is_new "
         f"ORDER BY {', '.join(keys)} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
         + ", ".join(f"{c} = EXCLUDED.{c}" for c in compare)
-        + f", updated_at = now(){extra_set}"
+        + f", updated_at = now(){extra_set} WHERE NOT {keep}"
     )
     inserted = cur.rowcount
     cur.execute(
         f"UPDATE {kind} t SET "
         + ", ".join(f"{c} = d.{c}" for c in compare)
-        + f", updated_at = now(){extra_set} FROM diff_{kind} d WHERE NOT d.is_new AND {key_match}"
+        + f", updated_at = now(){extra_set} FROM diff_{kind} d "
+        f"WHERE NOT d.is_new AND {key_match} AND NOT {keep}"
     )
     updated = cur.rowcount
     return int(inserted), int(updated)
+
+
+def _count_api_kept(cur, stage: str, file_time: str) -> int:
+    """Staged ratings that differ from a rating the API wrote after the file (kept)."""
+    cur.execute(
+        f"SELECT count(*) FROM {stage} s JOIN ratings t USING ({', '.join(KEYS['ratings'])}) "
+        f"WHERE ({_differs('ratings')}) AND {_api_newer(file_time)}"
+    )
+    return int(cur.fetchone()[0])
 
 
 def _swap(cur, target: str, twin: str, *, empty: bool = True) -> bool:
@@ -421,6 +459,7 @@ def commit_staged(
             )
             for kind in KINDS
         }
+        ratings_time = _time_literal(cur, counts_of["ratings"].modified_at)
         merges = {}
         for kind in KINDS:
             stage = by_kind[kind]
@@ -432,19 +471,24 @@ def commit_staged(
         if merges:  # built in their own sessions from the targets this transaction locked
             with ThreadPoolExecutor(max_workers=len(merges)) as pool:
                 built = {
-                    kind: pool.submit(_build_merged_twin, engine, kind, columns, *names[kind])
+                    kind: pool.submit(
+                        _build_merged_twin, engine, kind, columns, *names[kind], ratings_time
+                    )
                     for kind, columns in merges.items()
                 }
                 merged_counts = {kind: future.result() for kind, future in built.items()}
+        api_kept = 0
         for kind in KINDS:
             stage = by_kind[kind]
             target, table, merged = names[kind]
+            if kind == "ratings" and not stage.twin:
+                api_kept = _count_api_kept(cur, table, ratings_time)
             if stage.twin and _swap(cur, target, table):
                 inserted, updated = stage.rows, 0
             elif kind in merges and _swap(cur, target, merged, empty=False):
                 inserted, updated = merged_counts[kind]
             else:
-                inserted, updated = _upsert(cur, kind, table)
+                inserted, updated = _upsert(cur, kind, table, ratings_time)
             f = counts_of[kind]
             report[kind] = {
                 "rows_read": f.rows_read,
@@ -455,12 +499,19 @@ def commit_staged(
                 "quarantined": f.quarantined,
                 "reasons": f.reasons,
             }
+        provenance = {
+            kind: {"file": counts_of[kind].name, "modified_at": counts_of[kind].modified_at}
+            for kind in KINDS
+        }
+        provenance["ratings"]["api_kept"] = api_kept
         finished = datetime.now(UTC)
         duration = (finished - started_at).total_seconds()
         run_id = conn.execute(
             sa.text(
-                "INSERT INTO ingest_runs (started_at, finished_at, source, layout, counts, duration_s) "
-                "VALUES (:s, :f, :src, :lay, CAST(:c AS jsonb), :d) RETURNING id"
+                "INSERT INTO ingest_runs "
+                "(started_at, finished_at, source, layout, counts, files, duration_s) "
+                "VALUES (:s, :f, :src, :lay, CAST(:c AS jsonb), CAST(:files AS jsonb), :d) "
+                "RETURNING id"
             ),
             {
                 "s": started_at,
@@ -468,11 +519,13 @@ def commit_staged(
                 "src": source,
                 "lay": layout,
                 "c": json.dumps(report),
+                "files": json.dumps(provenance),
                 "d": duration,
             },
         ).scalar_one()
         cur.execute(
-            "CREATE TEMP TABLE stage_quarantine (line_number int, raw text, reason text) ON COMMIT DROP"
+            "CREATE TEMP TABLE stage_quarantine "
+            "(line_number int, raw text, reason text, raw_format text) ON COMMIT DROP"
         )
         for kind in KINDS:
             f = counts_of[kind]
@@ -480,8 +533,9 @@ def commit_staged(
             with open(f.quarantine_path, encoding="utf-8") as fh:
                 cur.copy_expert("COPY stage_quarantine FROM STDIN WITH (FORMAT csv)", fh)
             cur.execute(
-                "INSERT INTO quarantine (run_id, source_file, kind, line_number, raw, reason) "
-                "SELECT %s, %s, %s, line_number, raw, reason FROM stage_quarantine",
+                "INSERT INTO quarantine "
+                "(run_id, source_file, kind, line_number, raw, reason, raw_format) "
+                "SELECT %s, %s, %s, line_number, raw, reason, raw_format FROM stage_quarantine",
                 (run_id, f.name, kind),
             )
         cur.execute(f"DROP SCHEMA {_ident(schema)} CASCADE")

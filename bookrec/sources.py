@@ -8,11 +8,15 @@ names the file (and the line where there is one).
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
 import zlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
+from bookrec import textscan
 from bookrec.settings import Settings
 
 KINDS = ("books", "ratings", "users")
@@ -154,35 +158,50 @@ def fetch(file: SourceFile, dest_dir: Path, settings: Settings) -> Path:
     parsed = urlparse(file.uri)
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / file.name
-    try:
-        _s3_client(settings).download_file(parsed.netloc, parsed.path.lstrip("/"), str(target))
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    try:  # one GET: the bytes and their LastModified belong to the same object version
+        answer = _s3_client(settings).get_object(Bucket=bucket, Key=key)
+        with open(target, "wb") as fh:
+            shutil.copyfileobj(answer["Body"], fh, 1 << 20)
     except Exception as exc:
         raise IngestFileError(file.uri, f"cannot read the S3 object ({exc})") from exc
+    stamp = answer["LastModified"].timestamp()
+    os.utime(target, (stamp, stamp))  # the object's time, as a local file's mtime would be
     return target
 
 
+def modified_at(path: Path) -> str:
+    """A file's modification time as ISO 8601 UTC (for a fetched S3 object, its LastModified)."""
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat()
+
+
 def read_text(path: Path, layout: str, display: str | None = None) -> str:
-    """The file's text: gunzipped when it is gzip, decoded for its layout, checked to be text."""
+    """The file's text (see ``read_source``; faulty lines are left to the caller)."""
+    return read_source(path, layout, display)[0]
+
+
+def read_source(
+    path: Path, layout: str, display: str | None = None
+) -> tuple[str, textscan.LineFaults]:
+    """The file's text and its faulty lines: gunzipped when named ``.gz``, decoded for its
+    layout, refused when it is not text as a whole or its header line is faulty."""
     display = display or str(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise IngestFileError(display, f"cannot read ({exc.strerror or exc})") from exc
-    if data[:2] == b"\x1f\x8b":
+    if data[:2] == b"\x1f\x8b" and path.name.lower().endswith(".gz"):
         try:
             data = gzip.decompress(data)
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise IngestFileError(display, f"truncated or corrupt gzip ({exc})") from exc
-    if not data.strip():
+    if not data or data.isspace():
         raise IngestFileError(display, "is empty")
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        line = data.count(b"\n", 0, nul) + 1
-        raise IngestFileError(display, "is not a text file (NUL byte)", line=line)
-    if layout == "original":
-        return data.decode("latin-1")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise IngestFileError(display, f"is not UTF-8 text (byte {exc.start})", line=line) from exc
+    kind = textscan.binary_kind(data, textscan.ENCODINGS[layout])
+    if kind is not None:
+        raise IngestFileError(display, f"is not a text file ({kind})")
+    text, faults = textscan.decode_and_scan(data, layout)
+    del data
+    if 1 in faults.bad:
+        raise IngestFileError(display, f"bad header ({faults.bad[1]})", line=1)
+    return text, faults

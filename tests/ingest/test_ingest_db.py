@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import gzip
+from datetime import UTC
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from bookrec import textscan
 from bookrec.cleaning import normalize_isbn
-from bookrec.ingest import run_ingest
+from bookrec.ingest import clean_path, run_ingest
 from bookrec.sources import IngestFileError
 from tests.conftest import SAMPLE_DIR
 from tests.ingest.conftest import db_fingerprint, read_gz_text, write_gz_text
@@ -148,6 +150,8 @@ def _damage(folder: Path, case: str) -> str:
         path.write_bytes(data[: len(data) // 2])
     elif case == "not_text":
         path.write_bytes(gzip.compress(b"\x00\x01\x02\xff" * 1000))
+    elif case == "zip":
+        path.write_bytes(gzip.compress(b"PK\x03\x04" + gzip.decompress(data)))
     elif case == "header_only":
         write_gz_text(path, '"User-ID";"ISBN";"Book-Rating"\r\n', "latin-1")
     return path.name
@@ -161,6 +165,7 @@ def _damage(folder: Path, case: str) -> str:
         ("wrong_header", "wrong header"),
         ("truncated_gzip", "truncated or corrupt gzip"),
         ("not_text", "not a text file"),
+        ("zip", "not a text file (a zip archive)"),
         ("header_only", "no data rows"),
     ],
 )
@@ -183,14 +188,62 @@ def test_bad_file_leaves_database_untouched(clean_db, settings, sample_copy, cas
     assert db_fingerprint(clean_db) == before
 
 
-def test_not_utf8_kaggle_file_names_the_line(clean_db, settings, sample_copy):
-    folder = sample_copy("kaggle")
-    path = folder / "Users.csv.gz"
-    lines = read_gz_text(path, "utf-8").split("\n")
-    lines[3] = lines[3] + "\udcff"
-    path.write_bytes(gzip.compress("\n".join(lines).encode("utf-8", "surrogateescape")))
-    with pytest.raises(IngestFileError, match=r"Users\.csv\.gz:4: is not UTF-8"):
-        run_ingest(clean_db, settings, str(folder))
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("layout", ["original", "kaggle"])
+def test_byte_faults_are_quarantined_losslessly_and_the_rest_loads(
+    clean_db, settings, sample_copy, layout, gz
+):
+    """A NUL byte, an invalid byte sequence (UTF-8 only: latin-1 assigns every byte), a
+    field over 64 KB and a 1 MB line each cost their own row only."""
+    folder = sample_copy(layout)
+    encoding = "latin-1" if layout == "original" else "utf-8"
+    name = "BX-Books.csv" if layout == "original" else "Books.csv"
+    data = gzip.decompress((folder / f"{name}.gz").read_bytes())
+    end = b"\r\n" if layout == "original" else b"\n"
+    lines = data.split(end)
+    rows_read = clean_path(folder / f"{name}.gz", "books", layout, name).rows_read
+    delimiter = b";" if layout == "original" else b","
+    faults = {
+        3: (b"Nul\x00Title", "nul_byte"),
+        5: (b"Caf\xe9", "invalid_encoding" if layout == "kaggle" else None),
+        7: (b"x" * 70_000, "field_too_long"),
+        9: (b"y" * (1 << 20), "line_too_long"),
+    }
+    originals = {}
+    for line_number, (title, _) in faults.items():
+        fields = lines[line_number - 1].split(delimiter)
+        fields[1] = b'"' + title + b'"'
+        lines[line_number - 1] = originals[line_number] = delimiter.join(fields)
+    (folder / f"{name}.gz").unlink()
+    payload = end.join(lines)
+    (folder / (f"{name}.gz" if gz else name)).write_bytes(gzip.compress(payload) if gz else payload)
+
+    report = run_ingest(clean_db, settings, str(folder))
+    assert_accounted(report)
+    books = report["files"]["books"]
+    expected = {reason for _, reason in faults.values() if reason}
+    assert set(books["reasons"]) >= expected
+    with clean_db.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT line_number, raw, raw_format, reason FROM quarantine "
+                "WHERE kind = 'books' AND line_number IN (3, 5, 7, 9)"
+            )
+        ).all()
+        stored = conn.execute(sa.text("SELECT count(*) FROM books")).scalar_one()
+    assert stored == books["inserted"]
+    assert books["rows_read"] == rows_read
+    by_line = {row.line_number: row for row in rows}
+    for line_number, (_, reason) in faults.items():
+        if reason is None:
+            assert line_number not in by_line  # loaded as the latin-1 text it is
+            continue
+        row = by_line[line_number]
+        assert row.reason.split(":")[0] == reason
+        if row.raw_format == "escaped":
+            assert textscan.unescape(row.raw, encoding) == originals[line_number]
+        else:
+            assert row.raw.encode(encoding) == originals[line_number]
 
 
 def test_malformed_rows_are_quarantined_with_line_numbers(clean_db, settings, sample_copy):
@@ -234,6 +287,13 @@ def test_s3_source_through_moto(clean_db, settings, moto_server, s3_bucket):
     local = run_ingest(clean_db, s3_settings, str(SAMPLE_DIR / "original"))
     remote = run_ingest(clean_db, s3_settings, f"s3://{s3_bucket}/drops/2004")
     assert_accounted(remote)
+    # the object's LastModified is the file time that decides against API ratings
+    head = client.head_object(Bucket=s3_bucket, Key="drops/2004/BX-Book-Ratings.csv.gz")
+    with clean_db.connect() as conn:
+        files = conn.execute(
+            sa.text("SELECT files FROM ingest_runs ORDER BY id DESC LIMIT 1")
+        ).scalar_one()
+    assert files["ratings"]["modified_at"] == head["LastModified"].astimezone(UTC).isoformat()
     for kind, counts in remote["files"].items():
         assert counts["unchanged"] == local["files"][kind]["inserted"], kind
 

@@ -100,3 +100,40 @@ def test_first_big_load_over_api_ratings_follows_the_same_rule(
     else:
         assert tuple(_rating(clean_db, user, isbn)) == (from_api, "api")
         assert ratings["updated"] == 0 and ratings["unchanged"] == 1
+
+
+def test_migration_0005_adds_its_columns_and_keeps_every_row(empty_database_url):
+    from bookrec import db
+
+    engine = sa.create_engine(empty_database_url)
+    try:
+        db.upgrade(engine, "0006")
+        with engine.begin() as conn:
+            run = conn.execute(
+                sa.text(
+                    "INSERT INTO ingest_runs (started_at, finished_at, source, layout, counts, "
+                    "duration_s) VALUES (now(), now(), 's', 'original', '{}', 1) RETURNING id"
+                )
+            ).scalar_one()
+            conn.execute(
+                sa.text(
+                    "INSERT INTO quarantine (run_id, source_file, kind, line_number, raw, reason) "
+                    "VALUES (:r, 'f', 'books', 2, 'x', 'isbn_missing')"
+                ),
+                {"r": run},
+            )
+        db.upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT raw, raw_format FROM quarantine")).one() == (
+                "x",
+                "text",
+            )
+            assert conn.execute(sa.text("SELECT files FROM ingest_runs")).scalar_one() is None
+        db.downgrade(engine, "0006")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT raw, reason FROM quarantine")).one() == (
+                "x",
+                "isbn_missing",
+            )
+    finally:
+        engine.dispose()

@@ -183,19 +183,26 @@ def evaluate(
     batch_size: int = 2048,
     scorable: np.ndarray | None = None,
     segments: bool = False,
+    per_user: bool = False,
 ) -> dict[str, float]:
     """Rank the catalogue for every test user and compute all metrics (plus timing).
 
     With ``segments``, the cold users are ranked too and ``metrics["segments"]`` holds
     ``segments_from_lists`` (``scorable``: the model's scorable-item mask, see
     ``scorable_items``); the headline metrics are over ``test_users`` either way.
+    ``per_user`` adds ``metrics["per_user"]``: NDCG@k and Recall@k arrays over
+    ``test_users`` (for paired bootstrap intervals; not JSON).
     """
     started = time.perf_counter()
     item_counts = np.bincount(split.train.indices, minlength=split.train.shape[1])
     users = split.segment_users if segments else split.test_users
     ranked = rank_users(recommend, users, k, batch_size)
     recommended = ranked[: split.n_test_users]
-    metrics: dict = ranking_metrics(recommended, held_out(split, split.test_users), k=k)
+    relevant = held_out(split, split.test_users)
+    metrics: dict = ranking_metrics(recommended, relevant, k=k)
+    if per_user:
+        scores = per_user_scores(recommended, relevant, k=k)
+        metrics["per_user"] = {name: scores[name] for name in (f"ndcg@{k}", f"recall@{k}")}
     metrics[f"coverage@{k}"] = coverage(recommended, split.train.shape[1])
     metrics[f"mean_popularity@{k}"] = mean_popularity(recommended, item_counts)
     metrics["users"] = float(split.n_test_users)
@@ -213,6 +220,38 @@ def model_recommend_fn(model, train_weights: sp.csr_matrix) -> RecommendFn:
         return ids
 
     return recommend
+
+
+def paired_bootstrap_ratio(
+    model: list[np.ndarray],
+    base: list[np.ndarray],
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Mean over splits of mean(model) / mean(base), with a paired bootstrap interval.
+
+    ``model[s]`` and ``base[s]`` are per-user values of the same users on split ``s``;
+    each replicate resamples users with replacement within every split (the same draw
+    for both models, so the pairing is kept) and averages the splits' ratios.
+    Returns (ratio, low, high).
+    """
+    if len(model) != len(base) or not model:
+        raise ValueError("one pair of per-user arrays per split is needed")
+    rng = np.random.default_rng(seed)
+    point, boots = [], np.zeros(n_boot)
+    for m, b in zip(model, base, strict=True):
+        m, b = np.asarray(m, float), np.asarray(b, float)
+        if m.shape != b.shape or m.size == 0:
+            raise ValueError(f"paired arrays must have one equal, non-zero length: {m.shape} {b.shape}")
+        point.append(m.mean() / b.mean())
+        idx = rng.integers(0, m.size, size=(n_boot, m.size))
+        boots += m[idx].mean(axis=1) / b[idx].mean(axis=1)
+    boots /= len(model)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(boots, [tail, 1.0 - tail])
+    return float(np.mean(point)), float(low), float(high)
 
 
 # ---- segments ---------------------------------------------------------------------------

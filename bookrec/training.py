@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 BASELINES = ("most_popular", "itemknn", "als", "ease_plain")
 # What a hybrid parameter missing from an older manifest meant (the feature did not exist).
-ABSENT_MEANS: dict[str, Any] = {"user_norm": 0.0}
+ABSENT_MEANS: dict[str, Any] = {"user_norm": 0.0, "author_weight": 0.0, "publisher_weight": 0.0,
+                                "popularity_exponent": 0.0}
 PRIMARY = "ndcg@20"
 
 
@@ -98,6 +99,7 @@ class TrainResult:
     data_fingerprint: dict[str, Any]
     timings: dict[str, float]
     config: TrainConfig
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # process CPU s per stage
 
 
 class _Timer:
@@ -105,6 +107,7 @@ class _Timer:
 
     def __init__(self, report: Callable[[str], None] | None = None):
         self.timings: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
         self.report = report or log.info
 
     def stage(self, name: str):
@@ -114,10 +117,13 @@ class _Timer:
         class _Stage:
             def __enter__(self):
                 self.started = time.perf_counter()
+                self.cpu = time.process_time()
 
             def __exit__(self, *exc):
                 seconds = time.perf_counter() - self.started
+                cpu = time.process_time() - self.cpu
                 timer.timings[name] = round(timer.timings.get(name, 0.0) + seconds, 3)
+                timer.cpu[name] = round(timer.cpu.get(name, 0.0) + cpu, 3)
                 timer.report(f"{name}: {seconds:.1f}s")
 
         return _Stage()
@@ -150,7 +156,8 @@ def _plain_ease_equivalent(params: HybridParams) -> bool:
     """True when the hybrid's CF, before pruning, is exactly the plain-EASE baseline."""
     return (params.cf_algorithm == "ease" and params.l2 == 100.0 and params.dropout == 0.0
             and params.user_norm == 0.0 and params.max_items == 10_000
-            and params.explicit_weight == 0.0)
+            and params.explicit_weight == 0.0 and params.author_weight == 0.0
+            and params.publisher_weight == 0.0 and params.popularity_exponent == 0.0)
 
 
 def champion_recipe(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -191,19 +198,20 @@ def evaluate_champion_recipe(
     return out
 
 
-def _evaluate_model(model, split: Split, binary=None) -> dict[str, Any]:
+def _evaluate_model(model, split: Split, binary=None, per_user: bool = False) -> dict[str, Any]:
     """Headline metrics plus segments of the hybrid (``binary`` None) or a baseline."""
     fn = model.recommend_indices if binary is None else model_recommend_fn(model, binary)
     return evaluate(fn, split, scorable=scorable_items(model, split.train.shape[1]),
-                    segments=True)
+                    segments=True, per_user=per_user)
 
 
 def evaluate_models(
     dataset: Dataset, split: Split, config: TrainConfig, timer: _Timer,
-    champion: dict[str, Any] | None = None,
+    champion: dict[str, Any] | None = None, *, per_user: bool = False,
 ) -> dict[str, Any]:
     """Metrics of the served model and every baseline, all on ``split``; with ``champion``
-    (``champion_recipe``), also the champion's recipe on the same split."""
+    (``champion_recipe``), also the champion's recipe on the same split. ``per_user``
+    keeps per-user arrays (``evaluate``) for the benchmark's intervals."""
     params = config.hybrid_params()
     train_ds = dataset.with_matrix(split.train)
     binary = interactions(split.train)
@@ -213,7 +221,7 @@ def evaluate_models(
         with timer.stage("fit ease_plain (shared with the model)"):
             dense = fit_baseline("ease_plain", binary)
         with timer.stage("evaluate ease_plain"):
-            baselines["ease_plain"] = _evaluate_model(dense, split, binary)
+            baselines["ease_plain"] = _evaluate_model(dense, split, binary, per_user)
         shared_cf = dense
         if params.keep and params.keep < len(dense.items_):
             shared_cf = EASERecommender(l2=dense.l2, max_items=dense.max_items, keep=params.keep)
@@ -223,7 +231,7 @@ def evaluate_models(
     with timer.stage("fit model (evaluation split)"):
         model = fit_hybrid(train_ds, params, cf_model=shared_cf)
     with timer.stage("evaluate model"):
-        metrics: dict[str, Any] = _evaluate_model(model, split)
+        metrics: dict[str, Any] = _evaluate_model(model, split, per_user=per_user)
     del model, shared_cf
     if champion is not None:
         metrics["champion_same_holdout"] = evaluate_champion_recipe(
@@ -235,7 +243,7 @@ def evaluate_models(
         with timer.stage(f"fit {name}"):
             baseline = fit_baseline(name, binary)
         with timer.stage(f"evaluate {name}"):
-            baselines[name] = _evaluate_model(baseline, split, binary)
+            baselines[name] = _evaluate_model(baseline, split, binary, per_user)
         del baseline
     metrics["baselines"] = {name: baselines[name] for name in config.baselines}
     best_name, best = _best_baseline(baselines)
@@ -262,11 +270,13 @@ def train_model(
     *,
     report: Callable[[str], None] | None = None,
     champion: dict[str, Any] | None = None,
+    per_user: bool = False,
 ) -> TrainResult:
     """Evaluate on a seeded holdout, then refit the served hybrid on all the data.
 
     ``champion`` (``champion_recipe(manifest)``) adds the champion's recipe, scored on
     the same holdout, to the metrics (``champion_same_holdout``) for the promotion gate.
+    ``per_user`` keeps per-user arrays in the metrics (the benchmark pops them).
     """
     config = (config or TrainConfig()).validate()
     timer = _Timer(report)
@@ -288,10 +298,10 @@ def train_model(
             raise ValueError(
                 f"no user has {config.min_interactions} interactions: nothing to evaluate on"
             )
-        metrics = evaluate_models(dataset, split, config, timer, champion)
+        metrics = evaluate_models(dataset, split, config, timer, champion, per_user=per_user)
     with timer.stage("fit model (all data)"):
         model = fit_hybrid(dataset, config.hybrid_params())
-    return TrainResult(model, metrics, data_fp, timer.timings, config)
+    return TrainResult(model, metrics, data_fp, timer.timings, config, timer.cpu)
 
 
 def save_candidate(result: TrainResult, folder: Path, version: str) -> dict[str, Any]:

@@ -90,13 +90,16 @@ def user_norm_weights(user_items: sp.csr_matrix, exponent: float) -> np.ndarray:
 
 
 def ease_weights(
-    x: sp.csr_matrix, l2: float, dropout: float = 0.0, user_weights: np.ndarray | None = None
+    x: sp.csr_matrix, l2: float, dropout: float = 0.0, user_weights: np.ndarray | None = None,
+    side: sp.csr_matrix | None = None,
 ) -> np.ndarray:
-    """EASE's closed form B = I - P / diag(P), P = (X'DX + L)^-1, diagonal zeroed.
+    """EASE's closed form B = I - P / diag(P), P = (X'DX + S'S + L)^-1, diagonal zeroed.
 
     ``L = l2 I`` is plain EASE; ``dropout`` > 0 adds ``dropout/(1-dropout) * diag(X'DX)``
     (Steck's DLAE: dropout-equivalent, popularity-proportional regularisation).
     ``D = diag(user_weights)`` weights users' rows in the Gram matrix (identity if None).
+    ``side`` (features x items, already weighted) stacks side-information rows under
+    the interactions before the Gram (cEASE / Add-EASE, Jeunen et al. 2020).
     Cholesky inverse in float32 (potrf/potri): about 4x faster than ``np.linalg.inv``.
     """
     if not 0.0 <= dropout < 1.0:
@@ -109,6 +112,11 @@ def ease_weights(
             raise ValueError(f"user_weights needs shape ({x.shape[0]},), got {user_weights.shape}")
         gram = (x.T @ sp.diags(user_weights) @ x).toarray().astype(np.float32)
     diag = np.diag(gram).copy()
+    if side is not None:
+        if side.shape[1] != gram.shape[0]:
+            raise ValueError(f"side has {side.shape[1]} item columns, expected {gram.shape[0]}")
+        side = sp.csr_matrix(side, dtype=np.float32)
+        gram += (side.T @ side).toarray()
     gram[np.diag_indices_from(gram)] += l2 + (dropout / (1.0 - dropout)) * diag
     chol, info = lapack.spotrf(gram, lower=True, overwrite_a=True, clean=True)
     if info != 0:
@@ -148,6 +156,9 @@ class EASERecommender(ItemItemRecommender):
 
     ``dropout`` makes it DLAE; ``user_norm`` weights each user's row by ``|u|^-user_norm``
     in the Gram matrix (``|u|`` counted over the whole catalogue, not just ``items_``).
+    ``side`` (features x all items, weighted) adds side-information rows to the Gram;
+    ``popularity_exponent`` scales column j of B by ``readers_j^-exponent`` (item-side
+    popularity debiasing, as in DAN / RDLAE).
     """
 
     def __init__(
@@ -157,12 +168,16 @@ class EASERecommender(ItemItemRecommender):
         keep: int | None = None,
         dropout: float = 0.0,
         user_norm: float = 0.0,
+        side: sp.csr_matrix | None = None,
+        popularity_exponent: float = 0.0,
     ):
         self.l2 = l2
         self.max_items = max_items
         self.keep = keep
         self.dropout = dropout
         self.user_norm = user_norm
+        self.side = side
+        self.popularity_exponent = popularity_exponent
 
     def fit(self, user_items: sp.csr_matrix) -> EASERecommender:
         """Solve for the item-item weights."""
@@ -172,7 +187,16 @@ class EASERecommender(ItemItemRecommender):
         user_weights = (
             user_norm_weights(user_items, self.user_norm) if self.user_norm else None
         )
-        weights = ease_weights(user_items[:, self.items_], self.l2, self.dropout, user_weights)
+        side = None
+        if self.side is not None:
+            side = sp.csr_matrix(self.side)[:, self.items_]
+            side = side[np.diff(side.indptr) > 1]  # a feature of one book links nothing
+        weights = ease_weights(user_items[:, self.items_], self.l2, self.dropout, user_weights,
+                               side)
+        if self.popularity_exponent:
+            readers = np.bincount(user_items.indices, minlength=self.n_items)[self.items_]
+            weights *= np.power(np.maximum(readers, 1.0), -self.popularity_exponent).astype(
+                np.float32)[None, :]
         self.weights_ = prune_rows(weights, self.keep) if self.keep else weights
         return self
 

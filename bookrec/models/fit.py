@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from bookrec import columns as C
@@ -13,6 +14,7 @@ from bookrec.models.content import ContentRecommender, book_text
 from bookrec.models.dataset import Dataset, interactions
 from bookrec.models.hybrid import STRING_FIELDS, HybridParams, HybridRecommender, StringTable
 from bookrec.models.popularity import PopularityRecommender
+from bookrec.models.works import normalize_author
 
 _META_NAMES = {"title": C.TITLE, "author": C.AUTHOR, "publisher": C.PUBLISHER,
                "image_url_m": C.IMAGE_M}
@@ -24,6 +26,23 @@ def _isbn_array(isbns: np.ndarray) -> np.ndarray:
     return np.asarray(encoded)
 
 
+def side_features(dataset: Dataset, author_weight: float, publisher_weight: float):
+    """Author and publisher indicator rows (features x items) scaled by sqrt(weight), so
+    their Gram adds ``weight`` per pair of books sharing an author or publisher; None
+    when both weights are 0."""
+    blocks = []
+    for column, weight in ((C.AUTHOR, author_weight), (C.PUBLISHER, publisher_weight)):
+        if weight <= 0:
+            continue
+        keys = [normalize_author(v) for v in dataset.meta[column]]
+        codes, names = pd.factorize(pd.Series(keys).replace("", None), use_na_sentinel=True)
+        items = np.flatnonzero(codes >= 0)
+        blocks.append(sp.csr_matrix(
+            (np.full(len(items), np.sqrt(weight), np.float32), (codes[items], items)),
+            shape=(len(names), dataset.n_items)))
+    return sp.vstack(blocks).tocsr() if blocks else None
+
+
 def fit_cf(dataset: Dataset, params: HybridParams):
     """The item-item CF component chosen by ``params.cf_algorithm``."""
     weights = interactions(dataset.matrix, explicit_weight=params.explicit_weight)
@@ -31,6 +50,8 @@ def fit_cf(dataset: Dataset, params: HybridParams):
         model = EASERecommender(
             l2=params.l2, max_items=params.max_items, keep=params.keep, dropout=params.dropout,
             user_norm=params.user_norm,
+            side=side_features(dataset, params.author_weight, params.publisher_weight),
+            popularity_exponent=params.popularity_exponent,
         )
     elif params.cf_algorithm == "rp3beta":
         model = RP3BetaRecommender(

@@ -50,6 +50,9 @@ class HybridParams:
     dropout: float = 0.25  # DLAE: extra L2 of dropout/(1-dropout) x item frequency
     user_norm: float = 0.25  # users' rows weighted |u|^-user_norm in the Gram matrix
     max_items: int = 12_500
+    author_weight: float = 0.0  # cEASE: weight of author rows stacked under X in the Gram
+    publisher_weight: float = 0.0  # the same for publisher rows
+    popularity_exponent: float = 0.0  # CF column j scaled by readers_j^-exponent
     keep: int = 1000  # weights kept per row of the item-item matrix (largest magnitude)
     explicit_weight: float = 0.0  # extra weight of an explicit rating (x rating/10)
     rp3_alpha: float = 1.0

@@ -15,6 +15,7 @@ from bookrec.evaluation import (
     holdout_split,
     mean_popularity,
     model_recommend_fn,
+    paired_bootstrap_ratio,
     popularity_terciles,
     ranking_metrics,
     scorable_items,
@@ -206,3 +207,26 @@ def test_segment_metrics_of_a_fitted_model_and_reachability_of_item_subsets():
     binary = split.train.astype(np.float32)
     m = evaluate(model_recommend_fn(ease, binary), split, k=10, scorable=mask, segments=True)
     assert m["segments"] == seg
+
+
+def test_paired_bootstrap_ratio_point_and_interval():
+    rng = np.random.default_rng(0)
+    base = [rng.random(4000), rng.random(3000)]
+    model = [b * 1.2 for b in base]  # exactly 1.2x for every user: no pairing noise
+    ratio, low, high = paired_bootstrap_ratio(model, base, n_boot=200)
+    assert ratio == pytest.approx(1.2) and low == pytest.approx(1.2) and high == pytest.approx(1.2)
+    noisy = [b + rng.normal(0.1, 0.3, b.size) for b in base]  # +0.1 on a mean of ~0.5
+    ratio, low, high = paired_bootstrap_ratio(noisy, base, n_boot=300)
+    assert low < ratio < high and low > 1.1 and high < 1.3
+    per_split = [n.mean() / b.mean() for n, b in zip(noisy, base, strict=True)]
+    assert ratio == pytest.approx(np.mean(per_split))
+    with pytest.raises(ValueError, match="equal"):
+        paired_bootstrap_ratio([np.ones(3)], [np.ones(4)])
+
+
+def test_evaluate_can_return_per_user_scores():
+    split = holdout_split(_random_matrix(5), min_interactions=10, seed=1)
+    ease = EASERecommender(l2=10.0, max_items=None).fit(split.train)
+    m = evaluate(model_recommend_fn(ease, split.train), split, k=10, per_user=True)
+    assert m["per_user"]["ndcg@10"].shape == (split.n_test_users,)
+    assert m["per_user"]["ndcg@10"].mean() == pytest.approx(m["ndcg@10"])

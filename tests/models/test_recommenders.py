@@ -242,3 +242,50 @@ def test_prune_rows_keeps_the_largest_magnitudes_negative_ones_included():
 class TestDLAE(RecommenderSuite):
     def build(self):
         return EASERecommender(l2=0.5, max_items=None, dropout=0.3)
+
+
+def _block_authors(n: int = 20, block: int = 10) -> sp.csr_matrix:
+    """One author per checkerboard block (features x items), weight 1."""
+    return sp.csr_matrix((np.ones(n, np.float32), (np.arange(n) // block, np.arange(n))),
+                         shape=(n // block, n))
+
+
+class TestSideInformationEASE(RecommenderSuite):
+    """cEASE: author rows in the Gram, with item-side popularity debiasing."""
+
+    def build(self):
+        return EASERecommender(l2=1.0, max_items=None, dropout=0.2, side=_block_authors() * 0.7,
+                               popularity_exponent=0.3)
+
+
+def test_side_information_matches_the_stacked_closed_form():
+    """Rows S under X: (X'X + S'S + L)^-1; dropout still sees diag(X'X) only."""
+    rng = np.random.default_rng(4)
+    x = sp.csr_matrix((rng.random((40, 12)) < 0.3).astype(np.float32))
+    side = sp.csr_matrix(np.kron(np.eye(3), np.ones((1, 4))).astype(np.float32) * 2.0)
+    model = EASERecommender(l2=3.0, max_items=None, dropout=0.2, side=side).fit(x)
+    gram = (x.T @ x).toarray().astype(np.float64)
+    full = gram + (side.T @ side).toarray() + np.diag(3.0 + 0.25 * np.diag(gram))
+    p = np.linalg.inv(full)
+    expected = -p / np.diag(p)[None, :]
+    np.fill_diagonal(expected, 0.0)
+    assert np.allclose(model.weights_, expected, atol=1e-4)
+
+
+def test_side_information_links_books_nobody_read_together():
+    """Two books by one author, never co-read: only the author row links them."""
+    x = sp.csr_matrix(np.array([[1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 0, 0], [0, 1, 0, 0]],
+                               dtype=np.float32))
+    plain = EASERecommender(l2=1.0, max_items=None).fit(x).weights_
+    side = sp.csr_matrix(np.array([[1, 1, 0, 0]], dtype=np.float32))
+    linked = EASERecommender(l2=1.0, max_items=None, side=side).fit(x).weights_
+    assert plain[0, 1] == pytest.approx(0.0, abs=1e-6) and linked[0, 1] > 0.05
+
+
+def test_popularity_exponent_scales_columns_by_readers():
+    rng = np.random.default_rng(5)
+    x = sp.csr_matrix((rng.random((60, 8)) < 0.4).astype(np.float32))
+    plain = EASERecommender(l2=2.0, max_items=None).fit(x).weights_
+    damped = EASERecommender(l2=2.0, max_items=None, popularity_exponent=0.5).fit(x).weights_
+    readers = np.bincount(x.indices, minlength=8).astype(np.float64)
+    assert np.allclose(damped, plain * readers[None, :] ** -0.5, atol=1e-5)

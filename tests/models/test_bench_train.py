@@ -1,0 +1,42 @@
+"""The benchmark's seed-averaged tables: means, paired ratio intervals, segments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.bench_train import seed_table, segment_table
+
+
+def _seed(rng, lift: float) -> dict:
+    base = rng.random(3000)
+    seg = {"readers": {"cold": {"users": 10, "ndcg@20": 0.01, "reachability": 0.5},
+                       "heavy": {"users": 0, "ndcg@20": None, "reachability": None}},
+           "popularity": {"low": {"users": 5, "ndcg@20": 0.02, "reachability": 0.2}}}
+    def model(values, cov):
+        return {"ndcg@20": values.mean(), "recall@20": values.mean() / 2, "coverage@20": cov,
+                "per_user": {"ndcg@20": values, "recall@20": values / 2}, "segments": seg}
+    return {"served": model(base * lift, 0.1), "ease_plain": model(base, 0.02)}
+
+
+def test_seed_table_averages_over_seeds_with_paired_intervals():
+    rng = np.random.default_rng(1)
+    per_seed = [_seed(rng, 1.25), _seed(rng, 1.25), _seed(rng, 1.25)]
+    rows = {r["model"]: r for r in seed_table(per_seed, n_boot=100)}
+    served = rows["served"]
+    assert served["seeds"] == 3
+    assert served["coverage@20"] == pytest.approx(0.1)
+    ratio, low, high = served["ndcg@20 ratio"]
+    assert ratio == pytest.approx(1.25) and low == pytest.approx(1.25)
+    assert rows["ease_plain"]["ndcg@20 ratio"][0] == pytest.approx(1.0)
+    means = [s["served"]["ndcg@20"] for s in per_seed]
+    assert served["ndcg@20"] == pytest.approx(np.mean(means))
+
+
+def test_segment_table_skips_empty_segments_in_means():
+    rng = np.random.default_rng(2)
+    rows = segment_table([_seed(rng, 1.0), _seed(rng, 1.0)])
+    by = {(r["model"], r["segment"]): r for r in rows}
+    assert by[("served", "readers cold")]["ndcg@20"] == pytest.approx(0.01)
+    assert by[("served", "readers heavy")]["ndcg@20"] is None
+    assert by[("ease_plain", "books low")]["reachability"] == pytest.approx(0.2)

@@ -43,7 +43,7 @@ MODELS = "models/"
 POINTER_KEY = "models/champion.json"
 HISTORY_LIMIT = 50
 _IO_THREADS = 8  # parallel object requests: a model is a few dozen files
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: no trailing newline
 
 
 class RegistryError(RuntimeError):
@@ -102,7 +102,7 @@ class VersionInfo:
 
 def check_version(version: str) -> str:
     """Refuse version ids that are not a simple file name (they become store keys)."""
-    if not isinstance(version, str) or not _VERSION_RE.match(version) or version.endswith(".json"):
+    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version) or version.endswith(".json"):
         raise RegistryError(
             f"invalid version id {version!r}: use letters, digits, '.', '_' or '-' (max 128)"
         )
@@ -333,7 +333,7 @@ class Registry:
         """Every version in the store with its status and metrics, newest first."""
         state = self.champion_state()
         earlier = set(state.pointer.get("previous", [])) if state.pointer else set()
-        versions = [v for v in self.store.list_dirs(MODELS) if _VERSION_RE.match(v)]
+        versions = [v for v in self.store.list_dirs(MODELS) if _VERSION_RE.fullmatch(v)]
 
         def read(version: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
             try:

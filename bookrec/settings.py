@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     )
     cache_ttl_s: int = 300
     rate_limit: str = "600 per minute"
+    trusted_proxies: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="Proxy hops in front of the API whose X-Forwarded-For/-Proto to trust "
+        "(1 behind one load balancer); 0 ignores those headers",
+    )
     api_log_batch_size: int = 1000
     api_log_flush_interval_s: float = 1.0
     log_retention_days: int = Field(

@@ -230,6 +230,14 @@ def _wait(what: str, check, clock: _Clock, timeout: float, proc=None, service=No
 
 
 # ---------------------------------------------------------------- up
+def write_secret(path: Path, text: str) -> None:
+    """Create ``path`` readable by its owner only from the first byte (mode 0600 given to
+    ``open``, never a chmod after writing); an existing file is not overwritten."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
 def _environment(settings, args: argparse.Namespace, prefect_api: str) -> dict[str, str]:
     """The environment every process shares: absolute home, Prefect home and API, telemetry
     off, the admin token the reload flow and the API both need, where serving listens."""
@@ -250,8 +258,7 @@ def _environment(settings, args: argparse.Namespace, prefect_api: str) -> dict[s
     if settings.admin_token is None:
         token_file = home / "admin-token"
         if not token_file.exists():
-            token_file.write_text(secrets.token_urlsafe(32))
-            token_file.chmod(0o600)
+            write_secret(token_file, secrets.token_urlsafe(32))
         env["BOOKREC_ADMIN_TOKEN"] = token_file.read_text().strip()
     return env
 

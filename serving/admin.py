@@ -13,11 +13,11 @@ from serving.openapi import operation
 from serving.services import dumps, json_response, services
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as the registry
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # as the registry; fullmatch
 EXPECT = v.Param(
     "version",
     "query",
-    {"type": "string", "pattern": _VERSION.pattern},
+    {"type": "string", "pattern": f"^{_VERSION.pattern}$"},
     "Version the caller expects to be the champion (reported back as `matches`)",
 )
 _MANIFEST_KEYS = ("kind", "created_at", "code_version", "params", "metrics", "data_fingerprint")
@@ -56,7 +56,7 @@ def reload_model():
     """Check the champion pointer and load a new champion in this worker (the others follow
     on the pub/sub signal or their next poll). Answers what this worker now serves."""
     expected = request.args.get("version")
-    if expected is not None and not _VERSION.match(expected):
+    if expected is not None and not _VERSION.fullmatch(expected):
         raise v.invalid("version", "must be a version id (letters, digits, '.', '_', '-'; max 128)")
     result = dict(services().holder.reload_now())
     if expected is not None:

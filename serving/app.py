@@ -24,12 +24,13 @@ from serving.apilog import ApiLogWriter, now
 from serving.cache import Cache
 from serving.catalog import Catalog
 from serving.errors import register_error_handlers
+from serving.jsonbody import BoundedChunkedBody, RequestJSONProvider
 from serving.metrics import Metrics
 from serving.model_holder import ModelHolder
 from serving.ratelimit import init_rate_limits
 from serving.services import Services
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: no trailing newline
 
 
 class RequestIds:
@@ -64,9 +65,18 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     """
     settings = settings or get_settings()
     app = Flask(__name__)
+    app.json = RequestJSONProvider(app)  # request bodies: bounded nesting, errors are 400s
     app.config.update(JSON_SORT_KEYS=False, BOOKREC_BACKGROUND=True, MAX_CONTENT_LENGTH=64 * 1024)
     if test_config:
         app.config.update(test_config)
+    app.wsgi_app = BoundedChunkedBody(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])
+    if settings.trusted_proxies:
+        # The client is the address the trusted hops saw; with 0 hops the headers are
+        # ignored, so a client cannot choose its own address (rate limits, logs).
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     _configure_logging()
 
     metrics = Metrics()
@@ -123,7 +133,7 @@ def _start_request() -> None:
     req = request._get_current_object()
     ctx.started = now()
     incoming = req.environ.get("HTTP_X_REQUEST_ID", "")  # the header, without EnvironHeaders
-    ctx.request_id = incoming if incoming and _REQUEST_ID.match(incoming) else _new_request_id()
+    ctx.request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else _new_request_id()
     ctx.model = current_app.extensions["bookrec"].holder.model
     ctx.source = None
     ctx.user_id = None
@@ -147,6 +157,10 @@ def _finish_request(response: Response) -> Response:
     status = response.status_code
     method = req.method
     svc.metrics.observe_request(route, method, status, elapsed)
+    if status == 429:
+        # Refusals are counted (bookrec_rate_limited_total and the request counter), not
+        # logged one by one: a flood must not grow the logs it is refused from.
+        return response
     svc.apilog.record(
         {
             "request_id": request_id,

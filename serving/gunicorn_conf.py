@@ -14,16 +14,19 @@ import os
 import shutil
 import tempfile
 
-from serving.gunicorn_worker import workers_per_cpu
+_OWN_METRICS_FOLDER: list[str] = []  # a folder this config made (removed on exit)
 
 
 def _metrics_folder() -> str:
-    """An empty multiprocess metrics folder, set in the environment before the app (and
-    prometheus_client) is imported: the preloaded app creates its metrics right away, and
-    files of an earlier run would be counted."""
+    """An empty multiprocess metrics folder, set in the environment before anything imports
+    prometheus_client: it picks its value class (shared files or private memory) once, on
+    import, so a module imported earlier (even ``serving.gunicorn_worker``, which imports
+    the ``serving`` package) would leave every worker counting in private memory and
+    ``/metrics`` empty. Files of an earlier run would be counted, so the folder is emptied."""
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not folder:
         folder = tempfile.mkdtemp(prefix="bookrec-prom-")
+        _OWN_METRICS_FOLDER.append(folder)
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
@@ -31,6 +34,9 @@ def _metrics_folder() -> str:
 
 
 _metrics_folder()
+# Only now the project's modules (see _metrics_folder).
+from serving.gunicorn_worker import workers_per_cpu  # noqa: E402
+
 # One BLAS/OpenMP thread per worker: the workers are the parallelism, and each extra BLAS
 # thread costs a stack and buffers in every worker. Read when NumPy loads, so set here,
 # before the master imports the app.
@@ -85,6 +91,12 @@ def worker_exit(server, worker) -> None:
     app = getattr(worker, "wsgi", None)
     if app is not None and "bookrec" in getattr(app, "extensions", {}):
         app.extensions["bookrec"].close()
+
+
+def on_exit(server) -> None:
+    """Remove the metrics folder this config created (a preset one is the caller's)."""
+    for folder in _OWN_METRICS_FOLDER:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def child_exit(server, worker) -> None:

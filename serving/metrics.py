@@ -32,6 +32,7 @@ from prometheus_client import (
 
 from serving.periodic import Periodic
 
+MAX_PENDING_SAMPLES = 50_000  # beyond this the request path folds them in itself
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -43,7 +44,7 @@ def multiprocess_dir() -> str | None:
 class Metrics:
     """Every metric the serving tier exports, created once per app."""
 
-    def __init__(self) -> None:
+    def __init__(self, flush_interval_s: float = 1.0) -> None:
         """Create the metrics in a private registry (single process) or the shared files."""
         self.multiprocess = multiprocess_dir() is not None
         self.registry = None if self.multiprocess else CollectorRegistry()
@@ -101,19 +102,19 @@ class Metrics:
         )
         self._pending: deque[tuple] = deque()  # samples not yet folded in (append is atomic)
         self._flush_lock = threading.Lock()
-        self._folder = Periodic("metrics-flush", 1.0, self.flush)
+        self._folder = Periodic("metrics-flush", flush_interval_s, self.flush)
 
     # -- per-request samples ---------------------------------------------------------------
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one request and its latency."""
         self._pending.append((route, method, status, seconds))
-        if not self._folder.started:
+        if not self._folder.started or len(self._pending) >= MAX_PENDING_SAMPLES:
             self.flush()
 
     def cache_lookup(self, kind: str, hit: bool) -> None:
         """Count a cache hit or miss of ``kind``."""
         self._pending.append((kind, hit))
-        if not self._folder.started:
+        if not self._folder.started or len(self._pending) >= MAX_PENDING_SAMPLES:
             self.flush()
 
     def flush(self) -> None:

@@ -33,6 +33,25 @@ KEEP_LOCAL_VERSIONS = 3
 LOADER_NICE = 10
 
 
+def _verifies(folder: Path) -> bool:
+    """True when every file of ``folder`` matches its manifest checksum."""
+    from bookrec.artifacts import ArtifactError, verify_folder
+
+    try:
+        verify_folder(folder)
+    except (ArtifactError, OSError):
+        return False
+    return True
+
+
+def _remove(folder: Path) -> None:
+    """Move ``folder`` aside and delete it (workers that mapped its files keep them)."""
+    aside = folder.parent / f".{folder.name}.{os.getpid()}.damaged"
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(folder, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 class ModelHolder:
     """Holds the current model; ``model`` is read by requests, replaced by the loader thread."""
 
@@ -126,18 +145,30 @@ class ModelHolder:
 
     def _load(self, champion: dict[str, Any]) -> Any:
         """Fetch, verify and load the champion's version; raise if anything is off."""
+        from bookrec.artifacts import ArtifactError
         from bookrec.models.persist import load_model
 
         version = champion["version"]
-        folder = self._local_copy(version, champion.get("manifest_sha256"))
-        model = load_model(folder, mmap=True)
+        expected_sha = champion.get("manifest_sha256")
+        folder = self._local_copy(version, expected_sha)
+        try:
+            model = load_model(folder, mmap=True)
+        except ArtifactError as exc:
+            # A damaged local copy (a truncated or altered file): every later poll would
+            # fail on it too, so remove it and fetch the version again, once.
+            log.warning("local copy of %s failed verification (%s); fetching it again", version, exc)
+            folder = self._local_copy(version, expected_sha, damaged=True)
+            model = load_model(folder, mmap=True)
         if model.version != version:
             raise RuntimeError(f"{folder}: manifest version {model.version!r}, not {version!r}")
         model.popular(10)  # warm the pages requests touch first
         return model
 
-    def _local_copy(self, version: str, expected_sha: str | None) -> Path:
-        """A verified local folder of ``version`` shared by all workers (downloaded once)."""
+    def _local_copy(self, version: str, expected_sha: str | None, damaged: bool = False) -> Path:
+        """A verified local folder of ``version`` shared by all workers (downloaded once).
+
+        ``damaged``: the copy failed verification; unless another worker has replaced it
+        meanwhile, it is removed and downloaded again."""
         if "/" in version or version.startswith("."):
             raise RuntimeError(f"champion names an unsafe version {version!r}")
         self.local_root.mkdir(parents=True, exist_ok=True)
@@ -145,6 +176,8 @@ class ModelHolder:
         with open(self.local_root / ".lock", "w") as lock_file:
             # One worker downloads; the others wait and then reuse its verified copy.
             fcntl.flock(lock_file, fcntl.LOCK_EX)
+            if damaged and not _verifies(dest):
+                _remove(dest)
             have = (dest / MANIFEST).is_file() and (
                 expected_sha is None or manifest_sha256(dest) == expected_sha
             )

@@ -28,6 +28,7 @@ _ERROR_STATUSES = {
     403: "Admin endpoints are disabled (no BOOKREC_ADMIN_TOKEN configured)",
     404: "Not found",
     405: "Method not allowed",
+    413: "Body too large (64 KB at most)",
     414: "Request line too long (refused by gunicorn before the app, as HTML)",
     415: "Body is not JSON",
     429: "Rate limit exceeded (see Retry-After)",

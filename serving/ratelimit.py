@@ -17,6 +17,7 @@ request (measured in bench/bench_serving.py).
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from dataclasses import dataclass
@@ -182,6 +183,21 @@ class BatchedRedisStorage(RedisStorage):
 
 
 
+def client_group(address: str) -> str:
+    """The rate-limit bucket of a client address: an IPv4 address as is, an IPv6 address
+    by its /64 (one subscriber or host usually holds a whole /64, and would otherwise get
+    2**64 buckets). IPv4-mapped IPv6 addresses count as their IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class RateLimits:
     """Per-client fixed-window limits, checked in one ``before_request`` hook.
 
@@ -229,7 +245,7 @@ class RateLimits:
         if key is None:
             if len(self._keys) >= _MAX_CLIENT_KEYS:
                 self._keys.clear()
-            key = self._keys[client] = self.item.key_for("api", client)
+            key = self._keys[client] = self.item.key_for("api", client_group(client))
         return strategy.storage.incr(key, self._expiry, amount=1) <= self.item.amount
 
     def _strategy(self):
@@ -250,7 +266,7 @@ class RateLimits:
         if allowed:
             return True, 0
         try:
-            reset = strategy.get_window_stats(self.item, "api", client).reset_time
+            reset = strategy.get_window_stats(self.item, "api", client_group(client)).reset_time
             retry = max(1, int(reset - time.time() + 0.999))
         except Exception:  # noqa: BLE001 - the header is best effort
             retry = self.item.get_expiry()
@@ -258,7 +274,8 @@ class RateLimits:
 
 
 def init_rate_limits(app: Flask, settings: Settings, metrics: Metrics) -> RateLimits:
-    """Check ``settings.rate_limit`` per client address before every request but health checks."""
+    """Check ``settings.rate_limit`` per client before every request but health checks (the
+    client is ``remote_addr``: the peer, or what ``BOOKREC_TRUSTED_PROXIES`` hops saw)."""
     limits = RateLimits(settings, metrics)
     description = str(settings.rate_limit)
 

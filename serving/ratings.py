@@ -21,7 +21,7 @@ bp = Blueprint("ratings", __name__)
     params=[v.USER_ID],
     body=v.RATING_BODY,
     status=201,
-    errors=(400, 415, 429, 503),
+    errors=(400, 404, 413, 415, 429, 503),
 )
 def record_rating(user_id: str):
     """Store (or update) the user's 0-10 rating of a book with ``source='api'``.

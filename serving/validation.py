@@ -16,7 +16,7 @@ from bookrec.cleaning import normalize_isbn
 MAX_USER_ID = 2**31 - 1
 MAX_K = 100
 MAX_QUERY_LEN = 200
-_ISBN_SHAPE = re.compile(r"^(?:[0-9]{9}[0-9X]|97[89][0-9]{10})$")
+_ISBN_SHAPE = re.compile(r"[0-9]{9}[0-9X]|97[89][0-9]{10}")  # fullmatch
 _ISBN_SEPARATORS = re.compile(r"[\s-]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SPACES = re.compile(r" {2,}")
@@ -74,15 +74,24 @@ def _canonical_isbn(compact: str) -> str | None:
 
 
 def parse_isbn(raw: object, field_name: str = "isbn") -> str:
-    """A valid ISBN-10 or ISBN-13 (hyphens and spaces allowed), in canonical catalogue form."""
+    """A valid ISBN-10 or ISBN-13 (hyphens and spaces allowed), in canonical catalogue form.
+
+    A value of the wrong shape is a 400; one of the right shape whose check digit fails is
+    a 404: it is what the document allows (JSON Schema cannot state a check digit), and no
+    book carries it."""
     if not isinstance(raw, str) or len(raw) > 20:
         raise invalid(field_name, "must be an ISBN-10 or ISBN-13 string")
     compact = _ISBN_SEPARATORS.sub("", raw).upper()
-    if not _ISBN_SHAPE.match(compact):
+    if not _ISBN_SHAPE.fullmatch(compact):
         raise invalid(field_name, f"{raw!r} is not shaped like an ISBN-10 or ISBN-13")
     canonical = _canonical_isbn(compact)
     if canonical is None:
-        raise invalid(field_name, f"{raw!r} fails the ISBN check-digit test")
+        raise ApiError(
+            404,
+            "unknown_book",
+            f"{field_name}: {raw!r} fails the ISBN check-digit test, so no book has it",
+            field=field_name,
+        )
     return canonical
 
 
@@ -157,12 +166,18 @@ USER_ID = Param(
     {"type": "integer", "minimum": 1, "maximum": MAX_USER_ID},
     "Book-Crossing user id (a positive 32-bit integer)",
 )
-ISBN = Param(
-    "isbn",
-    "path",
-    {"type": "string", "pattern": ISBN_PATTERN},
-    "ISBN-10 or ISBN-13; the check digit must be valid",
+ISBN_FORMAT = "isbn"
+ISBN_DESCRIPTION = (
+    "ISBN-10 or ISBN-13 (format `isbn`: the pattern's shape and a valid check digit; "
+    "a value of that shape whose check digit fails names no book, so it is answered 404)"
 )
+ISBN_SCHEMA = {
+    "type": "string",
+    "format": ISBN_FORMAT,
+    "pattern": ISBN_PATTERN,
+    "description": ISBN_DESCRIPTION,
+}
+ISBN = Param("isbn", "path", ISBN_SCHEMA, ISBN_DESCRIPTION)
 K = Param(
     "k",
     "query",
@@ -181,7 +196,7 @@ RATING_BODY = {
     "required": ["isbn", "rating"],
     "additionalProperties": False,
     "properties": {
-        "isbn": {"type": "string", "pattern": ISBN_PATTERN},
+        "isbn": ISBN_SCHEMA,
         "rating": {"type": "integer", "minimum": 0, "maximum": 10},
     },
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,6 +159,27 @@ def redis_url() -> Iterator[str]:
     yield url
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def spawn() -> Iterator:
+    """``subprocess.Popen`` for a test: every process it started is killed and reaped at
+    teardown, the test passed or failed (a failed assertion must not leave them running)."""
+    procs: list[subprocess.Popen] = []
+
+    def start(*args, **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(*args, **kwargs)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.communicate(timeout=30)  # reaps it and closes its pipes
+        except ValueError:  # the test closed a pipe itself
+            proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -154,3 +154,24 @@ def test_scripts_are_valid_bash(script):
     path = REPO / "scripts" / script
     assert os.access(path, os.X_OK)
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+
+
+def test_admin_token_file_is_private_from_its_first_byte(tmp_path, monkeypatch):
+    monkeypatch.delenv("BOOKREC_ADMIN_TOKEN", raising=False)
+    settings = Settings(home=tmp_path / "home")
+    settings.home_dir.mkdir()
+    old_umask = os.umask(0o022)  # a permissive umask: 0644 unless the mode is given at creation
+    try:
+        # A chmod after writing would leave the file world-readable until it runs (and for
+        # good if the process died in between): fail every chmod to show none is needed.
+        def no_chmod(*args, **kwargs):
+            raise AssertionError("the token file was chmod-ed after creation")
+
+        monkeypatch.setattr(Path, "chmod", no_chmod)
+        monkeypatch.setattr(os, "chmod", no_chmod)
+        env = ops._environment(settings, argparse.Namespace(api_port=8000), "x")
+    finally:
+        os.umask(old_umask)
+    token_file = settings.home_dir / "admin-token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert env["BOOKREC_ADMIN_TOKEN"] == token_file.read_text().strip()

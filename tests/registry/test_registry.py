@@ -239,8 +239,14 @@ _RACER = textwrap.dedent(
     settings = Settings(artifacts_uri=uri, s3_endpoint_url=endpoint or None, home=home)
     registry = Registry.from_settings(settings)
     state = registry.champion_state()
-    (Path(gate_dir) / f"ready-{version}").write_text(state.version or "")
+    # Written aside, then renamed: a ready file is never seen half-written.
+    partial = Path(gate_dir) / f".partial-{version}"
+    partial.write_text(state.version or "")
+    partial.rename(Path(gate_dir) / f"ready-{version}")
+    deadline = time.monotonic() + 120  # never spin on after the test is gone
     while not (Path(gate_dir) / "go").exists():
+        if time.monotonic() > deadline:
+            sys.exit("no go signal")
         time.sleep(0.001)
     try:
         registry.promote(version, by=version, reason="race", expected=state)
@@ -252,7 +258,7 @@ _RACER = textwrap.dedent(
 
 
 def test_racing_promotions_processes_exactly_one_wins(
-    race_settings: Settings, tmp_path: Path
+    race_settings: Settings, tmp_path: Path, spawn
 ) -> None:
     registry = Registry.from_settings(race_settings)
     store_settings = race_settings
@@ -262,7 +268,7 @@ def test_racing_promotions_processes_exactly_one_wins(
     gate_dir = tmp_path / "gate"
     gate_dir.mkdir()
     procs = [
-        subprocess.Popen(
+        spawn(
             [sys.executable, "-c", _RACER, store_settings.resolved_artifacts_uri,
              store_settings.s3_endpoint_url or "", f"p{i}", str(gate_dir), str(tmp_path / "h")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=os.environ,
@@ -305,13 +311,13 @@ _UPLOADER = textwrap.dedent(
 
 
 def test_killed_upload_is_never_promotable(
-    registry: Registry, store_settings: Settings, tmp_path: Path
+    registry: Registry, store_settings: Settings, tmp_path: Path, spawn
 ) -> None:
     _add(registry, tmp_path, "good")
     registry.promote("good", by="t", reason="first")
     pointer_before = registry.store.get(POINTER_KEY)
     folder = make_version_folder(tmp_path / "build", "killed", n_files=6, size=200_000)
-    proc = subprocess.Popen(
+    proc = spawn(
         [sys.executable, "-c", _UPLOADER, store_settings.resolved_artifacts_uri,
          store_settings.s3_endpoint_url or "", str(folder), "killed", str(tmp_path / "h")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO, env=os.environ,

@@ -151,11 +151,16 @@ class Gunicorn:
         log_path: Path,
         extra_env: dict[str, str] | None = None,
     ):
+        """The environment is the settings' and nothing else, as under ``bookrec up``: no
+        ``PROMETHEUS_MULTIPROC_DIR`` (the config makes its own folder)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKREC_")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("BOOKREC_") and k != "PROMETHEUS_MULTIPROC_DIR"
+        }
         env.update(settings_env(settings))
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(log_path.parent / f"prom-{self.port}")
         env["BOOKREC_LOG_LEVEL"] = "warning"
         env.update(extra_env or {})
         self.log_path = log_path

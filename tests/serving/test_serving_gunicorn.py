@@ -171,3 +171,26 @@ def test_admin_reload_over_http_requires_the_token(start_gunicorn, serving_setti
         timeout=30,
     )
     assert ok.status_code == 200 and ok.json()["status"] == "unchanged"
+
+
+def test_metrics_count_every_workers_requests_without_a_preset_folder(
+    start_gunicorn, serving_settings
+):
+    # Started as `bookrec up` starts it: no PROMETHEUS_MULTIPROC_DIR in the environment.
+    server = start_gunicorn(serving_settings, workers=WORKERS)
+    wait_for(lambda: len(worker_versions(server.url)) == WORKERS, 60)  # all workers report
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        codes = list(
+            pool.map(
+                lambda _: requests.get(f"{server.url}/v1/books/popular?k=2", timeout=5).status_code,
+                range(40),
+            )
+        )
+    assert codes == [200] * 40
+    wait_for(
+        lambda: metric_sum(
+            server.url, "bookrec_http_requests_total", route="/v1/books/popular", status="200"
+        )
+        == 40,
+        5,
+    )

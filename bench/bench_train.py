@@ -174,12 +174,20 @@ def main(argv: list[str] | None = None) -> int:
                              'cease=\'{"author_weight": 5}\' (overrides on top of --set)')
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--dump", type=Path, help="folder for the per-seed, per-user results")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="only the seeds' fit + evaluate (no nightly run, no scoring)")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="DUMP",
+                        help="print the tables of earlier --dump folders (seeds in order)")
     args = parser.parse_args(argv)
     hyper = {}
     for item in args.set:
         name, _, raw = item.partition("=")
         hyper[name] = json.loads(raw)
 
+    if args.combine:
+        per_seed = [seed for folder in args.combine for seed in load_seeds(folder)]
+        print_tables(seed_table(per_seed), segment_table(per_seed))
+        return 0
     from bench.fulldata import load_csv, load_db
 
     wall = time.perf_counter()
@@ -193,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         algorithm=args.algorithm, hyperparameters=hyper, sample_fraction=args.sample_fraction,
         baselines=tuple(b for b in args.baselines.split(",") if b), seed=seeds[0],
     )
+    if args.eval_only:
+        per_seed = extra_seeds(ratings, books, config, seeds)
+        if args.dump:
+            dump_seeds(per_seed, args.dump)
+        print_tables(seed_table(per_seed), segment_table(per_seed))
+        print(f"total wall: {time.perf_counter() - wall:.1f}s")
+        return 0
     started, cpu = time.perf_counter(), time.process_time()
     result = training.train_model(ratings, books, config, report=lambda m: print("  " + m),
                                   per_user=True)
@@ -284,6 +299,19 @@ def dump_seeds(per_seed: list[dict], folder: Path) -> None:
                 np.save(folder / f"{s}_{name}_{metric}.npy", arr)
             rest[s][name] = {k: v for k, v in values.items() if k != "per_user"}
     (folder / "seeds.json").write_text(json.dumps(rest, default=float))
+
+
+def load_seeds(folder: Path) -> list[dict]:
+    """What ``dump_seeds`` wrote."""
+    per_seed = json.loads((folder / "seeds.json").read_text())
+    for s, models in enumerate(per_seed):
+        for name, values in models.items():
+            values["per_user"] = {
+                metric: np.load(folder / f"{s}_{name}_{metric}.npy")
+                for metric in ("ndcg@20", "recall@20")
+                if (folder / f"{s}_{name}_{metric}.npy").exists()
+            }
+    return per_seed
 
 
 def _served_stage(name: str, baselines) -> bool:

@@ -40,3 +40,14 @@ def test_segment_table_skips_empty_segments_in_means():
     assert by[("served", "readers cold")]["ndcg@20"] == pytest.approx(0.01)
     assert by[("served", "readers heavy")]["ndcg@20"] is None
     assert by[("ease_plain", "books low")]["reachability"] == pytest.approx(0.2)
+
+
+def test_dumped_seeds_combine_to_the_same_table(tmp_path):
+    from bench.bench_train import dump_seeds, load_seeds
+
+    rng = np.random.default_rng(3)
+    per_seed = [_seed(rng, 1.1), _seed(rng, 1.3)]
+    dump_seeds(per_seed[:1], tmp_path / "a")
+    dump_seeds(per_seed[1:], tmp_path / "b")
+    loaded = load_seeds(tmp_path / "a") + load_seeds(tmp_path / "b")
+    assert seed_table(loaded, n_boot=50) == seed_table(per_seed, n_boot=50)

@@ -427,12 +427,39 @@ class Registry:
         action: str = "promoted",
         details: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """Point the champion at ``version`` (``swap_champion``), then write its status
+        (``record_champion_status``); returns the pointer. See ``swap_champion``."""
+        pointer = self.swap_champion(
+            version,
+            by=by,
+            reason=reason,
+            expected=expected,
+            manifest_sha256=manifest_sha256,
+            action=action,
+        )
+        self.record_champion_status(pointer, details=details)
+        return pointer
+
+    def swap_champion(
+        self,
+        version: str,
+        *,
+        by: str,
+        reason: str,
+        expected: ChampionState | None = None,
+        manifest_sha256: str | None = None,
+        action: str = "promoted",
+    ) -> dict[str, Any]:
         """Point the champion at ``version`` by compare-and-swap on the pointer's ETag.
 
         ``expected`` is the state the caller's decision was based on (read now if omitted);
         if the pointer changed since, ``PromotionConflict`` is raised and nothing is written.
         ``manifest_sha256`` pins the manifest the caller checked. ``action`` is "promoted"
         or "rolled back" (a rollback pops the stack of earlier champions).
+
+        Safe to retry with the same ``expected``: a swap whose condition fails because the
+        pointer already names ``version`` with this manifest (an earlier attempt landed, its
+        answer or the step after it was lost) is a success and returns that pointer.
         """
         sha = self.check_complete(version)
         if manifest_sha256 is not None and sha != manifest_sha256:
@@ -464,17 +491,41 @@ class Registry:
             else:
                 self.store.put(POINTER_KEY, data, if_match=state.etag)
         except PreconditionFailed:
-            # A retried request whose first attempt landed looks like a lost race: check.
-            if self.champion() != pointer:
-                now = self.champion_state().version
-                raise PromotionConflict(
-                    f"champion changed from {state.version} to {now} while {action} "
-                    f"{version}; nothing was changed, re-run to decide against the new champion"
-                ) from None
-        if action == "promoted" or (self.status(version) or {}).get("status") != "promoted":
-            payload = {"status": "promoted", "reason": reason, "at": pointer["promoted_at"],
-                       "by": by, "manifest_sha256": sha}
-            if details:
-                payload["details"] = details
-            self._write_status(version, payload)
+            landed = self.champion()
+            if (
+                landed is not None
+                and landed.get("version") == version
+                and landed.get("manifest_sha256") == sha
+            ):
+                return landed  # a retry of a swap that already happened
+            raise PromotionConflict(
+                f"champion changed from {state.version} to "
+                f"{landed.get('version') if landed else None} while {action} {version}; "
+                "nothing was changed, re-run to decide against the new champion"
+            ) from None
         return pointer
+
+    def record_champion_status(
+        self, pointer: dict[str, Any], *, details: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Write the status object of the version ``pointer`` names (after ``swap_champion``).
+
+        Idempotent, so it is retried on its own without repeating the swap. A rollback to a
+        version already marked promoted keeps that status (and its promotion details).
+        """
+        version = pointer["version"]
+        if pointer.get("action") != "promoted":
+            current = self.status(version) or {}
+            if current.get("status") == "promoted":
+                return current
+        payload = {
+            "status": "promoted",
+            "reason": pointer["reason"],
+            "at": pointer["promoted_at"],
+            "by": pointer["by"],
+            "manifest_sha256": pointer["manifest_sha256"],
+        }
+        if details:
+            payload["details"] = details
+        self._write_status(version, payload)
+        return payload

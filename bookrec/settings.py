@@ -32,6 +32,9 @@ class Settings(BaseSettings):
 
     # PostgreSQL: a SQLAlchemy URL; unset means the embedded server under <home>/pgdata.
     database_url: str | None = None
+    # The API's least-privilege role (production; `bookrec db api-role` creates it).
+    api_db_role: str = "bookrec_api"
+    api_db_password: SecretStr | None = None
 
     # Artifact store: a folder path or s3://bucket/prefix; unset means <home>/artifacts.
     artifacts_uri: str | None = None

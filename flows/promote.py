@@ -30,6 +30,7 @@ from tasks.registry import (
     read_manifest,
     record_decision,
     smoke_test,
+    write_champion_status,
 )
 
 
@@ -60,7 +61,8 @@ def refuse(
 def promote_flow(version: str | None = None) -> dict[str, Any]:
     """Gate ``version`` (default: the newest unpromoted candidate) and promote or reject it.
 
-    Returns ``{"candidate", "decision", "reason", "champion"}`` (plus ``reload``).
+    Returns ``{"candidate", "decision", "reason", "champion"}`` (plus ``reload`` and
+    ``status_write``: "written", or why the new champion's status object was not).
     """
     logger = get_run_logger()
     actor = current_actor()
@@ -81,16 +83,20 @@ def promote_flow(version: str | None = None) -> dict[str, Any]:
 
     after = before
     reload = None
+    status = None
     if verdict["decision"] == "promoted":
         details = {k: report.get(k) for k in ("answers_sha256", "golden_sha256", "latency_ms",
                                               "peak_rss_mb", "load_s")}
         try:
-            move_champion(candidate, champion, manifest_sha256=fetched["manifest_sha256"],
-                          reason=verdict["reason"], actor=actor, action="promoted",
-                          details=details)
+            pointer = move_champion(candidate, champion, manifest_sha256=fetched["manifest_sha256"],
+                                    reason=verdict["reason"], actor=actor, action="promoted")
         except (RegistryError, ArtifactError) as exc:
             refuse(candidate, before, str(exc), actor)
         after = candidate
+        status = write_champion_status(pointer, details)
+        if status != "written":
+            logger.warning("%s is the champion but its status object was not written (%s)",
+                           candidate, status)
     else:
         mark_rejected(candidate, verdict["reason"], actor)
     record_decision(
@@ -106,4 +112,4 @@ def promote_flow(version: str | None = None) -> dict[str, Any]:
         announce_champion(candidate, "promoted", before, actor)
         reload = run_reload(candidate)
     logger.info("candidate %s %s: %s", candidate, verdict["decision"], verdict["reason"])
-    return {**result, "reload": reload}
+    return {**result, "reload": reload, "status_write": status}

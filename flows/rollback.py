@@ -27,6 +27,7 @@ from tasks.registry import (
     read_champion,
     record_decision,
     smoke_test,
+    write_champion_status,
 )
 
 
@@ -34,7 +35,8 @@ from tasks.registry import (
 def rollback_flow(version: str | None = None) -> dict[str, Any]:
     """Roll the champion back to ``version`` (default: the champion before the current one).
 
-    Returns ``{"target", "decision", "reason", "champion"}`` (plus ``reload``).
+    Returns ``{"target", "decision", "reason", "champion"}`` (plus ``reload`` and
+    ``status_write``).
     """
     logger = get_run_logger()
     actor = current_actor()
@@ -61,10 +63,14 @@ def rollback_flow(version: str | None = None) -> dict[str, Any]:
         )
     reason = f"rolled back from {before} to {name}"
     try:
-        move_champion(name, champion, manifest_sha256=fetched["manifest_sha256"],
-                      reason=reason, actor=actor, action="rolled back")
+        pointer = move_champion(name, champion, manifest_sha256=fetched["manifest_sha256"],
+                                reason=reason, actor=actor, action="rolled back")
     except (RegistryError, ArtifactError) as exc:
         refuse(name, before, str(exc), actor, key="target")
+    status = write_champion_status(pointer)
+    if status != "written":
+        logger.warning("%s is the champion but its status object was not written (%s)",
+                       name, status)
     record_decision(candidate=name, decision="rolled back", reason=reason, actor=actor,
                     champion_before=before, champion_after=name)
     result = {"target": name, "decision": "rolled back", "reason": reason, "champion": name}
@@ -72,5 +78,5 @@ def rollback_flow(version: str | None = None) -> dict[str, Any]:
     announce_champion(name, "rolled back", before, actor)
     reload = run_reload(name)
     logger.info(reason)
-    return {**result, "reload": reload}
+    return {**result, "reload": reload, "status_write": status}
 

@@ -185,21 +185,38 @@ def move_champion(
     reason: str,
     actor: str,
     action: str,
-    details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compare-and-swap the pointer from the ``champion`` state read earlier to ``version``.
 
-    A concurrent change raises ``PromotionConflict`` (never retried).
+    Retried on transient failures: a retry that finds the pointer already naming this
+    version and manifest (the first attempt landed) succeeds. A concurrent change raises
+    ``PromotionConflict`` (never retried).
     """
-    return _registry().promote(
+    return _registry().swap_champion(
         version,
         by=actor,
         reason=reason,
         expected=ChampionState(champion["pointer"], champion["etag"]),
         manifest_sha256=manifest_sha256,
         action=action,
-        details=details,
     )
+
+
+@task(name="record-champion-status", **_io)
+def record_champion_status(
+    pointer: dict[str, Any], details: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Write the new champion's status object; retried on its own, never redoing the swap."""
+    return _registry().record_champion_status(pointer, details=details)
+
+
+def write_champion_status(pointer: dict[str, Any], details: dict[str, Any] | None = None) -> str:
+    """Run ``record_champion_status`` after a swap; its failure is reported, not raised,
+    because the promotion has happened (the pointer, with its history, is the truth)."""
+    state = record_champion_status(pointer, details, return_state=True)
+    if state.is_completed():
+        return "written"
+    return f"failed: {state.result(raise_on_failure=False)}"
 
 
 @task(name="mark-rejected", **_io)

@@ -15,6 +15,7 @@ import requests
 from prefect import task
 from prefect.tasks import exponential_backoff
 
+from bookrec import discovery
 from bookrec.settings import Settings, get_settings
 
 REQUEST_TIMEOUT_S = 70.0  # a worker answers after loading the model (a minute at most)
@@ -74,10 +75,11 @@ def publish_reload_signal(version: str | None = None) -> dict[str, Any]:
     return publish_signal(get_settings(), version)
 
 
-@task(name="list-serving-instances")
+@task(name="list-serving-instances", retries=2, retry_delay_seconds=2)
 def list_serving_instances() -> list[str]:
-    """The serving instances the reload flow calls (from the settings)."""
-    return serving_urls(get_settings())
+    """The serving instances the reload flow calls: the settings' URLs, a ``dns+http://``
+    one expanded to every address of its name (each API task in production)."""
+    return discovery.expand_urls(serving_urls(get_settings()))
 
 
 def _retry_unless_refused(task: Any, task_run: Any, state: Any) -> bool:

@@ -270,5 +270,10 @@ def test_deploy_workflow_exports_every_placeholder_from_real_stack_outputs(prefe
 def test_flow_run_secrets_come_from_secrets_manager(prefect_yaml):
     for deployment in _deployments(prefect_yaml, "production").values():
         variables = deployment["work_pool"]["job_variables"]
-        assert {s["name"] for s in variables["secrets"]} == {"PGPASSWORD", "BOOKREC_ADMIN_TOKEN"}
+        assert {s["name"] for s in variables["secrets"]} == {
+            "PGPASSWORD",
+            "BOOKREC_ADMIN_TOKEN",
+            "BOOKREC_REDIS_URL",  # it carries the Redis AUTH token
+        }
         assert not any("PASSWORD" in k or "TOKEN" in k for k in variables["env"])
+        assert "BOOKREC_REDIS_URL" not in variables["env"]

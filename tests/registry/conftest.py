@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from bookrec import artifacts
 from bookrec.registry import Registry
 from bookrec.settings import Settings, get_settings
-from bookrec.store import ArtifactStore, open_store
+from bookrec.store import ArtifactStore, StoreError, open_store
 
 
 def make_version_folder(
@@ -242,3 +242,27 @@ def race_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
     return Settings(home=tmp_path / "home", artifacts_uri=f"s3://{bucket}/registry",
                     s3_endpoint_url=endpoint)
+
+
+class FaultOnce:
+    """A real store whose first ``put`` of a key ending in ``suffix`` fails with a transient
+    ``StoreError``: before writing, or after the write landed (a lost answer). Everything
+    else goes to the wrapped store untouched."""
+
+    def __init__(self, store: ArtifactStore, suffix: str, *, after_write: bool):
+        self.store = store
+        self.suffix = suffix
+        self.after_write = after_write
+        self.tripped = 0
+
+    def put(self, key: str, data: bytes, **conditions: Any) -> str:
+        """Write through, failing once as configured."""
+        if key.endswith(self.suffix) and not self.tripped:
+            self.tripped += 1
+            if self.after_write:
+                self.store.put(key, data, **conditions)
+            raise StoreError(f"{key}: injected transient failure")
+        return self.store.put(key, data, **conditions)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)

@@ -17,7 +17,7 @@ from bookrec.smoke import run_smoke
 from flows.promote import promote_flow
 from flows.rollback import rollback_flow
 from tasks.registry import PromotionRefused
-from tests.registry.conftest import make_version_folder, model_metrics
+from tests.registry.conftest import FaultOnce, make_version_folder, model_metrics
 
 
 def _decisions(engine: sa.engine.Engine) -> list[tuple[str, str, str | None, str | None]]:
@@ -61,6 +61,32 @@ def test_first_model_promoted_then_worse_rejected_then_better_promoted(
     assert rows[1].champion_metrics["ndcg@20"] == 0.10
     assert rows[1].thresholds["max_relative_drop"] == 0.01
     assert "tests" not in rows[0].actor and "@" in rows[0].actor
+
+
+@pytest.mark.parametrize("flow_store", ["local", "s3"], indirect=True)
+@pytest.mark.parametrize(
+    ("suffix", "after_write"),
+    [("v1.status.json", False), ("champion.json", True)],
+    ids=["status-write-fails", "swap-answer-lost"],
+)
+def test_a_promotion_that_happened_is_recorded_promoted_despite_a_fault_after_the_swap(
+    reg: Registry, save_hybrid, clean_db: sa.engine.Engine, monkeypatch, suffix, after_write
+) -> None:
+    """A transient store failure after the compare-and-swap (the status write fails, or the
+    swap's own answer is lost) is retried by Prefect and ends in 'promoted', not 'refused'."""
+    import tasks.registry
+
+    reg.add_version(save_hybrid("v1", model_metrics(0.10, popular=0.05)), "v1")
+    flaky = Registry(FaultOnce(reg.store, suffix, after_write=after_write))
+    monkeypatch.setattr(tasks.registry, "_registry", lambda: flaky)
+    result = promote_flow("v1")
+    assert flaky.store.tripped == 1  # the fault did fire
+    assert (result["decision"], result["champion"], result["status_write"]) == (
+        "promoted", "v1", "written")
+    assert reg.champion()["version"] == "v1"
+    assert reg.status("v1")["status"] == "promoted"
+    assert reg.status("v1")["at"] == reg.champion()["promoted_at"]
+    assert _decisions(clean_db) == [("v1", "promoted", None, "v1")]
 
 
 def test_thresholds_come_from_settings(

@@ -25,7 +25,8 @@ from bookrec.registry import (
     VersionNotFound,
 )
 from bookrec.settings import Settings
-from tests.registry.conftest import make_version_folder
+from bookrec.store import StoreError
+from tests.registry.conftest import FaultOnce, make_version_folder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -186,6 +187,56 @@ def test_promote_list_reject_and_rollback_stack(registry: Registry, tmp_path: Pa
     registry.promote("c", by="t", reason="forward", action="rolled back")
     assert registry.champion()["previous"] == ["a"]
     assert registry.rollback_target() == "a"
+
+
+@pytest.mark.parametrize("after_write", [True, False], ids=["answer-lost", "write-failed"])
+def test_retried_swap_after_a_failed_status_write_is_a_success(
+    registry: Registry, tmp_path: Path, after_write: bool
+) -> None:
+    _add(registry, tmp_path, "a", seed=1)
+    _add(registry, tmp_path, "b", seed=2)
+    registry.promote("a", by="t", reason="first")
+    state = registry.champion_state()
+    sha = registry.check_complete("b")
+    flaky = Registry(FaultOnce(registry.store, "b.status.json", after_write=after_write))
+    with pytest.raises(StoreError, match="injected"):
+        flaky.promote("b", by="t", reason="better", expected=state, manifest_sha256=sha)
+    landed = registry.champion()
+    assert landed["version"] == "b"  # the swap happened before the status write failed
+    # The task's retry: the same swap from the same expected state, then the status write.
+    again = flaky.promote("b", by="t", reason="better", expected=state, manifest_sha256=sha)
+    assert again == landed == registry.champion()  # the pointer is not rewritten
+    assert registry.status("b")["status"] == "promoted"
+    assert registry.status("b")["at"] == landed["promoted_at"]
+    assert registry.champion()["previous"] == ["a"]
+
+
+def test_retried_swap_whose_first_write_landed_unanswered_is_a_success(
+    registry: Registry, tmp_path: Path
+) -> None:
+    _add(registry, tmp_path, "a", seed=1)
+    state = registry.champion_state()
+    flaky = Registry(FaultOnce(registry.store, "champion.json", after_write=True))
+    with pytest.raises(StoreError, match="injected"):
+        flaky.swap_champion("a", by="t", reason="first", expected=state)
+    pointer = flaky.swap_champion("a", by="t", reason="first", expected=state)
+    assert pointer == registry.champion() and pointer["version"] == "a"
+
+
+def test_a_retry_that_finds_another_version_or_manifest_still_conflicts(
+    registry: Registry, tmp_path: Path
+) -> None:
+    _add(registry, tmp_path, "a", seed=1)
+    _add(registry, tmp_path, "b", seed=2)
+    state = registry.champion_state()
+    registry.promote("a", by="t", reason="first", expected=state)
+    with pytest.raises(PromotionConflict, match="from None to a"):
+        registry.swap_champion("b", by="t", reason="stale", expected=state)
+    # Same version name, but the pointer was written for other bytes: not ours.
+    pointer = registry.champion()
+    registry.store.put(POINTER_KEY, json.dumps({**pointer, "manifest_sha256": "0" * 64}).encode())
+    with pytest.raises(PromotionConflict):
+        registry.swap_champion("a", by="t", reason="first", expected=state)
 
 
 def test_stale_expected_state_loses(registry: Registry, tmp_path: Path) -> None:

@@ -145,3 +145,19 @@ def read_books(engine: Engine) -> pd.DataFrame:
     dtype = {c: str for c in C.BOOK_COLUMNS}
     dtype[C.YEAR] = "Int16"
     return copy_query_to_frame(engine, f"SELECT {cols} FROM books ORDER BY {C.ISBN}", dtype=dtype)
+
+
+def read_user_ratings(engine: Engine, user_ids: list[int]) -> dict[int, dict[str, int]]:
+    """The current ratings of these readers, user id -> {isbn: rating}: the history that
+    fold-in scores (one primary-key range per reader)."""
+    if not user_ids:
+        return {}
+    query = sa.text(
+        f"SELECT {C.USER_ID}, {C.ISBN}, {C.RATING} FROM ratings "
+        f"WHERE {C.USER_ID} = ANY(:ids)"
+    )
+    out: dict[int, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for user_id, isbn, rating in conn.execute(query, {"ids": sorted(set(user_ids))}):
+            out.setdefault(int(user_id), {})[isbn] = int(rating)
+    return out

@@ -369,3 +369,60 @@ def segment_metrics(model, split: Split, *, k: int = 20) -> dict[str, dict[str, 
     ranked = rank_users(recommend, users, k)
     return segments_from_lists(ranked, users, split, scorable_items(model, split.train.shape[1]),
                                k=k)
+def foldin_comparison(
+    dataset,
+    params=None,
+    *,
+    readers: int = 100,
+    k: int = 20,
+    min_interactions: int = 10,
+    seed: int = 42,
+) -> dict[str, float]:
+    """How close folding readers in comes to training with them.
+
+    Holds out 20% of the eligible users' interactions (``holdout_split``), picks
+    ``readers`` of those users, and fits the hybrid twice on the training part: with
+    them, and without any of their rows. The second model then scores each picked
+    reader's training history as a fold-in (``recommend_histories``, ISBN -> rating, as
+    serving does). Returns NDCG@k on their held-out items for both, the mean overlap of
+    the two top-k lists, and how many lists are identical.
+    """
+    from bookrec.models.fit import fit_hybrid
+
+    split = holdout_split(dataset.matrix, min_interactions=min_interactions, seed=seed)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(split.test_users, size=min(readers, split.n_test_users),
+                                replace=False))
+    keep_rows = np.ones(split.train.shape[0], np.float32)
+    keep_rows[chosen] = 0.0
+    without = sp.csr_matrix(sp.diags(keep_rows) @ split.train, dtype=split.train.dtype)
+    without.eliminate_zeros()
+    trained = fit_hybrid(dataset.with_matrix(split.train), params)
+    folded = fit_hybrid(dataset.with_matrix(without), params)
+
+    train = split.train
+    histories = []
+    for u in chosen:
+        items = train.indices[train.indptr[u] : train.indptr[u + 1]]
+        ratings = train.data[train.indptr[u] : train.indptr[u + 1]].astype(int) - 1
+        histories.append({str(dataset.isbns[i]): int(r) for i, r in zip(items, ratings,
+                                                                         strict=True)})
+    lists_trained = trained.recommend_indices(chosen, k)
+    lists_folded = folded.recommend_hist_indices(
+        [folded.history_arrays(h) for h in histories], k
+    )
+    test = split.test
+    relevant = [test.indices[test.indptr[u] : test.indptr[u + 1]] for u in chosen]
+    overlap = [
+        len(set(a[a >= 0]) & set(b[b >= 0])) / max(1, int((a >= 0).sum()))
+        for a, b in zip(lists_trained, lists_folded, strict=True)
+    ]
+    return {
+        "readers": float(len(chosen)),
+        f"ndcg@{k}_trained": ranking_metrics(lists_trained, relevant, k=k)[f"ndcg@{k}"],
+        f"ndcg@{k}_folded": ranking_metrics(lists_folded, relevant, k=k)[f"ndcg@{k}"],
+        f"overlap@{k}": float(np.mean(overlap)),
+        "identical_lists": float(np.mean([
+            np.array_equal(a, b) for a, b in zip(lists_trained, lists_folded, strict=True)
+        ])),
+    }

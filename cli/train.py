@@ -3,6 +3,8 @@
 ``train`` runs the Prefect ``train`` flow in this process. ``recommend`` and
 ``similar`` answer from the champion (or, before the first promotion, the newest
 candidate, or ``--version V``), fetched and verified into the local model cache.
+``recommend`` scores each reader's ratings as they are now in PostgreSQL (fold-in), as
+the API does.
 """
 
 from __future__ import annotations
@@ -187,24 +189,57 @@ def _read_user_ids(path: Path) -> list[int]:
 _BATCH_MODEL: Any = None  # the model a forked batch worker inherits
 
 
-def _json_lines(task: tuple[list[int], int]) -> str:
+def _json_lines(task: tuple[list[int], list[dict[str, int]], int]) -> str:
     """One chunk of users as JSON lines (runs in a forked worker)."""
-    chunk, k = task
+    chunk, histories, k = task
     model = _BATCH_MODEL
+    recs = model.recommend_histories(histories, k, user_ids=chunk)
     return "".join(
-        _rec_json(user_id, recs, model.version) + "\n"
-        for user_id, recs in zip(chunk, model.recommend_many(chunk, k), strict=True)
+        _rec_json(user_id, user_recs, model.version) + "\n"
+        for user_id, user_recs in zip(chunk, recs, strict=True)
     )
 
 
-def _recommend_parallel(model: Any, ids: list[int], k: int, jobs: int, out: Any) -> None:
+class _Histories:
+    """Readers' current ratings from PostgreSQL, a chunk at a time; if the database cannot
+    be reached, says so once and leaves the training histories alone."""
+
+    def __init__(self) -> None:
+        self.engine: Any = None
+        self.failed = False
+
+    def __call__(self, chunk: list[int]) -> list[dict[str, int]]:
+        import sqlalchemy as sa
+
+        from bookrec import db
+        from bookrec.settings import get_settings
+
+        if not self.failed:
+            try:
+                if self.engine is None:
+                    self.engine = db.get_engine(get_settings())
+                found = db.read_user_ratings(self.engine, chunk)
+                return [found.get(u, {}) for u in chunk]
+            except (sa.exc.SQLAlchemyError, db.DatabaseError) as exc:
+                self.failed = True
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                print(f"warning: PostgreSQL unavailable ({first}); recommending from the "
+                      "model's training histories only", file=sys.stderr)
+        return [{} for _ in chunk]
+
+
+def _recommend_parallel(model: Any, ids: list[int], k: int, jobs: int, out: Any,
+                        histories: _Histories) -> None:
     """Score chunks of users in ``jobs`` forked processes sharing the memory-mapped model;
     lines come out in input order."""
     import multiprocessing
 
     global _BATCH_MODEL
     _BATCH_MODEL = model
-    chunks = [(ids[i : i + _CHUNK], k) for i in range(0, len(ids), _CHUNK)]
+    chunks = (
+        (ids[i : i + _CHUNK], histories(ids[i : i + _CHUNK]), k)
+        for i in range(0, len(ids), _CHUNK)
+    )
     try:
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
             for text in pool.imap(_json_lines, chunks):
@@ -219,19 +254,23 @@ def _recommend(args: argparse.Namespace) -> int:
     if args.jobs is not None and not 1 <= args.jobs <= 64:
         raise CommandError(f"--jobs must be in 1..64, got {args.jobs}")
     model = _load(args.version)
+    histories = _Histories()
     out = sys.stdout
     jobs = args.jobs or min(4, os.cpu_count() or 1)
     if args.json and jobs > 1 and len(ids) > _CHUNK:
-        _recommend_parallel(model, ids, args.k, jobs, out)
+        _recommend_parallel(model, ids, args.k, jobs, out, histories)
         return 0
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
-        for user_id, recs in zip(chunk, model.recommend_many(chunk, args.k), strict=True):
+        now = histories(chunk)
+        recs = model.recommend_histories(now, args.k, user_ids=chunk)
+        for user_id, history, user_recs in zip(chunk, now, recs, strict=True):
             if args.json:
-                out.write(_rec_json(user_id, recs, model.version) + "\n")
+                out.write(_rec_json(user_id, user_recs, model.version) + "\n")
             else:
-                known = "" if model.knows_user(user_id) else " (unknown user: popular books)"
-                _print_human(f"user {user_id}{known}, model {model.version}:", recs)
+                known = "" if history or model.knows_user(user_id) \
+                    else " (unknown user: popular books)"
+                _print_human(f"user {user_id}{known}, model {model.version}:", user_recs)
     return 0
 
 

@@ -30,21 +30,25 @@ def similar(model: Any, isbn: str, k: int) -> bytes:
 def user(
     svc: Services, model: Any, user_id: int, k: int, count: bool = True
 ) -> tuple[bytes, bool, str]:
-    """A user's recommendations: (body, cacheable, source). Books the user rated through the
-    API are excluded; without PostgreSQL the answer is given but not cacheable. ``count``
-    says whether the fallbacks are counted in the metrics (not for pre-warming)."""
-    exclude: list[str] = []
+    """A user's recommendations: (body, cacheable, source).
+
+    Fold-in: the reader's ratings as they are now in PostgreSQL (API writes and ingests
+    since the model's snapshot) are added to their training history and scored by the
+    model (``recommend_history``). Without PostgreSQL the training history alone is used
+    and the answer is not cached. ``count`` says whether the fallbacks are counted in the
+    metrics (not for pre-warming)."""
+    history: dict[str, int] = {}
     cacheable = True
     try:
-        exclude = svc.catalog.api_rated(user_id)
+        history = svc.catalog.user_ratings(user_id)
     except CatalogUnavailable:
         if count:
             svc.metrics.fallbacks.labels(reason="postgres_down").inc()
         cacheable = False
-    known = bool(model.knows_user(user_id))
+    known = bool(history) or bool(model.knows_user(user_id))
     if not known and count:
         svc.metrics.fallbacks.labels(reason="unknown_user").inc()
-    recs = model.recommend(user_id, k=k, exclude=exclude)
+    recs = model.recommend_history(history, k=k, user_id=user_id)
     payload = {
         "model_version": model.version,
         "user_id": user_id,

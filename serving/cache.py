@@ -5,8 +5,9 @@ carry the model version, so a promotion never serves results of the previous mod
 Redis is reached with short socket timeouts and no retries; when it errors or is slow the
 request is answered from the in-process cache (computing the value if needed), a metric
 counts it, and Redis is left alone for a second before it is tried again. With Redis, a
-short-lived in-process copy (5 s) sits in front of it so hot keys cost no round trip; a
-user's lists may so lag a posted rating by up to 5 s on other workers.
+short-lived in-process copy (5 s) sits in front of it so hot keys cost no round trip.
+A reader's lists are keyed by their generation as well (``user_generation``): a posted
+rating bumps it, so no worker anywhere serves the old list (see serving/recommendations.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -23,6 +25,7 @@ from serving.metrics import Metrics
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "bookrec:api:"
+GENERATION_PREFIX = "bookrec:ugen:"  # per-reader generation of their lists (Redis)
 LOCAL_TTL_S = 5.0  # in-process copy in front of Redis: hot keys skip the round trip
 LOCAL_MAX_ENTRIES = 2_000  # that copy holds hot keys only (a worker's memory is shared)
 MEMORY_MAX_ENTRIES = 10_000  # without Redis the in-process LRU is the whole cache
@@ -186,6 +189,37 @@ class Cache:
             self.redis.delete(*keys)
         except redis.RedisError as exc:
             self._redis_failed(exc)
+
+    def user_generation(self, user_id: int) -> str | None:
+        """The reader's list generation from Redis ("0" before their first posted rating),
+        or None without Redis or when it fails (the caller checks PostgreSQL instead)."""
+        if self.redis is None or self.breaker.open:
+            return None
+        import redis
+
+        try:
+            value = self.redis.get(GENERATION_PREFIX + str(user_id))
+        except redis.RedisError as exc:
+            self._redis_failed(exc)
+            return None
+        return value.decode() if value is not None else "0"
+
+    def bump_user_generation(self, user_id: int) -> bool:
+        """Give the reader a new, unique generation (after a rating is stored), so every
+        cached list of theirs, in Redis or in any worker's memory, is missed from now on.
+        It lives twice the cache TTL: by then every entry keyed by an older one expired."""
+        if self.redis is None:
+            return False
+        import redis
+
+        try:
+            self.redis.set(
+                GENERATION_PREFIX + str(user_id), uuid.uuid4().hex[:16], ex=2 * self.ttl_s
+            )
+        except redis.RedisError as exc:
+            self._redis_failed(exc)
+            return False
+        return True
 
     def get_or_compute(
         self, kind: str, key: str, compute: Callable[[], tuple[bytes, bool]]

@@ -38,7 +38,11 @@ _UPSERT_RATING = sa.text(
     "ON CONFLICT (user_id, isbn) DO UPDATE "
     "SET rating = EXCLUDED.rating, source = 'api', updated_at = now()"
 )
-_USER_API_RATINGS = sa.text("SELECT isbn FROM ratings WHERE user_id = :user_id AND source = 'api'")
+# Both read the primary key (user_id, isbn): one index range per reader.
+_USER_RATINGS = sa.text("SELECT isbn, rating FROM ratings WHERE user_id = :user_id")
+_USER_STAMP = sa.text(
+    "SELECT count(*), coalesce(max(updated_at), 'epoch') FROM ratings WHERE user_id = :user_id"
+)
 
 
 class CatalogUnavailable(RuntimeError):
@@ -119,6 +123,13 @@ class Catalog:
         """Insert or update a rating with ``source='api'`` (the next training run reads it)."""
         self._run(_UPSERT_RATING, {"user_id": user_id, "isbn": isbn, "rating": rating}, write=True)
 
-    def api_rated(self, user_id: int) -> list[str]:
-        """ISBNs this user rated through the API (not yet known to the model)."""
-        return [r["isbn"] for r in self._run(_USER_API_RATINGS, {"user_id": user_id})]
+    def user_ratings(self, user_id: int) -> dict[str, int]:
+        """The reader's ratings as they are now (ISBN -> 0..10): what fold-in scores."""
+        return {r["isbn"]: int(r["rating"]) for r in self._run(_USER_RATINGS, {"user_id": user_id})}
+
+    def ratings_stamp(self, user_id: int) -> str:
+        """A token that changes whenever the reader's ratings change (count and newest
+        ``updated_at``): the freshness check of cached lists when there is no Redis."""
+        row = self._run(_USER_STAMP, {"user_id": user_id})[0]
+        count, newest = row.values()
+        return f"{count}-{newest.timestamp():.6f}"

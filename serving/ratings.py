@@ -7,7 +7,6 @@ from flask import Blueprint, g, request
 from serving import validation as v
 from serving.catalog import CatalogUnavailable
 from serving.openapi import operation
-from serving.recommendations import user_cache_keys
 from serving.services import dumps, json_response, services
 
 bp = Blueprint("ratings", __name__)
@@ -26,7 +25,7 @@ bp = Blueprint("ratings", __name__)
 def record_rating(user_id: str):
     """Store (or update) the user's 0-10 rating of a book with ``source='api'``.
 
-    The user's cached recommendations are dropped so the rated book disappears from them.
+    The next request for the user's recommendations, on any worker, scores it (fold-in).
     """
     uid = v.parse_user_id(user_id)
     if not request.is_json:
@@ -46,8 +45,8 @@ def record_rating(user_id: str):
             headers={"Retry-After": "5"},
         ) from None
     g.source = "database"
-    model = g.get("model")
-    if model is not None:
-        svc.cache.delete(user_cache_keys(model.version, uid))
+    # After the commit: a new generation means no worker serves the reader's old lists.
+    # (Without Redis, the stored rating itself changes the PostgreSQL freshness token.)
+    svc.cache.bump_user_generation(uid)
     payload = {"user_id": uid, "isbn": isbn, "rating": rating, "status": "recorded"}
     return json_response(dumps(payload), status=201)

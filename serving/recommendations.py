@@ -1,4 +1,11 @@
-"""``GET /v1/users/<user_id>/recommendations``: hybrid recommendations for one user."""
+"""``GET /v1/users/<user_id>/recommendations``: hybrid recommendations for one user.
+
+Read your writes: a reader's cached lists are keyed by a freshness token, read on every
+request from the store all workers and instances share: their generation in Redis (bumped
+by ``POST /v1/users/<id>/ratings``), or, without Redis (or while it fails), the count and
+newest ``updated_at`` of their ratings in PostgreSQL. A posted rating therefore changes
+the key, and no worker's copy of the old list is served again.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +14,23 @@ from flask import Blueprint, g, request
 from serving import bodies
 from serving import validation as v
 from serving.cache import Cache
+from serving.catalog import CatalogUnavailable
 from serving.openapi import operation
 from serving.services import json_response, require_model, services
 
 bp = Blueprint("recommendations", __name__)
 
 
-def user_cache_keys(version: str, user_id: int) -> list[str]:
-    """Every cache key of a user's recommendation lists (one per k)."""
-    return [Cache.key(version, "user", user_id, k) for k in range(1, v.MAX_K + 1)]
+def freshness_token(svc, user_id: int) -> str | None:
+    """The reader's current list generation ("r..." from Redis, "p..." from PostgreSQL), or
+    None when neither answers (the list is then computed and not cached)."""
+    generation = svc.cache.user_generation(user_id)
+    if generation is not None:
+        return "r" + generation
+    try:
+        return "p" + svc.catalog.ratings_stamp(user_id)
+    except CatalogUnavailable:
+        return None
 
 
 @bp.get("/v1/users/<user_id>/recommendations")
@@ -27,9 +42,10 @@ def user_cache_keys(version: str, user_id: int) -> list[str]:
     errors=(400, 429, 503),
 )
 def user_recommendations(user_id: str):
-    """Top-k books for a user, excluding books they rated (and other editions of them).
+    """Top-k books for a user from their ratings as they are now (training history plus
+    every rating stored since), excluding books they rated and other editions of them.
 
-    Unknown users get the most popular books, marked ``source: popular``.
+    Readers without ratings get the most popular books, marked ``source: popular``.
     """
     uid = v.parse_user_id(user_id)
     k = v.parse_k(request.args.get("k"))
@@ -42,5 +58,8 @@ def user_recommendations(user_id: str):
         body, cacheable, g.source = bodies.user(svc, model, uid, k)
         return body, cacheable
 
-    key = Cache.key(model.version, "user", uid, k)
+    token = freshness_token(svc, uid)
+    if token is None:
+        return json_response(compute()[0])
+    key = Cache.key(model.version, "user", uid, k, token)
     return json_response(svc.cache.get_or_compute("user", key, compute))

@@ -120,6 +120,19 @@ def isbn_candidates(isbn: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _overlay(base: History, new: History) -> History:
+    """``base`` with ``new``'s items added or re-rated, sorted by item."""
+    if not len(base[0]):
+        return new
+    if not len(new[0]):
+        return base
+    keep = ~np.isin(base[0], new[0], assume_unique=True)
+    items = np.concatenate([base[0][keep], new[0]])
+    ratings = np.concatenate([base[1][keep], new[1]])
+    order = np.argsort(items, kind="stable")
+    return items[order].astype(np.int32), ratings[order].astype(np.int8)
+
+
 class HybridRecommender:
     """CF + content + popularity over one catalogue; see module docstring."""
 
@@ -378,29 +391,45 @@ class HybridRecommender:
         return self._recommend_hists([self._row_history(r) for r in rows], k, exclude, reasons)
 
     def recommend_history(
-        self, history: Mapping[str, int], k: int = 10, *, exclude: Iterable[str] = (),
+        self,
+        history: Mapping[str, int],
+        k: int = 10,
+        *,
+        user_id: int | None = None,
+        exclude: Iterable[str] = (),
         reasons: bool = True,
     ) -> list[Recommendation]:
         """Fold-in: top ``k`` for a reader whose ratings now are ``history`` (ISBN -> 0..10).
 
-        The reader need not be in the training data: CF scores are the history times the
-        item-item matrix, exactly as for a trained reader, so a rating stored after the
-        snapshot counts at once. ISBNs the model does not know are ignored; rated books and
-        their other editions are never recommended. Serving and ``bookrec recommend`` call
-        this with the reader's current ratings from PostgreSQL.
+        CF scores are the history times the item-item matrix, exactly as for a trained
+        reader, so a rating stored after the snapshot counts at once and a reader the model
+        never saw is scored like any other. With ``user_id``, the model's training history of
+        that reader is the base and ``history`` adds to it (its ratings win). ISBNs the model
+        does not know are ignored; rated books and their other editions are never
+        recommended. Serving and ``bookrec recommend`` call this with the reader's ratings
+        in PostgreSQL.
         """
-        return self.recommend_histories([history], k, exclude=[exclude], reasons=reasons)[0]
+        return self.recommend_histories(
+            [history], k, user_ids=None if user_id is None else [user_id], exclude=[exclude],
+            reasons=reasons,
+        )[0]
 
     def recommend_histories(
         self,
         histories: Sequence[Mapping[str, int]],
         k: int = 10,
         *,
+        user_ids: Sequence[int] | None = None,
         exclude: Sequence[Iterable[str]] | None = None,
         reasons: bool = True,
     ) -> list[list[Recommendation]]:
         """``recommend_history`` for many readers in one vectorised pass."""
         hists = [self.history_arrays(h) for h in histories]
+        if user_ids is not None:
+            hists = [
+                _overlay(self._row_history(self._user_index(int(u))), h)
+                for u, h in zip(user_ids, hists, strict=True)
+            ]
         return self._recommend_hists(hists, k, exclude, reasons)
 
     def history_arrays(self, history: Mapping[str, int]) -> History:

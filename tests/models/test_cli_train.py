@@ -76,3 +76,23 @@ def test_parallel_batch_gives_the_same_lines_in_order(trained, capsys, tmp_path:
     assert [json.loads(x)["user_id"] for x in outputs["2"]] == users
     assert main(["recommend", "--users-file", str(ids), "--json", "--jobs", "0"]) == 1
     assert "--jobs must be in 1..64" in capsys.readouterr().err
+
+
+def test_recommend_scores_ratings_stored_after_training(trained, clean_db, capsys):
+    """``bookrec recommend`` reads the same current history as the API (fold-in)."""
+    import sqlalchemy as sa
+
+    assert main(["recommend", "--user", "1", "--k", "5", "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)["recommendations"][0]
+    insert = sa.text("INSERT INTO ratings (user_id, isbn, rating, source) "
+                     "VALUES (:u, :i, :r, 'api')")
+    with clean_db.begin() as conn:
+        conn.execute(insert, [{"u": 1, "i": top["isbn"], "r": 9},
+                              {"u": 888888, "i": top["isbn"], "r": 10}])
+    assert main(["recommend", "--user", "1", "--k", "5", "--json"]) == 0
+    after = json.loads(capsys.readouterr().out)["recommendations"]
+    assert top["isbn"] not in {r["isbn"] for r in after}
+    assert main(["recommend", "--user", "888888", "--k", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "unknown user" not in text and "[cf " in text
+    assert f"because you rated {top['title']}" in text

@@ -73,3 +73,16 @@ def test_history_arrays_map_isbns_exactly(world_model):
     assert [world_model.isbn(i) for i in items] == sorted([SAGA, FANTASY[1][0]])
     assert ratings.tolist() == [7, 10]  # clipped to the rating scale
     assert np.all(np.diff(items) > 0)
+
+
+def test_user_id_adds_the_training_history_and_new_ratings_win(world, world_model):
+    ratings, _ = world
+    trained = _history(ratings, 40)
+    assert world_model.recommend_history({}, k=4, user_id=40) == world_model.recommend(40, k=4)
+    new_book = next(i for i, _, _ in COOKING if i not in trained)
+    merged = world_model.recommend_history({new_book: 10}, k=4, user_id=40)
+    assert merged == world_model.recommend_history({**trained, new_book: 10}, k=4)
+    assert new_book not in {r.isbn for r in merged}
+    rerated = dict.fromkeys(trained, 0)
+    with_id = world_model.recommend_history(rerated, k=4, user_id=40)
+    assert with_id == world_model.recommend_history(rerated, k=4)

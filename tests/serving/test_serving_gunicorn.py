@@ -114,8 +114,9 @@ def test_redis_cache_is_shared_and_its_loss_is_survived(
     url = f"{server.url}/v1/users/4/recommendations?k=5"
     first = requests.get(url, timeout=5)
     client = redis.Redis.from_url(redis_server["url"])
-    keys = [k.decode() for k in client.keys("bookrec:api:*user:4:5")]
-    assert keys == [f"bookrec:api:{model_set.versions[0]}:user:4:5"]
+    keys = [k.decode() for k in client.keys("bookrec:api:*user:4:5:*")]
+    # The last part is the reader's generation ("r0": no rating posted yet).
+    assert keys == [f"bookrec:api:{model_set.versions[0]}:user:4:5:r0"]
     assert client.get(keys[0]) == first.content
     client.close()
     for _ in range(6):  # whichever worker answers, the entry comes from Redis

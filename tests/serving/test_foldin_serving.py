@@ -11,13 +11,16 @@ from serving_data import genre_isbns, rating_frame
 GETS = 12
 
 
-def _lists(url: str, n: int = GETS) -> list[dict]:
-    """``n`` bodies, each on a new connection (so they spread over the workers)."""
+def _lists(url: str, n: int = GETS, workers: set[str] | None = None) -> list[dict]:
+    """``n`` bodies, each on a new connection (so they spread over the workers); the workers
+    that answered (the per-process prefix of the request id) are added to ``workers``."""
     bodies = []
     for _ in range(n):
         response = requests.get(url, timeout=10, headers={"Connection": "close"})
         assert response.status_code == 200
         bodies.append(response.json())
+        if workers is not None:
+            workers.add(response.headers["X-Request-Id"][:16])
     return bodies
 
 
@@ -53,7 +56,9 @@ def test_read_your_writes_across_workers(start_gunicorn, serving_settings, backe
         f"{server.url}/v1/users/{user}/ratings", json={"isbn": top, "rating": 9}, timeout=10
     )
     assert posted.status_code == 201
-    after = _lists(url)
+    workers: set[str] = set()
+    after = _lists(url, workers=workers)
+    assert len(workers) == 2  # both workers answered after the POST
     stale = [body for body in after if top in {item["isbn"] for item in body["items"]}]
     assert not stale, f"{len(stale)} of {GETS} GETs still list the rated book"
     for body in after:

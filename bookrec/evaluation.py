@@ -369,6 +369,8 @@ def segment_metrics(model, split: Split, *, k: int = 20) -> dict[str, dict[str, 
     ranked = rank_users(recommend, users, k)
     return segments_from_lists(ranked, users, split, scorable_items(model, split.train.shape[1]),
                                k=k)
+
+
 def foldin_comparison(
     dataset,
     params=None,

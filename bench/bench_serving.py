@@ -15,7 +15,8 @@ by default one worker per CPU):
    so that both see the same periods of the machine; the ratio is the path's requests over
    the trivial's, and p99 is over all of the path's requests (pooled from wrk's percentile
    tables of the rounds, rounded up). Then uncached paths (random users and ISBNs, title
-   search), one run each. wrk -c16; both servers first get a 3 s warm-up that is not counted;
+   search, and fold-in: readers with 1-100 ratings whose lists were never requested, so
+   each request reads the reader's ratings from PostgreSQL and scores them), one run each. wrk -c16; both servers first get a 3 s warm-up that is not counted;
 3. reload under load: steady wrk run, then a run during which the second version is
    promoted and signalled; reports failed/5xx responses, p99 vs steady, and how long
    until every worker serves the new version (from the merged /metrics);
@@ -59,6 +60,7 @@ from serving.gunicorn_worker import workers_per_cpu  # noqa: E402
 
 CONF = REPO / "serving" / "gunicorn_conf.py"
 VERSIONS = ("bench-a", "bench-b")
+FOLDIN = "fold-in (uncached, random readers with 1-100 ratings)"
 
 
 def free_port() -> int:
@@ -101,8 +103,9 @@ def prepare_store(work: Path, models: Path) -> str:
     return str(store)
 
 
-def prepare_database(books) -> tuple[str, str]:
-    """A new database on the local server with the schema and the books (admin URL, URL)."""
+def prepare_database(books, ratings) -> tuple[str, str]:
+    """A new database on the local server with the schema, the books and the ratings (what
+    ingest leaves: fold-in reads each reader's ratings from it) (admin URL, URL)."""
     import io
 
     admin_url = os.environ.get(
@@ -130,6 +133,11 @@ def prepare_database(books) -> tuple[str, str]:
                 "image_url_l) FROM STDIN WITH (FORMAT csv)",
                 buf,
             )
+            buf = io.StringIO()
+            ratings[["user_id", "isbn", "rating"]].to_csv(buf, index=False, header=False)
+            buf.seek(0)
+            cur.copy_expert("COPY ratings (user_id, isbn, rating) FROM STDIN WITH (FORMAT csv)",
+                            buf)
         raw.commit()
     finally:
         raw.close()
@@ -344,6 +352,16 @@ def interleaved(trivial_url: str, api_url: str, paths: list[str], duration: floa
     return out
 
 
+def user_lookups(url: str) -> tuple[float, float]:
+    """(hits, misses) of the user-list cache so far, summed over the workers' /metrics."""
+    text = requests.get(url + "/metrics", timeout=5).text
+    found = []
+    for name in ("bookrec_cache_hits_total", "bookrec_cache_misses_total"):
+        values = re.findall(rf'^{name}\{{[^}}]*kind="user"[^}}]*\}} ([0-9.e+]+)$', text, re.M)
+        found.append(sum(float(v) for v in values))
+    return found[0], found[1]
+
+
 def worker_versions(url: str) -> dict[str, str]:
     """pid -> served version from the merged metrics."""
     text = requests.get(url + "/metrics", timeout=5).text
@@ -388,7 +406,7 @@ def main() -> None:
 
     models, ratings, books = fit_models(work, args.max_items)
     store = prepare_store(work, models)
-    admin_url, db_url = prepare_database(books)
+    admin_url, db_url = prepare_database(books, ratings)
     channel = f"bookrec:bench:{os.getpid()}"
     env = {
         "BOOKREC_HOME": str(work / "home"),
@@ -449,10 +467,17 @@ def main() -> None:
             for path in paths:
                 assert requests.get(api.url + path, timeout=30).status_code == 200, path
         all_isbns = rng.sample(sorted(set(ratings["isbn"])), 20000)
+        random_users = rng.sample(users, 20000)
+        # Fold-in: readers with 1..100 ratings not requested before (no cache entry exists;
+        # with ~100,000 of them a run of a few thousand requests rarely repeats one).
+        counts = ratings.groupby("user_id").size()
+        fresh = sorted(set(counts[counts <= 100].index.tolist()) - set(random_users)
+                       - set(warm_users))
         uncached_paths = {
             "user recs (uncached, random users)": [
-                f"/v1/users/{u}/recommendations?k=10" for u in rng.sample(users, 20000)
+                f"/v1/users/{u}/recommendations?k=10" for u in random_users
             ],
+            FOLDIN: [f"/v1/users/{u}/recommendations?k=10" for u in fresh],
             "similar (uncached, random ISBNs)": [f"/v1/books/{i}/similar?k=10" for i in all_isbns],
             "search (uncached words)": [
                 f"/v1/books?q={w}"
@@ -498,12 +523,20 @@ def main() -> None:
         servers.remove(trivial)
         results["uncached"] = {}
         for name, paths in uncached_paths.items():
+            before = user_lookups(api.url)
             r = wrk(api.url, paths, args.duration)
             results["uncached"][name] = r
             print(
                 f"{name}: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.1f} ms, "
                 f"non-2xx {r['non_2xx']} (404 for ISBNs unknown to the model count here)"
             )
+            if name == FOLDIN:
+                time.sleep(1.5)  # the workers fold their metric samples in once a second
+                hits, misses = (a - b for a, b in zip(user_lookups(api.url), before,
+                                                      strict=True))
+                r["user_cache_hits"], r["user_cache_misses"] = hits, misses
+                print(f"  fold-in run: {misses:.0f} uncached (computed) lists, {hits:.0f} "
+                      "cache hits")
 
         # Reload under load: a mix of cached and uncached user lists.
         mix = cached_paths["user recs (cached, 200 users)"] + cached_paths["popular k=10"] * 50

@@ -229,10 +229,14 @@ class _Histories:
 
 
 def _recommend_parallel(model: Any, ids: list[int], k: int, jobs: int, out: Any,
-                        histories: _Histories) -> None:
+                        histories: _Histories | None = None) -> None:
     """Score chunks of users in ``jobs`` forked processes sharing the memory-mapped model;
-    lines come out in input order."""
+    lines come out in input order. ``histories`` gives each chunk's current ratings (None:
+    the training histories alone)."""
     import multiprocessing
+
+    if histories is None:
+        histories = lambda chunk: [{} for _ in chunk]  # noqa: E731
 
     global _BATCH_MODEL
     _BATCH_MODEL = model

@@ -86,3 +86,17 @@ def test_user_id_adds_the_training_history_and_new_ratings_win(world, world_mode
     rerated = dict.fromkeys(trained, 0)
     with_id = world_model.recommend_history(rerated, k=4, user_id=40)
     assert with_id == world_model.recommend_history(rerated, k=4)
+
+
+def test_fold_in_comes_close_to_training_with_the_readers_on_the_sample():
+    """On the bundled real cut: 20 readers folded into a model fitted without them against
+    the model fitted with them (``bench/bench_foldin.py`` prints the same figures)."""
+    from bench.bench_foldin import load
+    from bookrec.evaluation import foldin_comparison
+    from bookrec.models.dataset import build_dataset
+
+    dataset = build_dataset(*load("sample"))
+    figures = foldin_comparison(dataset, {"max_items": 500}, readers=20)
+    assert figures["readers"] == 20
+    assert figures["overlap@20"] >= 0.6
+    assert figures["ndcg@20_folded"] >= 0.75 * figures["ndcg@20_trained"] > 0

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 # The tables partitioned by day and retained for BOOKREC_LOG_RETENTION_DAYS.
-PARTITIONED_TABLES: tuple[str, ...] = ("api_logs",)
+PARTITIONED_TABLES: tuple[str, ...] = ("api_logs", "impressions", "rating_events")
 
 # One housekeeping at a time per database (two workers, or a manual run beside the schedule).
 _LOCK_KEY = 72210006

@@ -72,7 +72,13 @@ class Settings(BaseSettings):
     api_log_batch_size: int = 1000
     api_log_flush_interval_s: float = 1.0
     log_retention_days: int = Field(
-        30, ge=1, description="Days of api_logs (and other day-partitioned logs) kept"
+        30, ge=1, description="Days of api_logs, impressions and rating events kept"
+    )
+    api_key_cache_ttl_s: float = Field(
+        5.0, ge=0, description="Seconds a worker trusts a looked-up API key (revocation delay)"
+    )
+    attribution_window_days: float = Field(
+        7.0, gt=0, description="A rating counts for a list shown this many days before it"
     )
     serving_urls: str = Field(
         "http://127.0.0.1:8000",

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-_COMMAND_MODULES = ("db", "ingest", "train", "registry", "serve", "ops")
+_COMMAND_MODULES = ("db", "ingest", "train", "registry", "serve", "ops", "apikeys", "online")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import re
 import sys
 import threading
 from typing import Any
@@ -20,17 +19,20 @@ from flask import Flask, Response, current_app, g, request
 
 from bookrec.settings import Settings, get_settings
 from serving import admin, books, health, pages, ratings, recommendations
+from serving.apikeys import ApiKeys
 from serving.apilog import ApiLogWriter, now
 from serving.cache import Cache
 from serving.catalog import Catalog
 from serving.errors import register_error_handlers
+from serving.impressions import ImpressionWriter
 from serving.jsonbody import BoundedChunkedBody, RequestJSONProvider
 from serving.metrics import Metrics
 from serving.model_holder import ModelHolder
 from serving.ratelimit import init_rate_limits
 from serving.services import Services
+from serving.validation import REQUEST_ID
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: no trailing newline
+_REQUEST_ID = REQUEST_ID  # fullmatch: no trailing newline
 
 
 class RequestIds:
@@ -88,9 +90,11 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
         catalog=catalog,
         holder=ModelHolder(settings, metrics),
         apilog=ApiLogWriter(settings, metrics, catalog.engine),
+        apikeys=ApiKeys(settings.api_key_cache_ttl_s, catalog.engine),
+        impressions=ImpressionWriter(settings, metrics, catalog.engine),
     )
     app.extensions["bookrec"] = svc
-    init_rate_limits(app, settings, metrics)
+    init_rate_limits(app, settings, metrics, svc.apikeys)
     register_error_handlers(app)
     app.before_request(_start_request)
     app.after_request(_finish_request)

@@ -11,7 +11,7 @@ from serving import validation as v
 from serving.cache import Cache
 from serving.catalog import CatalogUnavailable
 from serving.openapi import operation
-from serving.services import dumps, json_response, require_model, services
+from serving.services import dumps, json_response, require_model, services, shown
 
 bp = Blueprint("books", __name__)
 _IMAGE_KEYS = ("image_url_s", "image_url_m", "image_url_l")
@@ -43,7 +43,9 @@ def similar_books(isbn: str):
         return body, True
 
     key = Cache.key(model.version, "similar", canonical, k)
-    return json_response(services().cache.get_or_compute("similar", key, compute))
+    body = services().cache.get_or_compute("similar", key, compute)
+    shown("similar", body)
+    return json_response(body)
 
 
 @bp.get("/v1/books/popular")
@@ -65,7 +67,9 @@ def popular_books():
         return bodies.popular(model, k), True
 
     key = Cache.key(model.version, "popular", k)
-    return json_response(services().cache.get_or_compute("popular", key, compute))
+    body = services().cache.get_or_compute("popular", key, compute)
+    shown("popular", body)
+    return json_response(body)
 
 
 def _book_json(row: dict[str, Any], source: str) -> dict[str, Any]:

@@ -8,13 +8,14 @@ catch ``CatalogUnavailable`` and answer from the model or with a 503.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from bookrec import columns as C
-from bookrec import db
+from bookrec import db, online
 from bookrec.settings import Settings
 from serving.cache import Breaker
 
@@ -83,16 +84,22 @@ class Catalog:
         if self._engine is not None:
             self._engine.dispose(close=False)
 
-    def _run(self, statement: sa.TextClause, params: dict[str, Any], *, write: bool = False):
+    def _run(self, statement: sa.TextClause, params: dict[str, Any]):
+        return self._transaction(
+            lambda conn: conn.execute(statement, params).mappings().all(), write=False
+        )
+
+    def _transaction(self, work: Callable[[Connection], Any], *, write: bool = True) -> Any:
+        """``work(conn)`` in one transaction (or a plain connection when not ``write``), with
+        database failures turned into ``CatalogUnavailable``."""
         if self.breaker.open:
             raise CatalogUnavailable("PostgreSQL is unavailable (recent failure)")
         try:
             if write:
                 with self.engine().begin() as conn:
-                    conn.execute(statement, params)
-                    return None
+                    return work(conn)
             with self.engine().connect() as conn:
-                return conn.execute(statement, params).mappings().all()
+                return work(conn)
         except sa.exc.ProgrammingError as exc:
             # e.g. a database that answers but was never migrated: degrade, and say how to fix
             self.breaker.trip()
@@ -119,9 +126,33 @@ class Catalog:
         )
         return [dict(r) for r in rows]
 
-    def record_rating(self, user_id: int, isbn: str, rating: int) -> None:
-        """Insert or update a rating with ``source='api'`` (the next training run reads it)."""
-        self._run(_UPSERT_RATING, {"user_id": user_id, "isbn": isbn, "rating": rating}, write=True)
+    def record_rating(
+        self,
+        user_id: int,
+        isbn: str,
+        rating: int,
+        *,
+        api_key_id: int | None = None,
+        request_id: str | None = None,
+    ) -> online.Attribution:
+        """Insert or update a rating with ``source='api'`` (the next training run reads it)
+        and, in the same transaction, its rating event, attributed to a shown list if one
+        matches (``bookrec.online``)."""
+        window_s = self.settings.attribution_window_days * 86400.0
+
+        def write(conn: Connection) -> online.Attribution:
+            conn.execute(_UPSERT_RATING, {"user_id": user_id, "isbn": isbn, "rating": rating})
+            return online.record_rating_event(
+                conn,
+                user_id=user_id,
+                isbn=isbn,
+                rating=rating,
+                api_key_id=api_key_id,
+                request_id=request_id,
+                window_s=window_s,
+            )
+
+        return self._transaction(write)
 
     def user_ratings(self, user_id: int) -> dict[str, int]:
         """The reader's ratings as they are now (ISBN -> 0..10): what fold-in scores."""

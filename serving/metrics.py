@@ -100,6 +100,23 @@ class Metrics:
         self.rate_limited = Counter(
             "bookrec_rate_limited_total", "Requests refused with 429", registry=reg
         )
+        self.impressions = Counter(
+            "bookrec_impressions_total",
+            "Lists shown (recommendations, similar, popular) by model version and kind",
+            ["model_version", "kind"],
+            registry=reg,
+        )
+        self.impressions_dropped = Counter(
+            "bookrec_impressions_dropped_total",
+            "Impressions not stored (PostgreSQL down or the queue full)",
+            registry=reg,
+        )
+        self.attributed_ratings = Counter(
+            "bookrec_attributed_ratings_total",
+            "API ratings attributed to a list shown before, by that list's model version",
+            ["model_version"],
+            registry=reg,
+        )
         self._pending: deque[tuple] = deque()  # samples not yet folded in (append is atomic)
         self._flush_lock = threading.Lock()
         self._folder = Periodic("metrics-flush", flush_interval_s, self.flush)
@@ -117,12 +134,19 @@ class Metrics:
         if not self._folder.started or len(self._pending) >= MAX_PENDING_SAMPLES:
             self.flush()
 
+    def impression(self, version: str, kind: str) -> None:
+        """Count one list shown."""
+        self._pending.append((version, kind, None))
+        if not self._folder.started:
+            self.flush()
+
     def flush(self) -> None:
         """Fold the queued samples into the metrics: one increment per label set and bucket,
         however many requests it covers."""
         with self._flush_lock:
             requests: Tally = Tally()
             cache: Tally = Tally()
+            shown: Tally = Tally()
             latency: dict[str, list] = {}
             bounds = LATENCY_BUCKETS
             popleft = self._pending.popleft
@@ -130,6 +154,9 @@ class Metrics:
                 sample = popleft()
                 if len(sample) == 2:
                     cache[sample] += 1
+                    continue
+                if len(sample) == 3:
+                    shown[sample] += 1
                     continue
                 route, method, status, seconds = sample
                 requests[route, method, status] += 1
@@ -148,6 +175,8 @@ class Metrics:
                         bucket.inc(n)
             for (kind, hit), n in cache.items():
                 (self.cache_hits if hit else self.cache_misses).labels(kind=kind).inc(n)
+            for (version, kind, _), n in shown.items():
+                self.impressions.labels(model_version=version, kind=kind).inc(n)
 
     def start(self) -> None:
         """Queue the per-request samples and fold them in once a second from now on."""

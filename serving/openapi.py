@@ -24,8 +24,9 @@ _HEADERS = {
 }
 _ERROR_STATUSES = {
     400: "Invalid input (the body names the field)",
-    401: "Missing or wrong bearer token",
-    403: "Admin endpoints are disabled (no BOOKREC_ADMIN_TOKEN configured)",
+    401: "Missing, unknown or revoked bearer token (admin token or API key)",
+    403: "Admin endpoints are disabled (no BOOKREC_ADMIN_TOKEN), or the API key is bound to "
+    "other readers",
     404: "Not found",
     405: "Method not allowed",
     413: "Body too large (64 KB at most)",
@@ -110,6 +111,17 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "isbn": {"type": "string"},
             "rating": {"type": "integer"},
             "status": {"type": "string"},
+            "attribution": {
+                "type": "object",
+                "nullable": True,
+                "description": "The shown list this rating was attributed to, if any",
+                "properties": {
+                    "request_id": {"type": "string"},
+                    "model_version": {"type": "string"},
+                    "kind": {"type": "string", "enum": ["user", "similar", "popular"]},
+                    "position": {"type": "integer"},
+                },
+            },
         },
     },
     "ReloadResult": {
@@ -143,9 +155,10 @@ def operation(
     body: dict[str, Any] | None = None,
     status: int = 200,
     content_type: str = "application/json",
-    auth: bool = False,
+    auth: bool | str = False,
 ) -> Callable[[Callable], Callable]:
-    """Attach an OpenAPI operation to a view (what ``build_spec`` publishes)."""
+    """Attach an OpenAPI operation to a view (what ``build_spec`` publishes). ``auth``:
+    True for the admin token, ``"apiKey"`` for an API key (writes)."""
 
     def decorate(view: Callable) -> Callable:
         content: dict[str, Any]
@@ -157,8 +170,10 @@ def operation(
             str(status): {"description": "OK", "headers": _HEADERS, "content": content}
         }
         codes = set(errors) | {405, 414}
-        if auth:
+        if auth is True:
             codes |= {401, 403}
+        elif auth:
+            codes |= {401}
         for code in sorted(codes):
             headers = dict(_HEADERS)
             if code in (429, 503):
@@ -190,7 +205,7 @@ def operation(
                 "content": {"application/json": {"schema": body}},
             }
         if auth:
-            op["security"] = [{"bearerAuth": []}]
+            op["security"] = [{"bearerAuth" if auth is True else auth: []}]
         view.__openapi__ = op
         return view
 
@@ -205,7 +220,18 @@ def build_spec(app: Flask) -> dict[str, Any]:
         openapi_version="3.0.3",
         info={"description": "Book recommendations for the Book-Crossing catalogue."},
     )
-    spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme(
+        "bearerAuth",
+        {"type": "http", "scheme": "bearer", "description": "BOOKREC_ADMIN_TOKEN (/admin)"},
+    )
+    spec.components.security_scheme(
+        "apiKey",
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key from `bookrec apikeys create` (every write)",
+        },
+    )
     for name, schema in SCHEMAS.items():
         spec.components.schema(name, schema)
     paths: dict[str, dict[str, Any]] = {}

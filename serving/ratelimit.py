@@ -26,7 +26,9 @@ from typing import Any
 from flask import Flask, request
 from limits.storage import MemoryStorage, RedisStorage
 
+from bookrec.apikeys import KeyRecord
 from bookrec.settings import Settings
+from serving.apikeys import ApiKeys, resolve_key
 from serving.cache import Breaker
 from serving.metrics import Metrics
 from serving.validation import ApiError
@@ -237,45 +239,63 @@ class RateLimits:
         self.breaker = Breaker(cooldown_s=1.0)
         self._expiry = self.item.get_expiry()
         self._keys: dict[str, str] = {}  # client -> storage key
+        self._key_items: dict[int, Any] = {}  # an API key's rate -> its limit
 
-    def _hit(self, strategy: Any, client: str) -> bool:
+    def _hit(self, strategy: Any, client: str, item: Any) -> bool:
         """``FixedWindowRateLimiter.hit`` with each client's storage key built once (its
         ``key_for`` was a few microseconds of every request)."""
         key = self._keys.get(client)
         if key is None:
             if len(self._keys) >= _MAX_CLIENT_KEYS:
                 self._keys.clear()
-            key = self._keys[client] = self.item.key_for("api", client_group(client))
-        return strategy.storage.incr(key, self._expiry, amount=1) <= self.item.amount
+            key = self._keys[client] = item.key_for("api", client_group(client))
+        expiry = self._expiry if item is self.item else item.get_expiry()
+        return strategy.storage.incr(key, expiry, amount=1) <= item.amount
+
+    def key_limit(self, key: KeyRecord) -> tuple[str, Any]:
+        """The (client, limit) of an API key: its own per-minute rate, apart from addresses."""
+        from limits import RateLimitItemPerMinute
+
+        item = self._key_items.get(key.rate_per_minute)
+        if item is None:
+            item = self._key_items[key.rate_per_minute] = RateLimitItemPerMinute(
+                key.rate_per_minute
+            )
+        return f"key:{key.id}", item
 
     def _strategy(self):
         if self.shared is not None and not self.breaker.open:
             return self.shared
         return self.memory
 
-    def hit(self, client: str) -> tuple[bool, int]:
-        """Count one request of ``client``: (allowed, seconds until its window resets)."""
+    def hit(self, client: str, item: Any = None) -> tuple[bool, int]:
+        """Count one request of ``client`` against ``item`` (default: the per-client limit):
+        (allowed, seconds until its window resets)."""
+        item = item or self.item
         strategy = self._strategy()
         try:
-            allowed = self._hit(strategy, client)
+            allowed = self._hit(strategy, client, item)
         except Exception:  # noqa: BLE001 - any storage error: count in memory for a while
             self.breaker.trip()
             self.metrics.fallbacks.labels(reason="redis_down").inc()
             strategy = self.memory
-            allowed = self._hit(strategy, client)
+            allowed = self._hit(strategy, client, item)
         if allowed:
             return True, 0
         try:
-            reset = strategy.get_window_stats(self.item, "api", client_group(client)).reset_time
+            reset = strategy.get_window_stats(item, "api", client_group(client)).reset_time
             retry = max(1, int(reset - time.time() + 0.999))
         except Exception:  # noqa: BLE001 - the header is best effort
-            retry = self.item.get_expiry()
+            retry = item.get_expiry()
         return False, retry
 
 
-def init_rate_limits(app: Flask, settings: Settings, metrics: Metrics) -> RateLimits:
+def init_rate_limits(
+    app: Flask, settings: Settings, metrics: Metrics, keys: ApiKeys
+) -> RateLimits:
     """Check ``settings.rate_limit`` per client before every request but health checks (the
-    client is ``remote_addr``: the peer, or what ``BOOKREC_TRUSTED_PROXIES`` hops saw)."""
+    client is ``remote_addr``: the peer, or what ``BOOKREC_TRUSTED_PROXIES`` hops saw); a
+    request with a valid API key is limited by that key's own rate instead."""
     limits = RateLimits(settings, metrics)
     description = str(settings.rate_limit)
 
@@ -283,13 +303,19 @@ def init_rate_limits(app: Flask, settings: Settings, metrics: Metrics) -> RateLi
         req = request._get_current_object()
         if req.endpoint in UNLIMITED_ENDPOINTS:
             return
-        allowed, retry = limits.hit(req.remote_addr or "unknown")
+        key = resolve_key(keys, req)
+        if key is None:
+            allowed, retry = limits.hit(req.remote_addr or "unknown")
+            limit = description
+        else:
+            allowed, retry = limits.hit(*limits.key_limit(key))
+            limit = f"{key.rate_per_minute} per minute for API key {key.id}"
         if not allowed:
             metrics.rate_limited.inc()
             raise ApiError(
                 429,
                 "too_many_requests",
-                f"rate limit exceeded ({description}); retry later",
+                f"rate limit exceeded ({limit}); retry later",
                 headers={"Retry-After": str(retry)},
             )
 

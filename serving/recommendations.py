@@ -16,7 +16,7 @@ from serving import validation as v
 from serving.cache import Cache
 from serving.catalog import CatalogUnavailable
 from serving.openapi import operation
-from serving.services import json_response, require_model, services
+from serving.services import json_response, require_model, services, shown
 
 bp = Blueprint("recommendations", __name__)
 
@@ -60,6 +60,9 @@ def user_recommendations(user_id: str):
 
     token = freshness_token(svc, uid)
     if token is None:
-        return json_response(compute()[0])
-    key = Cache.key(model.version, "user", uid, k, token)
-    return json_response(svc.cache.get_or_compute("user", key, compute))
+        body = compute()[0]
+    else:
+        key = Cache.key(model.version, "user", uid, k, token)
+        body = svc.cache.get_or_compute("user", key, compute)
+    shown("user", body, uid)
+    return json_response(body)

@@ -11,9 +11,11 @@ import orjson
 from flask import Response, current_app, g
 
 from bookrec.settings import Settings
+from serving.apikeys import ApiKeys
 from serving.apilog import ApiLogWriter
 from serving.cache import Cache
 from serving.catalog import Catalog
+from serving.impressions import ImpressionWriter
 from serving.metrics import Metrics
 from serving.model_holder import ModelHolder
 from serving.validation import ApiError
@@ -29,6 +31,8 @@ class Services:
     catalog: Catalog
     holder: ModelHolder
     apilog: ApiLogWriter
+    apikeys: ApiKeys
+    impressions: ImpressionWriter
     background: bool = False
 
     def __post_init__(self) -> None:
@@ -37,11 +41,12 @@ class Services:
         self.holder.prewarm = lambda model, previous: prewarm(self, model, previous)
 
     def start_background(self) -> None:
-        """Start the model loader, pub/sub listener, API-log writer and metrics threads."""
+        """Start the model loader, pub/sub listener, API-log, impression and metrics threads."""
         self.background = True
         self.metrics.start()
         self.holder.start()
         self.apilog.start()
+        self.impressions.start()
 
     def after_fork(self) -> None:
         """In a freshly forked worker: drop inherited connections, re-mark the model version,
@@ -57,6 +62,7 @@ class Services:
         """Stop background threads, flush logs and close connections."""
         self.holder.stop()
         self.apilog.stop()
+        self.impressions.stop()
         self.metrics.stop()
         self.cache.close()
 
@@ -64,6 +70,14 @@ class Services:
 def services() -> Services:
     """The services of the current app."""
     return current_app.extensions["bookrec"]
+
+
+def shown(kind: str, body: bytes, user_id: int | None = None) -> None:
+    """Record that this request showed a list (an impression, written in the background)."""
+    ctx = g._get_current_object()
+    current_app.extensions["bookrec"].impressions.record(
+        ctx.request_id, user_id, ctx.model.version, kind, body
+    )
 
 
 def require_model() -> Any:

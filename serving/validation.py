@@ -21,6 +21,7 @@ _ISBN_SEPARATORS = re.compile(r"[\s-]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SPACES = re.compile(r" {2,}")
 ISBN_PATTERN = r"^(?:[0-9]{9}[0-9Xx]|97[89][0-9]{10})$"
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: no trailing newline
 
 
 class ApiError(Exception):
@@ -119,13 +120,19 @@ def parse_query(raw: str | None) -> str:
     return _SPACES.sub(" ", _CONTROL.sub(" ", raw)).strip(" ")
 
 
-def parse_rating(body: object) -> tuple[str, int]:
-    """(isbn, rating) from a JSON object ``{"isbn": str, "rating": 0..10}``."""
+def parse_rating(body: object) -> tuple[str, int, str | None]:
+    """(isbn, rating, request_id) from a JSON object ``{"isbn": str, "rating": 0..10}`` with
+    an optional ``request_id`` (the ``X-Request-Id`` of the list the rating came from)."""
     if not isinstance(body, dict):
         raise invalid("body", 'must be a JSON object like {"isbn": "0316666343", "rating": 8}')
-    unknown = sorted(set(body) - {"isbn", "rating"})
+    unknown = sorted(set(body) - {"isbn", "rating", "request_id"})
     if unknown:
-        raise invalid(unknown[0], "is not a known field (expected isbn and rating)")
+        raise invalid(unknown[0], "is not a known field (expected isbn, rating, request_id)")
+    request_id = body.get("request_id")
+    if "request_id" in body and (
+        not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id)
+    ):
+        raise invalid("request_id", "must be 1 to 64 letters, digits, '.', '_' or '-'")
     if "isbn" not in body:
         raise invalid("isbn", "is required")
     isbn = parse_isbn(body["isbn"])
@@ -134,7 +141,7 @@ def parse_rating(body: object) -> tuple[str, int]:
         raise invalid("rating", "must be an integer between 0 and 10")
     if not 0 <= rating <= 10:
         raise invalid("rating", "must be between 0 and 10")
-    return isbn, rating
+    return isbn, rating, request_id
 
 
 @dataclass(frozen=True)
@@ -198,5 +205,10 @@ RATING_BODY = {
     "properties": {
         "isbn": ISBN_SCHEMA,
         "rating": {"type": "integer", "minimum": 0, "maximum": 10},
+        "request_id": {
+            "type": "string",
+            "pattern": f"^{REQUEST_ID.pattern}$",
+            "description": "X-Request-Id of the list the rating came from (attribution)",
+        },
     },
 }

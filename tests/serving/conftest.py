@@ -84,7 +84,7 @@ def make_registry(settings: Settings, model_set: ModelSet, champion: str | None)
 def load_books(engine: sa.engine.Engine, books: pd.DataFrame) -> None:
     """Replace the books table's rows with ``books``."""
     with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE books, ratings, api_logs"))
+        conn.execute(sa.text("TRUNCATE books, ratings, api_logs, impressions, rating_events"))
         conn.execute(
             sa.text(
                 "INSERT INTO books (isbn, title, author, year, publisher, image_url_s, "
@@ -110,6 +110,27 @@ def serving_settings(database_url: str, engine, tmp_path: Path, model_set: Model
     make_registry(settings, model_set, champion=model_set.versions[0])
     load_books(engine, model_set.books)
     return settings
+
+
+@pytest.fixture
+def key_headers(engine) -> dict[str, str]:
+    """``Authorization`` headers with a fresh API key (unbound, a high rate) for writes."""
+    from bookrec.apikeys import create_key
+
+    created = create_key(engine, "serving tests", rate_per_minute=100_000)
+    return {"Authorization": f"Bearer {created['key']}"}
+
+
+@pytest.fixture
+def cli_db(monkeypatch: pytest.MonkeyPatch, database_url: str, tmp_path: Path) -> Iterator[None]:
+    """The ``bookrec`` command (in this process) pointed at the session database."""
+    from bookrec.settings import get_settings
+
+    monkeypatch.setenv("BOOKREC_DATABASE_URL", database_url)
+    monkeypatch.setenv("BOOKREC_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture

@@ -20,13 +20,22 @@ def test_openapi_document_is_generated_from_the_routes(start_gunicorn, serving_s
     assert ("/v1/users/{user_id}/ratings", "post") in documented
     assert ("/admin/reload", "post") in documented
     assert spec["paths"]["/admin/model"]["get"]["security"] == [{"bearerAuth": []}]
+    rating = spec["paths"]["/v1/users/{user_id}/ratings"]["post"]
+    assert rating["security"] == [{"apiKey": []}] and "401" in rating["responses"]
+    assert spec["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
     k = spec["paths"]["/v1/books/popular"]["get"]["parameters"][0]
     assert (k["name"], k["schema"]["minimum"], k["schema"]["maximum"]) == ("k", 1, 100)
 
 
-def test_schemathesis_all_checks_pass(start_gunicorn, serving_settings, tmp_path):
+def test_schemathesis_all_checks_pass(start_gunicorn, serving_settings, tmp_path, key_headers):
     server = start_gunicorn(serving_settings, workers=2)
-    env = dict(os.environ, SCHEMATHESIS_HOOKS="st_hooks", PYTHONPATH=str(HERE))
+    env = dict(
+        os.environ,
+        SCHEMATHESIS_HOOKS="st_hooks",
+        PYTHONPATH=str(HERE),
+        BOOKREC_ST_ADMIN_TOKEN=ADMIN_TOKEN,
+        BOOKREC_ST_API_KEY=key_headers["Authorization"].removeprefix("Bearer "),
+    )
     result = subprocess.run(
         [
             sys.executable,
@@ -42,8 +51,6 @@ def test_schemathesis_all_checks_pass(start_gunicorn, serving_settings, tmp_path
             "25",
             "--seed",
             "1",
-            "--header",
-            f"Authorization: Bearer {ADMIN_TOKEN}",
             "--request-timeout",
             "30",
             "--report-dir",

@@ -146,16 +146,26 @@ def test_search_ranks_prefix_matches_and_escapes_wildcards(client):
     assert client.get("/v1/books?q=%00dragon").get_json()["count"] == 12
 
 
-def test_posted_rating_is_stored_and_excluded_from_recommendations(client, engine):
+def test_posted_rating_is_stored_and_excluded_from_recommendations(client, engine, key_headers):
     user = 3
-    first = client.get(f"/v1/users/{user}/recommendations?k=3").get_json()["items"][0]["isbn"]
-    response = client.post(f"/v1/users/{user}/ratings", json={"isbn": first, "rating": 9})
+    shown = client.get(f"/v1/users/{user}/recommendations?k=3")
+    first = shown.get_json()["items"][0]["isbn"]
+    client.application.extensions["bookrec"].impressions.flush()
+    response = client.post(
+        f"/v1/users/{user}/ratings", json={"isbn": first, "rating": 9}, headers=key_headers
+    )
     assert response.status_code == 201
     assert response.get_json() == {
         "user_id": user,
         "isbn": first,
         "rating": 9,
         "status": "recorded",
+        "attribution": {
+            "request_id": shown.headers["X-Request-Id"],
+            "model_version": shown.headers["X-Model-Version"],
+            "kind": "user",
+            "position": 1,
+        },
     }
     with engine.connect() as conn:
         row = conn.execute(
@@ -179,16 +189,23 @@ def test_posted_rating_is_stored_and_excluded_from_recommendations(client, engin
         ([1, 2], "body"),
     ],
 )
-def test_invalid_rating_bodies_are_refused(client, body, field):
-    response = client.post("/v1/users/5/ratings", json=body)
+def test_invalid_rating_bodies_are_refused(client, body, field, key_headers):
+    response = client.post("/v1/users/5/ratings", json=body, headers=key_headers)
     assert response.status_code == 400
     assert error_of(response)["field"] == field
 
 
-def test_rating_body_must_be_json(client):
-    response = client.post("/v1/users/5/ratings", data="isbn=1", content_type="text/plain")
+def test_rating_body_must_be_json(client, key_headers):
+    response = client.post(
+        "/v1/users/5/ratings", data="isbn=1", content_type="text/plain", headers=key_headers
+    )
     assert response.status_code == 415
-    bad = client.post("/v1/users/5/ratings", data="{not json", content_type="application/json")
+    bad = client.post(
+        "/v1/users/5/ratings",
+        data="{not json",
+        content_type="application/json",
+        headers=key_headers,
+    )
     assert bad.status_code == 400
 
 
@@ -348,7 +365,7 @@ def test_page_and_docs_render(client):
 
 
 def test_a_database_without_the_schema_degrades_like_a_down_one(
-    make_app, serving_settings, pg_admin_url, model_set
+    make_app, serving_settings, pg_admin_url, model_set, key_headers
 ):
     """A reachable PostgreSQL that was never migrated: answers from the model, no 500."""
     import uuid
@@ -368,10 +385,12 @@ def test_a_database_without_the_schema_degrades_like_a_down_one(
         assert response.status_code == 200, response.data[:300]
         assert len(response.get_json()["items"]) == 5
         response = client.post(
-            f"/v1/users/{user}/ratings", json={"isbn": model_set.books["isbn"].iloc[0], "rating": 7}
+            f"/v1/users/{user}/ratings",
+            json={"isbn": model_set.books["isbn"].iloc[0], "rating": 7},
+            headers=key_headers,
         )
-        assert response.status_code == 503
-        assert error_of(response)["code"] == "ratings_unavailable"
+        assert response.status_code == 503  # the key cannot be checked: nothing is stored
+        assert error_of(response)["code"] == "auth_unavailable"
         assert client.get("/readyz").status_code == 200
     finally:
         from bookrec import db

@@ -1,0 +1,159 @@
+"""Impressions: every list the API returns is queued on the request path and written to
+PostgreSQL in batches by a background thread, as ``ApiLogWriter`` does for the request log.
+
+The request path appends one tuple holding a reference to the response body it already has
+(cached or not) and counts a metrics sample: no parsing, no encoding, no I/O. The thread
+takes the ISBNs out of the bodies (orjson), inserts each batch as one JSON array through
+``json_to_recordset`` (the housekeeping flow keeps the day partitions), and retries attributing
+this worker's recent ratings whose list was still in some worker's queue when they were
+posted. The queue holds at most ``MAX_QUEUE`` lists; beyond that, and when PostgreSQL is
+down, lists are dropped and counted (``bookrec_impressions_dropped_total``). Without the
+thread (the Flask test client) lists wait for an explicit ``flush()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import orjson
+from sqlalchemy.engine import Engine
+
+from bookrec import online
+from bookrec.settings import Settings
+from serving.metrics import Metrics
+from serving.periodic import Periodic
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUE = 50_000
+RETRY_ATTRIBUTION_S = 30.0  # how long a posted rating waits for its list to be written
+MAX_PENDING_ATTRIBUTIONS = 10_000
+_INSERT = (
+    "INSERT INTO impressions (shown_at, request_id, user_id, model_version, kind, isbns) "
+    "SELECT shown_at, request_id, user_id, model_version, kind, isbns "
+    "FROM json_to_recordset(%s::json) AS r(shown_at timestamptz, request_id text, "
+    "user_id integer, model_version text, kind text, isbns text[])"
+)
+
+
+class ImpressionWriter:
+    """Queues shown lists and writes them (and late attributions) in the background."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, engine: Callable[[], Engine] | None):
+        """``engine`` is a callable returning the engine (None: count, but store nothing)."""
+        self.metrics = metrics
+        self.batch_size = max(1, settings.api_log_batch_size)
+        self.window_s = settings.attribution_window_days * 86400.0
+        self._engine = engine
+        self._queue: deque[tuple] = deque()
+        self._pending: deque[tuple[float, int]] = deque()  # (posted, event id) unattributed
+        self._lock = threading.Lock()
+        self._writer = Periodic("impression-writer", settings.api_log_flush_interval_s, self.flush)
+
+    def record(
+        self, request_id: str, user_id: int | None, version: str, kind: str, body: bytes
+    ) -> None:
+        """Remember that ``body`` (a list response) was shown (never blocks)."""
+        if len(self._queue) >= MAX_QUEUE:
+            self.metrics.impressions_dropped.inc()
+            return
+        self._queue.append((time.time(), request_id, user_id, version, kind, body))
+        self.metrics.impression(version, kind)
+
+    def await_attribution(self, event_id: int) -> None:
+        """Retry attributing a rating event for a while (its list may still be queued)."""
+        with self._lock:
+            if len(self._pending) < MAX_PENDING_ATTRIBUTIONS:
+                self._pending.append((time.monotonic(), event_id))
+
+    def start(self) -> None:
+        """Start the background writer."""
+        self._writer.start()
+
+    def stop(self) -> None:
+        """Write what is queued and stop the writer."""
+        self._writer.stop()
+
+    def _drain(self) -> list[tuple]:
+        batch = []
+        while len(batch) < self.batch_size:
+            try:
+                batch.append(self._queue.popleft())
+            except IndexError:
+                break
+        return batch
+
+    def flush(self) -> int:
+        """Write every queued list now, then retry pending attributions; rows written."""
+        written = 0
+        while batch := self._drain():
+            if self._engine is None:
+                continue
+            try:
+                self._insert(batch)
+            except Exception as exc:  # noqa: BLE001 - any database failure drops the batch
+                dropped = len(batch) + len(self._queue)
+                self._queue.clear()  # do not wait on a failing database batch after batch
+                self.metrics.impressions_dropped.inc(dropped)
+                log.warning("impressions: dropped %d lists (%s)", dropped, type(exc).__name__)
+                break
+            written += len(batch)
+        if self._pending and self._engine is not None:
+            self._retry_attributions()
+        return written
+
+    def _insert(self, batch: list[tuple]) -> None:
+        records = []
+        for ts, request_id, user_id, version, kind, body in batch:
+            items = orjson.loads(body).get("items") or []
+            shown = datetime.fromtimestamp(ts, UTC)
+            records.append(
+                {
+                    "shown_at": shown,
+                    "request_id": request_id,
+                    "user_id": user_id,
+                    "model_version": version,
+                    "kind": kind,
+                    "isbns": [item["isbn"] for item in items],
+                }
+            )
+        raw = self._engine().raw_connection()
+        try:
+            with raw.cursor() as cur:
+                cur.execute(_INSERT, (orjson.dumps(records).decode(),))
+            raw.commit()
+        except Exception:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()
+
+    def _retry_attributions(self) -> None:
+        """Attribute this worker's recent unattributed ratings to the list they name; when
+        that list has not appeared in ``RETRY_ATTRIBUTION_S``, to the reader's latest list
+        with the book, once, and forget them."""
+        now = time.monotonic()
+        with self._lock:
+            expired = []
+            while self._pending and now - self._pending[0][0] > RETRY_ATTRIBUTION_S:
+                expired.append(self._pending.popleft()[1])
+            ids = [event_id for _, event_id in self._pending]
+        if not ids and not expired:
+            return
+        try:
+            with self._engine().begin() as conn:
+                found = online.attribute(conn, ids, self.window_s, named_only=True)
+                found.update(online.attribute(conn, expired, self.window_s))
+        except Exception as exc:  # noqa: BLE001 - try again on the next flush
+            log.warning("impressions: attribution retry failed (%s)", type(exc).__name__)
+            return
+        for found_one in found.values():
+            self.metrics.attributed_ratings.labels(model_version=found_one.model_version).inc()
+        if found:
+            with self._lock:
+                self._pending = deque(p for p in self._pending if p[1] not in found)

@@ -1,8 +1,8 @@
 """The API's least-privilege PostgreSQL role.
 
 In production the API connects as its own role, not as the master user: it reads the
-catalogue, reads and writes ratings, appends to the log tables and touches API keys'
-last use, and can do nothing else (no DDL, no DELETE, no TRUNCATE, no reading the logs).
+catalogue, reads and writes ratings, appends to the log tables, records impressions and
+rating events, reads API keys, and can do nothing else (no DDL, no DELETE, no TRUNCATE, no reading the logs).
 ``ensure_api_role`` creates or updates the role and its grants; it is idempotent and is
 run after every ``db upgrade`` (``bookrec db api-role``, a one-shot task at deploy time),
 so tables added by later migrations get their grants. Locally nothing calls it: the
@@ -21,8 +21,11 @@ API_GRANTS: dict[str, tuple[str, ...]] = {
     "books": ("SELECT",),
     "ratings": ("SELECT", "INSERT", "UPDATE"),
     "api_logs": ("INSERT",),
-    "impressions": ("INSERT",),
-    "api_keys": ("SELECT", "UPDATE"),
+    # Attribution reads the shown lists and writes the rating event in the rating's
+    # transaction, and retries it later (UPDATE).
+    "impressions": ("SELECT", "INSERT"),
+    "rating_events": ("SELECT", "INSERT", "UPDATE"),
+    "api_keys": ("SELECT",),
 }
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _LOCK_KEY = 72210007

@@ -137,7 +137,7 @@ class Metrics:
     def impression(self, version: str, kind: str) -> None:
         """Count one list shown."""
         self._pending.append((version, kind, None))
-        if not self._folder.started:
+        if not self._folder.started or len(self._pending) >= MAX_PENDING_SAMPLES:
             self.flush()
 
     def flush(self) -> None:

@@ -33,10 +33,14 @@ def _is_json_error(response, status: int) -> dict:
 
 
 # -- item 4: bodies that cannot be parsed are 4xx, never 5xx ---------------------------------
-def _raw_post(url: str, path: str, body: bytes, chunked: bool = False) -> tuple[int, bytes]:
+def _raw_post(
+    url: str, path: str, body: bytes, chunked: bool = False, auth: str = ""
+) -> tuple[int, bytes]:
     """POST ``body`` on a raw socket (chunked without a Content-Length when asked)."""
     host, port = url.removeprefix("http://").split(":")
     head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    if auth:
+        head += f"Authorization: {auth}\r\n"
     if chunked:
         payload = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
         head += "Transfer-Encoding: chunked\r\n"
@@ -56,30 +60,41 @@ def _raw_post(url: str, path: str, body: bytes, chunked: bool = False) -> tuple[
     return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
 
 
-def test_unparseable_json_bodies_are_json_4xx_under_gunicorn(start_gunicorn, serving_settings):
+def test_unparseable_json_bodies_are_json_4xx_under_gunicorn(
+    start_gunicorn, serving_settings, key_headers
+):
     server = start_gunicorn(serving_settings, workers=1)
     url = f"{server.url}/v1/users/1/ratings"
     deep = b"[" * 5000 + b"]" * 5000  # 10 KB, 5,000 levels: a RecursionError in json.loads
     for body in (deep, b'{"isbn": "0306406152", "rating": ', b"\xff\xfe{}", b"{}" * 0):
-        response = requests.post(url, data=body, headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json", **key_headers}
+        response = requests.post(url, data=body, headers=headers)
         error = _is_json_error(response, 400)
         assert error["field"] == "body"
     big = json.dumps({"isbn": "0306406152", "rating": 5, "pad": "x" * 100_000}).encode()
     for chunked in (False, True):
-        status, body = _raw_post(server.url, "/v1/users/1/ratings", big, chunked=chunked)
+        status, body = _raw_post(
+            server.url,
+            "/v1/users/1/ratings",
+            big,
+            chunked=chunked,
+            auth=key_headers["Authorization"],
+        )
         assert status == 413, (chunked, body[:300])
         assert json.loads(body)["error"]["status"] == 413
     # the worker is still there and answers
     assert requests.get(f"{server.url}/livez", timeout=5).status_code == 200
 
 
-def test_isbn_failing_its_check_digit_names_no_book(client):
+def test_isbn_failing_its_check_digit_names_no_book(client, key_headers):
     for isbn in BAD_CHECK_DIGIT:
         for path in (f"/v1/books/{isbn}", f"/v1/books/{isbn}/similar"):
             error = _is_json_error(client.get(path), 404)
             assert (error["code"], error["field"]) == ("unknown_book", "isbn")
             assert "check-digit" in error["message"]
-        posted = client.post("/v1/users/5/ratings", json={"isbn": isbn, "rating": 5})
+        posted = client.post(
+            "/v1/users/5/ratings", json={"isbn": isbn, "rating": 5}, headers=key_headers
+        )
         assert _is_json_error(posted, 404)["field"] == "isbn"
     # a wrong shape stays a 400
     assert _is_json_error(client.get("/v1/books/03064061"), 400)["field"] == "isbn"

@@ -289,3 +289,42 @@ def test_the_queue_is_bounded_and_a_down_database_drops_and_counts(monkeypatch):
     text = metrics.exposition()[0].decode()
     assert metric_total(text, "bookrec_impressions_dropped_total") == 5  # 2 full + 3 failed
     assert metric_total(text, "bookrec_impressions_total", kind="popular") == 3
+
+
+def test_the_least_privilege_api_role_shows_lists_and_attributes_ratings(
+    make_app, serving_settings, engine, database_url
+):
+    """The API connected as ``bookrec db api-role``'s role: key lookup, impressions,
+    rating with attribution, and the later retry all work with its grants alone."""
+    import uuid
+
+    from bookrec import dbroles
+    from bookrec.apikeys import create_key
+
+    role, password = f"bookrec_api_{uuid.uuid4().hex[:8]}", "a-long-enough-test-password"
+    dbroles.ensure_api_role(engine, role, password)
+    try:
+        url = sa.engine.make_url(database_url).set(username=role, password=password)
+        settings = serving_settings.model_copy(
+            update={"database_url": url.render_as_string(hide_password=False)}
+        )
+        client = make_app(settings).test_client()
+        auth = {"Authorization": f"Bearer {create_key(engine, 'role test')['key']}"}
+        shown = client.get("/v1/users/3/recommendations?k=5", headers={"X-Request-Id": "role-1"})
+        book = shown.get_json()["items"][1]["isbn"]
+        posted = client.post(
+            "/v1/users/3/ratings",
+            json={"isbn": book, "rating": 7, "request_id": "role-1"},
+            headers=auth,
+        )
+        assert posted.status_code == 201 and posted.get_json()["attribution"] is None
+        _flush(client)  # writes the list, then attributes the pending rating
+        events = _rows(engine, "SELECT impression_request_id, position FROM rating_events")
+        assert [tuple(e) for e in events] == [("role-1", 2)]
+    finally:
+        from bookrec import db
+
+        db.dispose_engines()
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+            conn.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))

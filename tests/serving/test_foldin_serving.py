@@ -42,7 +42,9 @@ def maybe_redis(backend, request):
     return request.getfixturevalue("redis_server") if backend == "redis" else None
 
 
-def test_read_your_writes_across_workers(start_gunicorn, serving_settings, backend, maybe_redis):
+def test_read_your_writes_across_workers(
+    start_gunicorn, serving_settings, backend, maybe_redis, key_headers
+):
     server = start_gunicorn(_settings(serving_settings, backend, maybe_redis), workers=2)
     user = 3  # a dragon reader the model was trained on
     url = f"{server.url}/v1/users/{user}/recommendations?k=5"
@@ -53,7 +55,10 @@ def test_read_your_writes_across_workers(start_gunicorn, serving_settings, backe
     assert top not in rated
 
     posted = requests.post(
-        f"{server.url}/v1/users/{user}/ratings", json={"isbn": top, "rating": 9}, timeout=10
+        f"{server.url}/v1/users/{user}/ratings",
+        json={"isbn": top, "rating": 9},
+        headers=key_headers,
+        timeout=10,
     )
     assert posted.status_code == 201
     workers: set[str] = set()
@@ -70,7 +75,7 @@ def test_read_your_writes_across_workers(start_gunicorn, serving_settings, backe
 
 
 def test_a_new_reader_gets_cf_on_the_next_request(
-    start_gunicorn, serving_settings, backend, maybe_redis
+    start_gunicorn, serving_settings, backend, maybe_redis, key_headers
 ):
     server = start_gunicorn(_settings(serving_settings, backend, maybe_redis), workers=2)
     user = 500_001  # not in the training data
@@ -81,7 +86,10 @@ def test_a_new_reader_gets_cf_on_the_next_request(
 
     book = genre_isbns("dragon")[2]
     posted = requests.post(
-        f"{server.url}/v1/users/{user}/ratings", json={"isbn": book, "rating": 10}, timeout=10
+        f"{server.url}/v1/users/{user}/ratings",
+        json={"isbn": book, "rating": 10},
+        headers=key_headers,
+        timeout=10,
     )
     assert posted.status_code == 201
     title = requests.get(f"{server.url}/v1/books/{book}", timeout=10).json()["title"]

@@ -5,7 +5,11 @@ primary metric (NDCG@20) may not drop more than ``max_relative_drop`` relative t
 champion's, and its coverage may not fall below ``coverage_floor``. With no champion
 yet, the candidate must beat the most-popular baseline evaluated in the same run.
 Serving check: the smoke report must be ``ok`` and within the latency, memory and
-load-time budgets. Nothing here does I/O; the promote flow gathers the inputs.
+load-time budgets. A candidate that passes every check can still be a close call that a
+human should see (``approval_concerns``): its primary metric within ``approval_band`` of
+the champion's, a reader segment (cold, regular, heavy) regressing by more than
+``max_segment_drop`` while the whole passes, or an explicit request. Then the decision is
+``awaiting_approval``. Nothing here does I/O; the promote flow gathers the inputs.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Any
 
 PROMOTED = "promoted"
 REJECTED = "rejected"
+ASK = "awaiting_approval"
+SEGMENTS = ("cold", "regular", "heavy")  # by training interactions: 1-4, 5-99, >= 100
 
 
 class GateConfigError(ValueError):
@@ -35,6 +41,8 @@ class Thresholds:
     max_p99_ms: float = 250.0
     max_rss_mb: float = 6144.0
     max_load_s: float = 30.0
+    approval_band: float = 0.005
+    max_segment_drop: float = 0.05
 
     @classmethod
     def from_mapping(cls, overrides: dict[str, Any] | None) -> Thresholds:
@@ -76,9 +84,10 @@ class Check:
 class GateResult:
     """The decision with every check behind it."""
 
-    decision: str  # promoted | rejected
+    decision: str  # promoted | rejected | awaiting_approval
     reason: str
     checks: tuple[Check, ...]
+    concerns: tuple[Check, ...] = ()
 
 
 def _number(metrics: dict[str, Any] | None, key: str) -> float | None:
@@ -224,11 +233,69 @@ def check_smoke(report: dict[str, Any], thresholds: Thresholds) -> list[Check]:
     ]
 
 
-def decide(checks: list[Check]) -> GateResult:
-    """Promote only if every check passed; the reason lists the failures (or the passes)."""
+def segment_metrics(metrics: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Per reader segment metrics recorded with the overall ones, on the same holdout
+    (``metrics["segments"]["readers"]``, from ``bookrec.evaluation.segment_metrics``)."""
+    found = ((metrics or {}).get("segments") or {})
+    found = found.get("readers") if isinstance(found, dict) else None
+    if not isinstance(found, dict):
+        return {}
+    ordered = [s for s in SEGMENTS if s in found] + sorted(set(found) - set(SEGMENTS))
+    return {name: found[name] for name in ordered if isinstance(found[name], dict)}
+
+
+def approval_concerns(
+    candidate: dict[str, Any],
+    champion: dict[str, Any] | None,
+    thresholds: Thresholds,
+    *,
+    require_approval: bool = False,
+) -> list[Check]:
+    """Why a human should decide although every check passed (empty: promote on its own).
+
+    A close call on the primary metric, a reader segment that regresses beyond the
+    threshold (both scored on the same holdout), or an explicit request.
+    """
+    t = thresholds
+    concerns = []
+    if require_approval:
+        concerns.append(Check("requested", False, "approval was requested (--require-approval)"))
+    cand, champ = _number(candidate, t.metric), _number(champion, t.metric)
+    if cand is not None and champ:
+        change = (cand - champ) / champ
+        if abs(change) <= t.approval_band + 1e-12:
+            concerns.append(Check(
+                "close call", False,
+                f"{t.metric} {cand:.5f} vs champion {champ:.5f} ({change:+.2%}) is within "
+                f"the approval band of {t.approval_band:.2%}",
+            ))
+    champion_segments = segment_metrics(champion)
+    for name, seg in segment_metrics(candidate).items():
+        seg_cand = _number(seg, t.metric)
+        seg_champ = _number(champion_segments.get(name), t.metric)
+        if seg_cand is None or not seg_champ:
+            continue
+        change = (seg_cand - seg_champ) / seg_champ
+        if change < -t.max_segment_drop - 1e-12:
+            concerns.append(Check(
+                f"segment {name}", False,
+                f"{name} readers: {t.metric} {seg_cand:.5f} vs champion {seg_champ:.5f} "
+                f"({change:+.2%}), more than the {t.max_segment_drop:.2%} a segment may drop",
+            ))
+    return concerns
+
+
+def decide(checks: list[Check], concerns: list[Check] | tuple[Check, ...] = ()) -> GateResult:
+    """Reject if a check failed; else ask a human if there are ``concerns``; else promote.
+
+    The reason lists the failures, the concerns, or the passes.
+    """
     failed = [c for c in checks if not c.passed]
     if failed:
         return GateResult(REJECTED, "; ".join(c.detail for c in failed), tuple(checks))
+    if concerns:
+        return GateResult(ASK, "; ".join(c.detail for c in concerns), tuple(checks),
+                          tuple(concerns))
     return GateResult(PROMOTED, "; ".join(c.detail for c in checks), tuple(checks))
 
 

@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
 MODELS = "models/"
 POINTER_KEY = "models/champion.json"
 HISTORY_LIMIT = 50
+AWAITING = "awaiting_approval"
 _IO_THREADS = 8  # parallel object requests: a model is a few dozen files
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: no trailing newline
 
@@ -84,7 +85,7 @@ class VersionInfo:
     """One row of ``list_versions``."""
 
     version: str
-    status: str  # champion | promoted | rejected | candidate | incomplete
+    status: str  # champion | promoted | rejected | awaiting_approval | candidate | incomplete
     champion: bool
     metrics: dict[str, Any] = field(default_factory=dict)
     created_at: str | None = None
@@ -355,6 +356,8 @@ class Registry:
                 label = "promoted"
             elif status.get("status") == "rejected":
                 label = "rejected"
+            elif status.get("status") == AWAITING:
+                label = AWAITING
             else:
                 label = "candidate"
             rows.append(
@@ -529,3 +532,20 @@ class Registry:
             payload["details"] = details
         self._write_status(version, payload)
         return payload
+
+    # -- approvals --------------------------------------------------------------------------
+
+    def mark_awaiting_approval(self, version: str, approval: dict[str, Any]) -> dict[str, Any]:
+        """Record that ``version`` waits for a human (``approval``: flow run, deadline, the
+        champion state at gate time); ``next_candidate`` skips it until it is decided."""
+        payload = {"status": AWAITING, "at": _now(), **approval}
+        self._write_status(version, payload)
+        return payload
+
+    def awaiting_approval(self) -> dict[str, dict[str, Any]]:
+        """Every version that waits for approval, with its status object."""
+        versions = [v for v in self.store.list_dirs(MODELS) if _VERSION_RE.match(v)]
+        with ThreadPoolExecutor(_IO_THREADS) as pool:
+            found = list(pool.map(self.status, versions))
+        return {v: st for v, st in zip(versions, found, strict=True)
+                if st and st.get("status") == AWAITING}

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     artifacts_uri: str | None = None
     # Promotion gate: JSON overrides of bookrec.gate.Thresholds, e.g. {"max_relative_drop": 0.02}.
     gate_thresholds: dict[str, float | str] = Field(default_factory=dict)
+    # Approval of close calls: no answer within this many seconds means rejected.
+    approval_timeout_s: float = Field(43200.0, gt=0, description="Approval deadline (12 h)")
+    approval_poll_s: float = Field(
+        10.0, gt=0, description="How often a waiting approval run checks for an answer"
+    )
 
     # Redis: unset means an in-process cache and no pub/sub.
     redis_url: str | None = None

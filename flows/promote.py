@@ -3,9 +3,12 @@
 Checks: metrics against the champion's (or most-popular for the first model), then a
 serving smoke test in a separate process. A pass moves the champion pointer by
 compare-and-swap, emits ``bookrec.model.promoted`` and runs the reload flow; a failure
-marks the candidate rejected (it stays in the store). Either way one row goes to the
-``promotions`` audit table and the decision is published as Prefect artifacts. A refusal
-(no candidate, incomplete version, lost race) fails the run with ``PromotionRefused``.
+marks the candidate rejected (it stays in the store). A close call (or
+``require_approval``) starts the ``approval`` flow run, which waits for a human, and
+returns at once with ``awaiting_approval``: the champion does not move until approval.
+Every outcome is one row of the ``promotions`` audit table and Prefect artifacts. A
+refusal (no candidate, incomplete version, lost race) fails the run with
+``PromotionRefused``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ from typing import Any, NoReturn
 from prefect import flow, get_run_logger
 
 from bookrec.artifacts import ArtifactError
+from bookrec.gate import ASK
 from bookrec.registry import RegistryError
+from tasks.approval import (
+    expire_overdue_approvals,
+    mark_awaiting,
+    publish_approval_request,
+    start_approval_run,
+)
 from tasks.registry import (
     PromotionRefused,
     announce_champion,
@@ -32,6 +42,8 @@ from tasks.registry import (
     smoke_test,
     write_champion_status,
 )
+
+_SMOKE_DETAILS = ("answers_sha256", "golden_sha256", "latency_ms", "peak_rss_mb", "load_s")
 
 
 def run_reload(version: str) -> dict[str, Any]:
@@ -57,15 +69,46 @@ def refuse(
     )
 
 
+def ask_for_approval(
+    candidate: str, champion: dict[str, Any], fetched: dict[str, Any], report: dict[str, Any],
+    verdict: dict[str, Any], actor: str,
+) -> dict[str, Any]:
+    """Start the waiting ``approval`` run, mark the candidate, record and publish the ask."""
+    before = champion["pointer"]["version"] if champion["pointer"] else None
+    details = {k: report.get(k) for k in _SMOKE_DETAILS}
+    approval = start_approval_run({
+        "candidate": candidate, "champion": champion, "reason": verdict["reason"],
+        "manifest_sha256": fetched["manifest_sha256"], "details": details,
+    })
+    mark_awaiting(candidate, {**approval, "reason": verdict["reason"],
+                              "champion_at_gate": before, "by": actor})
+    record_decision(
+        candidate=candidate, decision="awaiting_approval", reason=verdict["reason"],
+        actor=actor, champion_before=before, champion_after=before,
+        candidate_metrics=verdict["candidate_metrics"],
+        champion_metrics=verdict["champion_metrics"], thresholds=verdict["thresholds"],
+        decided_by="gate", flow_run_id=approval["flow_run_id"],
+    )
+    champion_report = None
+    if before is not None:
+        champion_report = smoke_test(fetch_version(before, champion["pointer"].get(
+            "manifest_sha256")))
+    publish_approval_request(candidate, before, verdict, approval, champion_report, report)
+    return approval
+
+
 @flow(name="promote")
-def promote_flow(version: str | None = None) -> dict[str, Any]:
-    """Gate ``version`` (default: the newest unpromoted candidate) and promote or reject it.
+def promote_flow(version: str | None = None, require_approval: bool = False) -> dict[str, Any]:
+    """Gate ``version`` (default: the newest unpromoted candidate) and promote or reject it,
+    or ask a human (a close call, a regressing reader segment, or ``require_approval``).
 
     Returns ``{"candidate", "decision", "reason", "champion"}`` (plus ``reload`` and
-    ``status_write``: "written", or why the new champion's status object was not).
+    ``status_write``: "written", or why the new champion's status object was not; or
+    ``approval``: the waiting run's id, UI address and deadline).
     """
     logger = get_run_logger()
     actor = current_actor()
+    expire_overdue_approvals()
     champion = read_champion()
     before = champion["pointer"]["version"] if champion["pointer"] else None
     if version is not None and version == before:
@@ -79,14 +122,19 @@ def promote_flow(version: str | None = None) -> dict[str, Any]:
     champion_manifest = read_manifest(before)
     fetched = fetch_version(candidate)
     report = smoke_test(fetched)
-    verdict = judge_candidate(candidate_manifest, champion_manifest, report)
+    verdict = judge_candidate(candidate_manifest, champion_manifest, report, require_approval)
+    if verdict["decision"] == ASK:
+        approval = ask_for_approval(candidate, champion, fetched, report, verdict, actor)
+        logger.info("candidate %s awaits approval in flow run %s (%s): %s", candidate,
+                    approval["flow_run_id"], approval["url"], verdict["reason"])
+        return {"candidate": candidate, "decision": ASK, "reason": verdict["reason"],
+                "champion": before, "approval": approval, "reload": None}
 
     after = before
     reload = None
     status = None
     if verdict["decision"] == "promoted":
-        details = {k: report.get(k) for k in ("answers_sha256", "golden_sha256", "latency_ms",
-                                              "peak_rss_mb", "load_s")}
+        details = {k: report.get(k) for k in _SMOKE_DETAILS}
         try:
             pointer = move_champion(candidate, champion, manifest_sha256=fetched["manifest_sha256"],
                                     reason=verdict["reason"], actor=actor, action="promoted")
@@ -104,6 +152,7 @@ def promote_flow(version: str | None = None) -> dict[str, Any]:
         champion_before=before, champion_after=after,
         candidate_metrics=verdict["candidate_metrics"],
         champion_metrics=verdict["champion_metrics"], thresholds=verdict["thresholds"],
+        decided_by="gate",
     )
     result = {"candidate": candidate, "decision": verdict["decision"],
               "reason": verdict["reason"], "champion": after}

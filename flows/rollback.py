@@ -72,7 +72,7 @@ def rollback_flow(version: str | None = None) -> dict[str, Any]:
         logger.warning("%s is the champion but its status object was not written (%s)",
                        name, status)
     record_decision(candidate=name, decision="rolled back", reason=reason, actor=actor,
-                    champion_before=before, champion_after=name)
+                    champion_before=before, champion_after=name, decided_by=actor)
     result = {"target": name, "decision": "rolled back", "reason": reason, "champion": name}
     publish_decision("rollback", name, {**result, "candidate": name})
     announce_champion(name, "rolled back", before, actor)

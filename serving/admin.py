@@ -1,4 +1,5 @@
-"""Admin endpoints (bearer token, compared in constant time): reload and model info."""
+"""Admin endpoints (bearer token, compared in constant time): reload, model info and the
+champion's history."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import hmac
 import os
 import re
 
+import sqlalchemy as sa
 from flask import Blueprint, request
 
+from bookrec import audit
 from serving import validation as v
 from serving.openapi import operation
 from serving.services import dumps, json_response, services
@@ -19,6 +22,12 @@ EXPECT = v.Param(
     "query",
     {"type": "string", "pattern": f"^{_VERSION.pattern}$"},
     "Version the caller expects to be the champion (reported back as `matches`)",
+)
+LIMIT = v.Param(
+    "limit",
+    "query",
+    {"type": "integer", "minimum": 1, "maximum": audit.HISTORY_MAX, "default": 100},
+    "How many of the newest champion intervals to list",
 )
 _MANIFEST_KEYS = ("kind", "created_at", "code_version", "params", "metrics", "data_fingerprint")
 
@@ -88,3 +97,27 @@ def model_info():
         "last_reload": holder.last_result,
     }
     return json_response(dumps(payload))
+
+
+@bp.get("/models/history")
+@operation(
+    "The champion's history",
+    tag="admin",
+    response="ChampionHistory",
+    params=[LIMIT],
+    errors=(400, 429, 503),
+    auth=True,
+)
+def model_history():
+    """Each champion interval, oldest first: version, from, to (null: still serving), the
+    decision that started it (promoted or rolled back), who or what decided ("gate", an
+    approver), its Prefect flow run and the reason. Read from the ``promotions`` table."""
+    raw = request.args.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= audit.HISTORY_MAX:
+        raise v.invalid("limit", f"must be an integer between 1 and {audit.HISTORY_MAX}")
+    try:
+        rows = audit.champion_history(services().catalog.engine(), int(raw))
+    except sa.exc.SQLAlchemyError as exc:
+        raise v.ApiError(503, "database_unavailable",
+                         f"the promotions table cannot be read: {type(exc).__name__}") from None
+    return json_response(dumps([r.to_json() for r in rows]))

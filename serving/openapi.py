@@ -137,6 +137,23 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "additionalProperties": True,
     },
     "ModelInfo": {"type": "object", "additionalProperties": True},
+    "ChampionHistory": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["version", "from", "to", "decision", "decided_by", "reason"],
+            "properties": {
+                "version": {"type": "string"},
+                "from": {"type": "string", "format": "date-time"},
+                "to": {"type": "string", "format": "date-time", "nullable": True},
+                "decision": {"type": "string", "enum": ["promoted", "rolled back"]},
+                "decided_by": {"type": "string"},
+                "flow_run_id": _NULLABLE_STR,
+                "reason": {"type": "string"},
+                "actor": {"type": "string"},
+            },
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status"],

@@ -88,9 +88,15 @@ def choose_candidate(version: str | None) -> str:
     # Present but altered is not a refusal: the verification step rejects it with the reason.
     with contextlib.suppress(ArtifactError):
         registry.check_complete(version)
-    if (registry.status(version) or {}).get("status") == "promoted":
+    status = registry.status(version) or {}
+    if status.get("status") == "promoted":
         raise RegistryError(
             f"{version} was promoted before; use `bookrec rollback {version}` to return to it"
+        )
+    if status.get("status") == "awaiting_approval":
+        raise RegistryError(
+            f"{version} is awaiting approval (flow run {status.get('flow_run_id')}); "
+            f"answer with `bookrec approve {version}` or `bookrec reject {version} --reason ...`"
         )
     return version
 
@@ -152,8 +158,10 @@ def judge_candidate(
     candidate_manifest: dict[str, Any],
     champion_manifest: dict[str, Any] | None,
     smoke_report: dict[str, Any],
+    require_approval: bool = False,
 ) -> dict[str, Any]:
-    """Run the metric and serving checks; the decision, reason, checks and comparison table."""
+    """Run the metric and serving checks; the decision (promoted, rejected or
+    awaiting_approval), reason, checks, concerns and comparison tables."""
     thresholds = gate.Thresholds.from_mapping(get_settings().gate_thresholds)
     candidate_metrics = candidate_manifest.get("metrics") or {}
     champion_metrics, source = gate.champion_on_candidate_holdout(
@@ -163,12 +171,15 @@ def judge_candidate(
     if champion_manifest is not None:
         checks.append(gate.Check("holdout", True, source))
     checks += gate.check_smoke(smoke_report, thresholds)
-    result = gate.decide(checks)
+    concerns = gate.approval_concerns(candidate_metrics, champion_metrics, thresholds,
+                                      require_approval=require_approval)
+    result = gate.decide(checks, concerns)
     return {
         "decision": result.decision,
         "reason": result.reason,
         "checks": [{"check": c.name, "passed": c.passed, "detail": c.detail}
                    for c in result.checks],
+        "concerns": [{"check": c.name, "detail": c.detail} for c in result.concerns],
         "table": gate.comparison_rows(candidate_metrics, champion_metrics),
         "thresholds": thresholds.to_json(),
         "candidate_metrics": candidate_metrics,
@@ -237,8 +248,15 @@ def record_decision(
     candidate_metrics: dict[str, Any] | None = None,
     champion_metrics: dict[str, Any] | None = None,
     thresholds: dict[str, Any] | None = None,
+    decided_by: str | None = None,
+    flow_run_id: str | None = None,
 ) -> int:
-    """Append the decision to the ``promotions`` audit table; returns the row id."""
+    """Append the decision to the ``promotions`` audit table; returns the row id.
+
+    ``flow_run_id`` defaults to the current Prefect flow run.
+    """
+    from prefect.runtime import flow_run
+
     settings = get_settings()
     return audit.record_decision(
         get_engine(settings),
@@ -251,6 +269,8 @@ def record_decision(
         candidate_metrics=candidate_metrics,
         champion_metrics=champion_metrics,
         thresholds=thresholds,
+        decided_by=decided_by,
+        flow_run_id=flow_run_id or flow_run.id,
     )
 
 

@@ -1,4 +1,4 @@
-"""`prefect deploy --name local` against a real Prefect server (the test harness): the seven
+"""`prefect deploy --name local` against a real Prefect server (the test harness): the eight
 deployments, their schedules, concurrency limit, parameter schemas and the reload trigger;
 the ECS pool template is accepted by the server."""
 
@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
-# The real CLI imports every flow and registers seven deployments: about a minute here.
+# The real CLI imports every flow and registers eight deployments: about a minute here.
 pytestmark = pytest.mark.slow
 
 
@@ -48,8 +48,9 @@ def deployed(prefect_harness, tmp_path_factory):
         yield client
 
 
-def test_seven_local_deployments_run_in_the_checkout(deployed):
-    names = {"ingest", "train", "promote", "rollback", "reload", "nightly", "housekeeping"}
+def test_eight_local_deployments_run_in_the_checkout(deployed):
+    names = {"ingest", "train", "promote", "approval", "rollback", "reload", "nightly",
+             "housekeeping"}
     for flow in names:
         deployment = deployed.read_deployment_by_name(f"{flow}/local")
         assert deployment.work_pool_name == "local-process"
@@ -72,7 +73,7 @@ def test_nightly_schedule_concurrency_and_typed_parameters(deployed):
     assert nightly.concurrency_options.collision_strategy.value == "CANCEL_NEW"
     props = nightly.parameter_openapi_schema["properties"]
     assert set(props) == {"source", "layout", "baselines"}  # the UI run form
-    for flow in ("ingest", "train", "promote", "rollback", "reload"):
+    for flow in ("ingest", "train", "promote", "approval", "rollback", "reload"):
         assert not deployed.read_deployment_by_name(f"{flow}/local").schedules
     housekeeping = deployed.read_deployment_by_name("housekeeping/local")
     (schedule,) = housekeeping.schedules

@@ -22,6 +22,7 @@ FLOWS = {
     "ingest": "flows/ingest.py:ingest_flow",
     "train": "flows/train.py:train_flow",
     "promote": "flows/promote.py:promote_flow",
+    "approval": "flows/approval.py:approval_flow",
     "rollback": "flows/rollback.py:rollback_flow",
     "reload": "flows/reload.py:reload_flow",
     "nightly": "flows/nightly.py:nightly_flow",

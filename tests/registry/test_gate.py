@@ -164,3 +164,66 @@ def test_comparison_rows_show_the_segments() -> None:
     assert "readers heavy ndcg@20" not in by_name  # an empty segment has no figure
     assert [r["metric"] for r in rows].index("ndcg@20") < [r["metric"] for r in rows].index(
         "readers cold ndcg@20")
+
+
+def _asked(candidate: dict, champion: dict | None, require: bool = False, **overrides: object):
+    t = Thresholds.from_mapping(overrides)
+    concerns = gate.approval_concerns(candidate, champion, t, require_approval=require)
+    return gate.decide(gate.check_metrics(candidate, champion, t), concerns)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "decision"),
+    [
+        (0.1060, "promoted"),           # +6 %
+        (0.1051, "promoted"),           # +0.51 %: just outside the 0.5 % band
+        (0.1005, "awaiting_approval"),  # +0.5 %: on the band's edge
+        (0.1000, "awaiting_approval"),  # a tie
+        (0.0995, "awaiting_approval"),  # -0.5 %
+        (0.0993, "promoted"),           # -0.7 %: allowed drop, outside the band
+        (0.0989, "rejected"),           # -1.1 %: a failed check wins over any concern
+    ],
+)
+def test_close_calls_ask(candidate: float, decision: str) -> None:
+    result = _asked(_m(candidate), _m(0.1000))
+    assert result.decision == decision
+    if decision == "awaiting_approval":
+        assert "within the approval band of 0.50%" in result.reason
+        assert [c.name for c in result.concerns] == ["close call"]
+
+
+def test_band_is_configurable_and_first_model_has_no_band() -> None:
+    assert _asked(_m(0.104), _m(0.1), approval_band=0.05).decision == "awaiting_approval"
+    assert _asked(_m(0.104), _m(0.1), approval_band=0.0).decision == "promoted"
+    assert _asked(_m(0.1), None).decision == "promoted"  # vs most-popular: no champion
+
+
+def _seg(ndcg: float, cold: float, regular: float, heavy: float) -> dict:
+    metrics = _m(ndcg)
+    metrics["segments"] = {"readers": {
+        name: {"ndcg@20": value, "users": 10, "reachability": 0.9}
+        for name, value in (("cold", cold), ("regular", regular), ("heavy", heavy))
+    }}
+    return metrics
+
+
+def test_a_regressing_segment_asks_while_the_whole_passes() -> None:
+    champion = _seg(0.10, cold=0.05, regular=0.10, heavy=0.20)
+    fine = _asked(_seg(0.12, cold=0.0476, regular=0.12, heavy=0.22), champion)  # cold -4.8 %
+    assert fine.decision == "promoted"
+    worse = _asked(_seg(0.12, cold=0.0470, regular=0.12, heavy=0.22), champion)  # cold -6 %
+    assert worse.decision == "awaiting_approval"
+    assert [c.name for c in worse.concerns] == ["segment cold"]
+    assert "cold readers: ndcg@20 0.04700 vs champion 0.05000 (-6.00%)" in worse.reason
+    looser = _asked(_seg(0.12, cold=0.0470, regular=0.12, heavy=0.22), champion,
+                    max_segment_drop=0.1)
+    assert looser.decision == "promoted"
+    empty = _seg(0.12, cold=0.0470, regular=0.12, heavy=0.22)
+    empty["segments"]["readers"]["cold"] = {"users": 0, "ndcg@20": None}  # no cold readers
+    assert _asked(empty, champion).decision == "promoted"
+
+
+def test_require_approval_asks_even_for_a_clear_win() -> None:
+    result = _asked(_m(0.2), _m(0.1), require=True)
+    assert result.decision == "awaiting_approval" and "requested" in result.reason
+    assert _asked(_m(0.05), _m(0.1), require=True).decision == "rejected"

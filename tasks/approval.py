@@ -1,0 +1,191 @@
+"""Prefect tasks for approvals of close calls: ask, show, start the waiting run, expire.
+
+When the gate asks, the promote flow marks the candidate ``awaiting_approval`` in the
+registry, publishes what a human needs to decide (metrics side by side, overall and per
+reader segment, and five readers' lists before and after) and starts a separate
+``approval`` flow run that waits for the answer. That run is not part of the promote or
+nightly run, so a waiting approval holds no nightly concurrency slot: with an
+``approval/<name>`` deployment it is a deployment run (which suspends, releasing its
+infrastructure); without one it runs in a detached local process, paused.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from bookrec import audit
+from bookrec.db import get_engine
+from bookrec.registry import Registry
+from bookrec.settings import get_settings
+
+APPROVAL_ENTRYPOINT = "flows/approval.py:approval_flow"
+SAMPLE_READERS = 5
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def deadline_after(seconds: float, now: datetime | None = None) -> str:
+    """The ISO time an approval asked now expires."""
+    return ((now or datetime.now(UTC)) + timedelta(seconds=seconds)).isoformat()
+
+
+def flow_run_url(flow_run_id: str) -> str | None:
+    """The Prefect UI address of a flow run (from PREFECT_UI_URL or the API URL)."""
+    from prefect.utilities.urls import url_for
+
+    return url_for("flow-run", obj_id=flow_run_id)
+
+
+@task(name="start-approval-run", cache_policy=NO_CACHE)
+def start_approval_run(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Create the ``approval`` flow run that waits for the answer: its id, UI address and
+    deadline (``approval_timeout_s`` from now; the run gets the timeout and poll interval).
+
+    Uses the ``approval`` deployment named like the current run's (default ``local``)
+    when the server has it; otherwise runs the flow's entrypoint in a detached process
+    with Prefect's own engine (``python -m prefect.flow_engine``), logging to the log dir.
+    Never retried: a retry could start a second waiting run.
+    """
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.runtime import deployment
+    from prefect.settings import get_current_settings
+
+    settings = get_settings()
+    deadline = deadline_after(settings.approval_timeout_s)
+    parameters = {**parameters, "deadline": deadline, "timeout_s": settings.approval_timeout_s,
+                  "poll_s": settings.approval_poll_s}
+    name = f"approval/{deployment.name or 'local'}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(name)
+            found = True
+        except ObjectNotFound:
+            found = False
+        if found:
+            run = run_deployment(name, parameters=parameters, timeout=0, as_subflow=False)
+            return {"flow_run_id": str(run.id), "url": flow_run_url(str(run.id)),
+                    "deadline": deadline, "via": f"deployment {name}"}
+        from flows.approval import approval_flow
+
+        run = client.create_flow_run(approval_flow, parameters=parameters,
+                                     name=f"approval-{parameters['candidate']}")
+    env = {**os.environ, "PREFECT__FLOW_RUN_ID": str(run.id)}
+    api_url = get_current_settings().api.url
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    log = settings.log_dir / f"approval-{run.id}.log"
+    with open(log, "ab") as out:
+        subprocess.Popen(  # noqa: S603 - our own interpreter and Prefect's engine module
+            [sys.executable, "-m", "prefect.flow_engine", APPROVAL_ENTRYPOINT],
+            cwd=_REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            start_new_session=True,
+        )
+    return {"flow_run_id": str(run.id), "url": flow_run_url(str(run.id)),
+            "deadline": deadline, "via": f"local process (log {log})"}
+
+
+@task(name="mark-awaiting-approval")
+def mark_awaiting(version: str, approval: dict[str, Any]) -> dict[str, Any]:
+    """The candidate's registry status becomes ``awaiting_approval`` with ``approval``."""
+    return Registry.from_settings(get_settings()).mark_awaiting_approval(version, approval)
+
+
+def reader_lists(report: dict[str, Any] | None) -> dict[str, list[str]]:
+    """The golden readers' lists (ISBNs) from a smoke report, first ``SAMPLE_READERS``."""
+    answers = ((report or {}).get("answers") or {}).get("recommend") or {}
+    return {user: [r["isbn"] for r in rows]
+            for user, rows in list(answers.items())[:SAMPLE_READERS]}
+
+
+def approval_markdown(
+    candidate: str, champion: str | None, verdict: dict[str, Any], approval: dict[str, Any],
+    before: dict[str, list[str]], after: dict[str, list[str]],
+) -> str:
+    """The page a human decides on: why asked, metrics and segments side by side, lists."""
+
+    def num(value: Any) -> str:
+        return f"{value:.5f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+    lines = [
+        f"# Approval needed: {candidate}",
+        "",
+        f"**Champion:** {champion or 'none'}  ",
+        f"**Why asked:** {verdict['reason']}  ",
+        f"**Answer by:** {approval['deadline']} (no answer means rejected)  ",
+        f"**Answer:** resume this flow run in the UI, or `bookrec approve {candidate} "
+        f"[--reason T]` / `bookrec reject {candidate} --reason T`",
+        "",
+        "## Metrics on the same holdout: overall, then readers by training interactions "
+        "(cold 1-4, regular 5-99, heavy >= 100) and books by popularity tercile",
+        "",
+        "| metric | candidate | champion | change |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {r['metric']} | {num(r['candidate'])} | {num(r['champion'])} | {r['change']} |"
+              for r in verdict["table"]]
+    lines += ["", f"## {SAMPLE_READERS} sample readers: top lists before and after", "",
+              "| reader | champion (before) | candidate (after) |", "|---|---|---|"]
+    for user in after or before:
+        lines.append(f"| {user} | {', '.join(before.get(user, [])) or '-'} | "
+                     f"{', '.join(after.get(user, [])) or '-'} |")
+    lines += ["", "| check | passed | detail |", "|---|---|---|"]
+    lines += [f"| {c['check']} | {'yes' if c['passed'] else 'NO'} | {c['detail']} |"
+              for c in verdict["checks"]]
+    return "\n".join(lines)
+
+
+@task(name="publish-approval-request")
+def publish_approval_request(
+    candidate: str, champion: str | None, verdict: dict[str, Any], approval: dict[str, Any],
+    before_report: dict[str, Any] | None, after_report: dict[str, Any],
+) -> str:
+    """The approval page as a markdown artifact (key ``approval-request``); returns it."""
+    text = approval_markdown(candidate, champion, verdict, approval,
+                             reader_lists(before_report), reader_lists(after_report))
+    create_markdown_artifact(text, key="approval-request",
+                             description=f"approval needed for {candidate}")
+    return text
+
+
+def conclude_expired(version: str, status: dict[str, Any], reason: str) -> None:
+    """Record an unanswered approval as rejected by "timeout" (status and audit row)."""
+    settings = get_settings()
+    registry = Registry.from_settings(settings)
+    registry.mark_rejected(version, reason, by="timeout")
+    champion = registry.champion_state().version
+    audit.record_decision(
+        get_engine(settings), candidate=version, decision="rejected", reason=reason,
+        actor="timeout", champion_before=champion, champion_after=champion,
+        decided_by="timeout", flow_run_id=status.get("flow_run_id"),
+    )
+
+
+def expire_overdue(now: datetime | None = None, grace_s: float = 60.0) -> list[str]:
+    """Reject every approval whose deadline passed (plus ``grace_s`` for the waiting run
+    to record it itself); returns the versions. A suspended run that times out is failed
+    by the Prefect server without running our code, so this sweep records the outcome."""
+    now = now or datetime.now(UTC)
+    expired = []
+    for version, status in Registry.from_settings(get_settings()).awaiting_approval().items():
+        deadline = datetime.fromisoformat(status["deadline"])
+        if now >= deadline + timedelta(seconds=grace_s):
+            conclude_expired(version, status, f"no answer by {status['deadline']}: rejected")
+            expired.append(version)
+    return expired
+
+
+@task(name="expire-overdue-approvals")
+def expire_overdue_approvals() -> list[str]:
+    """Task form of ``expire_overdue`` (the promote flow runs it first)."""
+    return expire_overdue()

@@ -113,6 +113,8 @@ def test_configured_admin_token_is_not_replaced(tmp_path, monkeypatch):
 
 def test_local_deployment_names_come_from_prefect_yaml():
     assert sorted(ops._local_deployments()) == [
+        "approval/local",
+        "housekeeping/local",
         "ingest/local",
         "nightly/local",
         "promote/local",

@@ -44,7 +44,7 @@ class Decision:
 
     id: int
     decided_at: datetime
-    candidate: str
+    candidate: str | None
     champion_before: str | None
     champion_after: str | None
     candidate_metrics: dict[str, Any] | None
@@ -60,7 +60,7 @@ class Decision:
 def record_decision(
     engine: Engine,
     *,
-    candidate: str,
+    candidate: str | None,
     decision: str,
     reason: str,
     actor: str,

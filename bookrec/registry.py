@@ -416,6 +416,8 @@ class Registry:
             raise RegistryError(f"version {version} is already the champion")
         status = self.status(version) or {}
         if version not in previous and status.get("status") != "promoted":
+            if not status and not self.store.list(f"{MODELS}{version}/"):
+                raise VersionNotFound(f"version {version} does not exist in {self.store.uri}")
             raise RegistryError(f"version {version} was never promoted; promote it instead")
         return version
 

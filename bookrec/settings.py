@@ -92,9 +92,26 @@ class Settings(BaseSettings):
     reload_channel: str = "bookrec:model:reload"
 
     # Prefect (the project's own defaults; Prefect reads PREFECT_* itself).
-    prefect_api_url: str | None = None
+    prefect_api_url: str | None = Field(
+        None, description="Prefect API of an existing server; unset: the local one on prefect_port"
+    )
+    prefect_port: int = Field(4200, gt=0, lt=65536, description="Port of the local Prefect server")
+    api_port: int = Field(8000, gt=0, lt=65536, description="Port `bookrec up` serves the API on")
 
-    @field_validator("database_url", "artifacts_uri", "redis_url", "s3_endpoint_url", mode="before")
+    # Watchdog: where the Prefect automations on the nightly runs send their alerts.
+    alert_webhook: str | None = Field(
+        None, description="URL the watchdog automations POST to (a Prefect Webhook block)"
+    )
+    nightly_deadline_s: int = Field(
+        4 * 3600, ge=10,
+        description="Seconds after a nightly run starts (02:00 UTC) by which it must have "
+        "completed (default 4 h: 06:00 UTC)",
+    )
+
+    @field_validator(
+        "database_url", "artifacts_uri", "redis_url", "s3_endpoint_url", "prefect_api_url",
+        "alert_webhook", mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """Treat an empty environment variable as unset."""

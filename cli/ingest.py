@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("source", help="folder or s3://bucket/prefix holding the three files")
     parser.add_argument("--layout", choices=["auto", "kaggle", "original"], default="auto")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.set_defaults(handler=_ingest)
+    parser.set_defaults(handler=_ingest, prefect=True,
+                        preload=("flows.ingest",))
 
 
 def _ingest(args: argparse.Namespace) -> int:

@@ -2,15 +2,34 @@
 
 Each ``cli/<group>.py`` exposes ``register(subparsers)``; a handler returns an exit
 code. Handlers import flows and servers lazily so that ``bookrec --help`` is instant.
+Verbs that run flows set ``prefect=True``: before they run, the command finds the
+Prefect server (``cli/prefect_server.py``), the admin token and the API that ``up``
+started, and sends Prefect's log lines to the log folder unless ``--verbose`` is given.
+An expected error is one line on stderr (and a JSON object on stdout with ``--json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import json
+import os
 import sys
+from collections.abc import Iterator
+from typing import Any
 
-_COMMAND_MODULES = ("db", "ingest", "train", "registry", "serve", "ops", "apikeys", "online")
+_COMMAND_MODULES = ("db", "ingest", "train", "registry", "serve", "ops", "apikeys", "online", "run")
+
+# Domain errors that are the user's or the data's, not a bug: (module, class name). They
+# are matched only if their module was imported (an error of a class never imported
+# cannot have been raised).
+_EXPECTED_ERRORS = (
+    ("bookrec.registry", "RegistryError"),
+    ("bookrec.artifacts", "ArtifactError"),
+    ("bookrec.store", "StoreError"),
+    ("bookrec.sources", "IngestFileError"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,22 +45,67 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(subparsers)
+    for verb in subparsers.choices.values():
+        if verb.get_default("prefect"):
+            verb.add_argument("--verbose", action="store_true",
+                              help="show Prefect's log lines here instead of <home>/logs")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen handler; errors become a message and exit code 1/2."""
+    """Parse ``argv`` and run the chosen handler; errors become one line and exit code 1/2."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _prefect_defaults()
+    with _scoped_environ():
+        try:
+            _prefect_defaults()
+            if getattr(args, "prefect", False):
+                _find_local_system(args)
+            return int(args.handler(args) or 0)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except CommandError as exc:
+            return _fail(args, str(exc), exc.exit_code, exc.payload)
+        except Exception as exc:
+            if not _expected(exc):
+                raise
+            return _fail(args, str(exc) or type(exc).__name__, 1, {})
+
+
+def _fail(args: argparse.Namespace, message: str, code: int, payload: dict[str, Any]) -> int:
+    """One line on stderr; with ``--json`` also ``{"error": ..., ...}`` on stdout."""
+    line = " ".join(message.split()) if getattr(args, "prefect", False) else message
+    print(f"bookrec {args.command}: error: {line}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"error": line, "command": args.command, "exit_code": code, **payload}))
+    return code
+
+
+def _expected(exc: BaseException) -> bool:
+    """True for the domain's named errors (bad file, unknown version, refused store)."""
+    for module_name, class_name in _EXPECTED_ERRORS:
+        module = sys.modules.get(module_name)
+        cls = getattr(module, class_name, None) if module else None
+        if cls is not None and isinstance(exc, cls):
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def _scoped_environ() -> Iterator[None]:
+    """Environment changes made for one command do not outlive it (``main`` may be called
+    several times in one process, as the tests do)."""
+    from bookrec.settings import get_settings
+
+    saved = dict(os.environ)
     try:
-        return int(args.handler(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except CommandError as exc:
-        print(f"bookrec {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        yield
+    finally:
+        if dict(os.environ) != saved:
+            os.environ.clear()
+            os.environ.update(saved)
+            get_settings.cache_clear()
 
 
 def _prefect_defaults() -> None:
@@ -50,8 +114,6 @@ def _prefect_defaults() -> None:
     Set only where the environment says nothing, so a configured PREFECT_API_URL or
     PREFECT_HOME wins.
     """
-    import os
-
     from bookrec.settings import get_settings
 
     home = get_settings().home_dir
@@ -62,13 +124,44 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
-class CommandError(Exception):
-    """An expected failure: printed as one line, without a traceback."""
+def _find_local_system(args: argparse.Namespace) -> None:
+    """What a flow command needs from the system ``up`` started: the admin token it made
+    (so the reload flow's call to the API is authorised), the API it started (so reload
+    calls that one), and the Prefect server (started here if none runs)."""
+    from bookrec.settings import get_settings
+    from cli import ops, prefect_server
 
-    def __init__(self, message: str, exit_code: int = 1):
+    settings = get_settings()
+    token_file = settings.home_dir / "admin-token"
+    if settings.admin_token is None and token_file.is_file():
+        os.environ["BOOKREC_ADMIN_TOKEN"] = token_file.read_text().strip()
+    api = ops._services(settings)["api"]
+    if "serving_urls" not in settings.model_fields_set and api.pid() is not None:
+        with contextlib.suppress(OSError, ValueError):
+            url = json.loads(api.pid_file.read_text()).get("url")
+            if url:
+                os.environ["BOOKREC_SERVING_URLS"] = url
+    get_settings.cache_clear()
+    if not getattr(args, "verbose", False) and "prefect" not in sys.modules:
+        prefect_server.quiet_logs(settings)
+    prefect_server.choose_server(settings, note=lambda line: print(line, file=sys.stderr),
+                                 preload=getattr(args, "preload", ()))
+    get_settings.cache_clear()
+
+
+class CommandError(Exception):
+    """An expected failure: printed as one line, without a traceback; ``payload`` goes into
+    the ``--json`` error object."""
+
+    def __init__(self, message: str, exit_code: int = 1, payload: dict[str, Any] | None = None):
         super().__init__(message)
         self.exit_code = exit_code
+        self.payload = payload or {}
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m cli.main`: run the imported module's main, so that the CommandError the
+    # verb modules raise (cli.main.CommandError) is the class caught there, not __main__'s.
+    from cli.main import main as _main
+
+    sys.exit(_main())

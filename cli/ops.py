@@ -2,9 +2,10 @@
 
 ``up`` prepares the database (the embedded PostgreSQL unless ``BOOKREC_DATABASE_URL`` is
 set), starts a Prefect server with its UI (unless ``BOOKREC_PREFECT_API_URL`` points at
-one), creates the ``local-process`` work pool, starts a worker, registers the ``local``
-deployments from prefect.yaml, starts the API, runs the nightly flow on the bundled
-sample when no model is promoted yet, and waits until the API serves the champion.
+one, or a flow command already started the local one), creates the ``local-process`` work
+pool, starts a worker, registers the ``local`` deployments from prefect.yaml and the
+watchdog automations, starts the API, runs the nightly flow on the bundled sample when no
+model is promoted yet, and waits until the API serves the champion.
 Background processes write ``<home>/logs/<name>.log`` and ``<home>/run/<name>.pid``;
 running ``up`` again reuses whatever is still alive. ``down`` stops them all.
 """
@@ -50,8 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="folder the first nightly run ingests (default: the bundled sample, data/sample)",
     )
-    up.add_argument("--api-port", type=int, default=8000, help="API port (default 8000)")
-    up.add_argument("--prefect-port", type=int, default=4200, help="Prefect port (default 4200)")
+    up.add_argument("--api-port", type=int, default=None,
+                    help="API port (default BOOKREC_API_PORT, 8000)")
+    up.add_argument("--prefect-port", type=int, default=None,
+                    help="Prefect port (default BOOKREC_PREFECT_PORT, 4200)")
     up.add_argument("--workers", type=int, default=None, help="API worker processes")
     up.add_argument(
         "--retrain",
@@ -113,8 +116,11 @@ class _Service:
         self.pid_file.unlink(missing_ok=True)
         return None
 
-    def start(self, argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
-        """Start ``argv`` in its own session, output appended to the log, and record its pid."""
+    def start(
+        self, argv: list[str], env: dict[str, str], cwd: Path, extra: dict | None = None
+    ) -> subprocess.Popen:
+        """Start ``argv`` in its own session, output appended to the log, and record its pid
+        (plus ``extra``, e.g. the URL it serves)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_file.open("ab")
@@ -135,6 +141,7 @@ class _Service:
             "argv": argv,
             "log": str(self.log_file),
             "started_at": datetime.now(UTC).isoformat(),
+            **(extra or {}),
         }
         self.pid_file.write_text(json.dumps(record))
         return proc
@@ -295,35 +302,12 @@ def _database(settings, env: dict[str, str], clock: _Clock) -> None:
     clock.say(f"{where}: {lines[-1] if lines else 'ready'}")
 
 
-def _prefect_server(services: dict, env, args, clock: _Clock) -> None:
-    """Start the Prefect server (SQLite under PREFECT_HOME) unless ours is already up."""
-    from cli.main import CommandError
+def _prefect_server(settings, env, args, clock: _Clock) -> None:
+    """Start the local Prefect server (SQLite under PREFECT_HOME) and wait until it is ready."""
+    from cli import prefect_server
 
-    service = services["prefect-server"]
-    health = f"http://127.0.0.1:{args.prefect_port}/api/health"
-    if service.pid() is not None:
-        _wait("Prefect server", lambda: _get_json(health) is True, clock, 120, service=service)
-        clock.say(f"Prefect server already running (pid {service.pid()})")
-        return
-    if _port_in_use(args.prefect_port):
-        raise CommandError(
-            f"127.0.0.1:{args.prefect_port} is in use by a process bookrec did "
-            "not start; stop it or pass --prefect-port"
-        )
-    argv = [
-        _bin("prefect"),
-        "server",
-        "start",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(args.prefect_port),
-        "--analytics-off",
-    ]
-    proc = service.start(argv, env, ROOT)
-    clock.say(f"Prefect server starting (pid {proc.pid}, log {service.log_file})")
-    _wait("Prefect server", lambda: _get_json(health) is True, clock, 180, proc, service)
-    clock.say(f"Prefect server ready at http://127.0.0.1:{args.prefect_port}")
+    url, _ = prefect_server.start_local_server(settings, args.prefect_port, say=clock.say)
+    clock.say(f"Prefect server ready at {url.removesuffix('/api')}")
 
 
 def _work_pool_and_worker(services: dict, env, clock: _Clock) -> None:
@@ -434,6 +418,16 @@ def _local_deployments() -> list[str]:
     ]
 
 
+def _automations(settings, clock: _Clock) -> None:
+    """Create or update the watchdog automations (deployments/automations.yaml)."""
+    from cli.watchdog import apply_automations
+
+    applied = apply_automations(settings)
+    target = "webhook BOOKREC_ALERT_WEBHOOK" if settings.alert_webhook else (
+        "events only; set BOOKREC_ALERT_WEBHOOK for a webhook")
+    clock.say(f"watchdog automations {', '.join(a['name'] for a in applied)} ({target})")
+
+
 def _start_api(services: dict, env, args, clock: _Clock) -> subprocess.Popen | None:
     """Start ``bookrec serve`` on 127.0.0.1 unless ours is already up (it needs no Prefect,
     so it boots while the Prefect server does)."""
@@ -452,7 +446,7 @@ def _start_api(services: dict, env, args, clock: _Clock) -> subprocess.Popen | N
     argv += ["--port", str(args.api_port)]
     if args.workers:
         argv += ["--workers", str(args.workers)]
-    proc = service.start(argv, env, ROOT)
+    proc = service.start(argv, env, ROOT, extra={"url": f"http://127.0.0.1:{args.api_port}"})
     clock.say(f"API starting (pid {proc.pid}, log {service.log_file})")
     return proc
 
@@ -552,8 +546,14 @@ def _up(args: argparse.Namespace) -> int:
     home = settings.home_dir
     for folder in (home, settings.log_dir, home / "run"):
         folder.mkdir(parents=True, exist_ok=True)
+    from cli import prefect_server
+
+    args.api_port = args.api_port or settings.api_port
+    args.prefect_port = args.prefect_port or settings.prefect_port
     external_prefect = settings.prefect_api_url
-    prefect_api = external_prefect or f"http://127.0.0.1:{args.prefect_port}/api"
+    # a server started by an earlier `up` or flow command keeps serving, wherever it listens
+    recorded = None if external_prefect else prefect_server.recorded_api_url(settings)
+    prefect_api = external_prefect or recorded or f"http://127.0.0.1:{args.prefect_port}/api"
     token_note = "BOOKREC_ADMIN_TOKEN" if settings.admin_token else str(home / "admin-token")
     env = _environment(settings, args, prefect_api)
     os.environ.update(env)  # this process talks to the store and Prefect like its children
@@ -571,11 +571,14 @@ def _up(args: argparse.Namespace) -> int:
 
     if external_prefect:
         clock.say(f"using the Prefect server at {external_prefect}")
+    elif recorded:
+        clock.say(f"Prefect server already running at {recorded.removesuffix('/api')}")
     else:
-        _prefect_server(services, env, args, clock)
+        _prefect_server(settings, env, args, clock)
     with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
         _work_pool_and_worker(services, env, clock)
         _deploy(settings, env, clock)
+        _automations(settings, clock)
         _wait_api(services, api_proc, args, clock)
         champion = _champion(settings)
         if args.no_pipeline:
@@ -599,10 +602,10 @@ bookrec is up ({time.monotonic() - clock.start:.0f} s)
   page and API    http://127.0.0.1:{args.api_port}/   (health: /readyz, OpenAPI: /openapi.json)
   Prefect UI      {ui}
   model           {champion or "none promoted yet (/readyz answers 503 until one is)"}
-  logs            {settings.log_dir}/  (api, worker, prefect-server, deploy)
+  logs            {settings.log_dir}/  (api, worker, prefect-server, deploy, prefect)
   pid files       {home / "run"}/
   admin token     {token_note}
-Run a flow:       PREFECT_API_URL={prefect_api} prefect deployment run nightly/local
+Run a flow:       bookrec run nightly --param source=$PWD/data/sample/original
 Stop everything:  bash scripts/down.sh   (or: bookrec down)""",
         flush=True,
     )

@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     promote.add_argument("--require-approval", action="store_true",
                          help="ask a human even if the gate would promote on its own")
     promote.add_argument("--json", action="store_true", help="print the decision as JSON")
-    promote.set_defaults(handler=_promote)
+    promote.set_defaults(handler=_promote, prefect=True,
+                        preload=("flows.promote",))
 
     for verb, what in (("approve", "promote"), ("reject", "reject")):
         answer = subparsers.add_parser(
@@ -40,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         answer.add_argument("--wait", type=float, default=300.0, metavar="SECONDS",
                             help="how long to wait for the approval run's outcome (default 300)")
         answer.add_argument("--json", action="store_true", help="print the outcome as JSON")
-        answer.set_defaults(handler=_answer, answer=verb)
+        answer.set_defaults(handler=_answer, answer=verb, prefect=True,
+                            preload=("prefect.flow_runs",))
 
     rollback = subparsers.add_parser("rollback", help="point the champion back at an earlier one")
     rollback.add_argument("version", nargs="?", default=None,
@@ -49,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="restore the champion that served at TIME (ISO 8601; UTC "
                                "unless it names a zone)")
     rollback.add_argument("--json", action="store_true", help="print the outcome as JSON")
-    rollback.set_defaults(handler=_rollback)
+    rollback.set_defaults(handler=_rollback, prefect=True,
+                        preload=("flows.rollback",))
 
 
 def _fmt(value: Any) -> str:
@@ -79,19 +82,27 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _run(flow: Any, version: str | None, key: str, as_json: bool, **params: Any) -> int:
-    """Run a registry flow and print its outcome; a refusal exits 1."""
+    """Run a registry flow and print its outcome with the reload's; a refusal, or a moved
+    champion that serving did not reload, is one error line and exit 1."""
+    from cli.main import CommandError
     from tasks.registry import PromotionRefused
 
     try:
         result = flow(version=version, **params)
-        code = 0
     except PromotionRefused as exc:
-        result, code = exc.payload, 1
+        payload = {k: exc.payload.get(k) for k in (key, "decision", "reason", "champion")}
+        raise CommandError(f"{exc.payload['decision']}: {exc.payload['reason']}",
+                           payload=payload) from None
+    reload = _reload_outcome(result.get("reload"))
     out = {key: result.get(key), "decision": result["decision"], "reason": result["reason"],
-           "champion": result["champion"]}
+           "champion": result["champion"], "reload": reload}
     if result.get("approval"):
         out["approval"] = {k: result["approval"].get(k)
                            for k in ("flow_run_id", "url", "deadline")}
+    failed = reload["status"] == "failed"
+    if failed:
+        out["error"] = f"champion is {out['champion']}, but serving did not reload: " + (
+            reload["error"])
     if as_json:
         print(json.dumps(out))
     else:
@@ -101,7 +112,28 @@ def _run(flow: Any, version: str | None, key: str, as_json: bool, **params: Any)
             a = out["approval"]
             print(f"  answer by {a['deadline']} in {a['url'] or a['flow_run_id']} or with "
                   f"`bookrec approve {out[key]}` / `bookrec reject {out[key]} --reason ...`")
-    return code
+        if not failed:
+            print(f"  reload: {reload['summary']}")
+    if failed:
+        import sys
+
+        print(f"bookrec: error: {out['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _reload_outcome(reload: dict[str, Any] | None) -> dict[str, Any]:
+    """What the reload flow did: skipped (champion unchanged), ok with each instance's
+    answer, or failed with its error."""
+    if reload is None:
+        return {"status": "skipped", "summary": "not needed (champion unchanged)"}
+    if reload.get("status") != "ok":
+        return {"status": "failed", "error": " ".join(str(reload.get("error")).split())}
+    instances = (reload.get("result") or {}).get("instances") or {}
+    answers = {url: a.get("status") for url, a in instances.items()}
+    summary = ", ".join(f"{url} {status}" for url, status in answers.items())
+    return {"status": "ok", "instances": answers,
+            "summary": summary or "no serving instance configured"}
 
 
 def _promote(args: argparse.Namespace) -> int:

@@ -36,12 +36,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="share of users to train on (quick runs)")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--no-evaluate", action="store_true", help="skip the holdout evaluation")
-    train.add_argument("--baselines", default=None,
-                       help="comma-separated subset of most_popular,itemknn,als,ease_plain "
-                            "('' for none)")
+    train.add_argument("--baselines", default="most_popular",
+                       help="baselines evaluated beside the model: 'all' for the full "
+                            "comparison table (most_popular,itemknn,als,ease_plain), a "
+                            "comma-separated subset, or '' for none (default: most_popular, "
+                            "what the nightly run evaluates)")
     train.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                        help="any other hyperparameter (JSON value), repeatable")
-    train.set_defaults(handler=_train)
+    train.set_defaults(handler=_train, prefect=True,
+                        preload=("flows.train",))
 
     rec = subparsers.add_parser("recommend", help="recommendations for a user (or a file of ids)")
     who = rec.add_mutually_exclusive_group(required=True)
@@ -72,8 +75,7 @@ def _train_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             kwargs[name] = value
     if args.no_evaluate:
         kwargs["evaluate"] = False
-    if args.baselines is not None:
-        kwargs["baselines"] = [b for b in args.baselines.split(",") if b.strip()]
+    kwargs["baselines"] = _baselines(args.baselines)
     extra: dict[str, Any] = {}
     for item in args.set:
         name, sep, raw = item.partition("=")
@@ -86,6 +88,20 @@ def _train_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if extra:
         kwargs["extra_hyperparameters"] = extra
     return kwargs
+
+
+def _baselines(value: str) -> list[str]:
+    """``all``, ``''`` or a comma-separated subset of the known baselines."""
+    from bookrec.training import BASELINES
+
+    if value.strip() == "all":
+        return list(BASELINES)
+    names = [b.strip() for b in value.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown:
+        raise CommandError(f"--baselines: unknown {', '.join(unknown)} (known: "
+                           f"{', '.join(BASELINES)}, or 'all')", exit_code=2)
+    return names
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -60,10 +60,9 @@ def run_reload(version: str) -> dict[str, Any]:
 def refuse(
     version: str | None, champion: str | None, reason: str, actor: str, key: str = "candidate"
 ) -> NoReturn:
-    """Record a refusal (when there is a version to name) and fail the run with it."""
-    if version:
-        record_decision(candidate=version, decision="refused", reason=reason, actor=actor,
-                        champion_before=champion, champion_after=champion)
+    """Record the refusal (with no candidate when it names no version) and fail the run."""
+    record_decision(candidate=version, decision="refused", reason=reason, actor=actor,
+                    champion_before=champion, champion_after=champion)
     raise PromotionRefused(
         {key: version, "decision": "refused", "reason": reason, "champion": champion}
     )

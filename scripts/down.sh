@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Stop everything scripts/up.sh started: the API, the Prefect worker and server, and the
-# embedded PostgreSQL (its data stays in .bookrec/pgdata). Arguments go to `bookrec down`.
+# Stop everything scripts/up.sh started: the API, the Prefect worker and server (also a
+# server a flow command started on first use), and the embedded PostgreSQL (its data stays
+# in .bookrec/pgdata). Arguments go to `bookrec down`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

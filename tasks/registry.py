@@ -239,7 +239,7 @@ def mark_rejected(version: str, reason: str, actor: str) -> dict[str, Any]:
 @task(name="record-decision", **_io)
 def record_decision(
     *,
-    candidate: str,
+    candidate: str | None,
     decision: str,
     reason: str,
     actor: str,

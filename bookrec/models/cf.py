@@ -14,6 +14,8 @@ from threadpoolctl import threadpool_limits
 
 from bookrec.models.base import Recommender, mask_history, top_n
 
+MIN_READERS = 2  # items EASE models need at least this many readers
+
 
 def most_read(user_items: sp.csr_matrix, max_items: int | None, min_count: int = 1) -> np.ndarray:
     """Ids of the (at most ``max_items``) items with the most readers, sorted by id."""
@@ -183,7 +185,12 @@ class EASERecommender(ItemItemRecommender):
         """Solve for the item-item weights."""
         user_items = sp.csr_matrix(user_items, dtype=np.float32)
         self.n_items = user_items.shape[1]
-        self.items_ = most_read(user_items, self.max_items)
+        # An item with one reader co-occurs with nothing a second reader shares, so it adds
+        # a row and column to the dense solve and no signal; on small data (the bundled
+        # sample: 30k items, 4k with two readers) those items made up the whole max_items
+        # catalogue and the cubic solve took minutes. On the full data the max_items most
+        # read items all have many readers, so this changes nothing there.
+        self.items_ = most_read(user_items, self.max_items, min_count=MIN_READERS)
         user_weights = (
             user_norm_weights(user_items, self.user_norm) if self.user_norm else None
         )

@@ -4,6 +4,7 @@ stale and foreign pids, the shared environment, and clear errors."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import stat
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from bookrec.settings import Settings
 from cli import ops
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 
 def _service(tmp_path: Path, marker: str = "sleep") -> ops._Service:
@@ -177,3 +178,52 @@ def test_admin_token_file_is_private_from_its_first_byte(tmp_path, monkeypatch):
     token_file = settings.home_dir / "admin-token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert env["BOOKREC_ADMIN_TOKEN"] == token_file.read_text().strip()
+
+
+def test_run_params_and_deployment_names():
+    from cli.main import CommandError
+    from cli.run import deployment_name, parse_params
+
+    assert deployment_name("nightly") == "nightly/local"
+    assert deployment_name("nightly/production") == "nightly/production"
+    assert parse_params(["source=/data/x", "baselines=[\"als\"]", "n=3", "flag=null"]) == {
+        "source": "/data/x", "baselines": ["als"], "n": 3, "flag": None}
+    with pytest.raises(CommandError, match="expected NAME=VALUE") as err:
+        parse_params(["oops"])
+    assert err.value.exit_code == 2
+
+
+def test_train_baselines_default_to_the_nightly_ones():
+    from cli.main import CommandError, build_parser
+    from cli.train import _baselines, _train_kwargs
+
+    args = build_parser().parse_args(["train"])
+    assert _train_kwargs(args)["baselines"] == ["most_popular"]
+    assert _baselines("all") == ["most_popular", "itemknn", "als", "ease_plain"]
+    assert _baselines("") == [] and _baselines("als, itemknn") == ["als", "itemknn"]
+    with pytest.raises(CommandError, match="unknown nope"):
+        _baselines("nope")
+
+
+def test_prefect_verbs_take_verbose_and_others_do_not():
+    from cli.main import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["rollback", "v1", "--verbose"]).verbose is True
+    assert parser.parse_args(["ingest", "x"]).preload == ("flows.ingest",)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["models", "--verbose"])
+
+
+def test_a_configured_prefect_server_that_does_not_answer_is_one_clear_error(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BOOKREC_", "PREFECT_"))}
+    env.update({"BOOKREC_HOME": str(tmp_path / "home"),
+                "BOOKREC_PREFECT_API_URL": f"http://127.0.0.1:{port}/api"})
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "promote", "--json"], env=env,
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"bookrec promote: error: no Prefect server answers at "
+                           f"http://127.0.0.1:{port}/api (from BOOKREC_PREFECT_API_URL); start "
+                           "it, or unset the setting to use the local server\n")
+    assert json.loads(proc.stdout)["exit_code"] == 1

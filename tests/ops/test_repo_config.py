@@ -96,6 +96,9 @@ def test_deploy_runs_on_main_after_ci_and_rolls_both_services():
     assert sum(u.startswith("aws-actions/amazon-ecs-deploy-task-definition") for u in uses) == 2
     runs = " ".join(s.get("run", "") for s in job["steps"])
     assert "docker push" in runs and "prefect --no-prompt deploy --name production" in runs
+    last = job["steps"][-1]  # the watchdog, after the deployments it watches
+    assert last["run"] == "bookrec automations"
+    assert last["env"]["BOOKREC_ALERT_WEBHOOK"] == "${{ secrets.BOOKREC_ALERT_WEBHOOK }}"
 
 
 def test_dockerfile_passes_hadolint():

@@ -118,6 +118,19 @@ def test_up_runs_the_pipeline_and_serves_the_promoted_model(up_env):
             time.sleep(2)
         assert triggered, "the bookrec.model.promoted event did not run reload/local"
 
+    # The watchdog automations, and the CLI on this machine: it finds up's server, token and
+    # API by itself (no PREFECT_API_URL in env), and `bookrec run` starts a deployment run.
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{prefect_port}/api"}):
+        from prefect.automations import Automation
+
+        for name in ("bookrec-nightly-not-completed", "bookrec-nightly-failed"):
+            assert Automation.read(name=name).enabled
+    ran = _run(["run", "reload", "--wait", "--json"], env, timeout=600)
+    assert ran.returncode == 0 and json.loads(ran.stdout)["state"] == "Completed"
+    refused = _run(["promote", "--json"], env, timeout=300)  # nothing left to promote
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert json.loads(refused.stdout)["error"].startswith("refused: no candidate")
+
     # Running up again reuses every process and does not retrain.
     pids = _pids(home)
     assert set(pids) == {"api", "worker", "prefect-server"}

@@ -7,8 +7,16 @@ import json
 import pytest
 
 from bookrec.registry import Registry
+from bookrec.settings import get_settings
 from cli.main import main
 from tests.registry.conftest import model_metrics
+
+
+@pytest.fixture(autouse=True)
+def _no_serving_instance(flow_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No API runs in these tests: the reload flow has no instance to call."""
+    monkeypatch.setenv("BOOKREC_SERVING_URLS", "")
+    get_settings.cache_clear()
 
 
 def _json(capsys: pytest.CaptureFixture[str]) -> object:
@@ -25,8 +33,10 @@ def test_models_promote_rollback_json(
 
     assert main(["promote", "v1", "--json"]) == 0
     out = _json(capsys)
-    assert set(out) == {"candidate", "decision", "reason", "champion"}
+    assert set(out) == {"candidate", "decision", "reason", "champion", "reload"}
     assert (out["candidate"], out["decision"], out["champion"]) == ("v1", "promoted", "v1")
+    assert out["reload"] == {"status": "ok", "instances": {},
+                             "summary": "no serving instance configured"}
 
     assert main(["promote", "--json"]) == 0  # default: the newest unpromoted version
     assert _json(capsys)["candidate"] == "v2"
@@ -45,12 +55,13 @@ def test_models_promote_rollback_json(
 
     assert main(["rollback", "--json"]) == 0
     out = _json(capsys)
-    assert set(out) == {"target", "decision", "reason", "champion"}
+    assert set(out) == {"target", "decision", "reason", "champion", "reload"}
     assert (out["target"], out["decision"], out["champion"]) == ("v1", "rolled back", "v1")
 
     assert main(["rollback", "--json"]) == 1  # nothing before v1: refused
     out = _json(capsys)
-    assert (out["decision"], out["champion"]) == ("refused", "v1")
+    assert (out["decision"], out["champion"], out["exit_code"]) == ("refused", "v1", 1)
+    assert out["error"] == f"refused: {out['reason']}"
     assert "no earlier promoted version" in out["reason"]
     assert main(["promote", "nope", "--json"]) == 1
     assert _json(capsys)["decision"] == "refused"
@@ -67,4 +78,6 @@ def test_human_output(reg: Registry, save_hybrid, capsys: pytest.CaptureFixture[
     line = capsys.readouterr().out.strip()
     assert line.split()[:2] == ["v1", "rejected"] and "ndcg@20=0.0400" in line
     assert main(["rollback"]) == 1
-    assert "refused" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert captured.out == ""  # the error is the last line on stderr (after Prefect's logs here)
+    assert captured.err.splitlines()[-1].startswith("bookrec rollback: error: refused: ")

@@ -160,6 +160,7 @@ def test_refusals_fail_the_run_and_are_recorded(
     with pytest.raises(PromotionRefused, match="already the champion"):
         promote_flow("v1")
     assert _decisions(clean_db) == [
+        (None, "refused", None, None),  # nothing to promote: recorded with no candidate
         ("half", "refused", None, None),
         ("v1", "promoted", None, "v1"),
         ("v1", "refused", "v1", "v1"),

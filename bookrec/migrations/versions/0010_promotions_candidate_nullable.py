@@ -2,13 +2,13 @@
 in ``promotions`` too, with no candidate.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 """
 
 from alembic import op
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -197,7 +197,6 @@ class EASERecommender(ItemItemRecommender):
         side = None
         if self.side is not None:
             side = sp.csr_matrix(self.side)[:, self.items_]
-            side = side[np.diff(side.indptr) > 1]  # a feature of one book links nothing
         weights = ease_weights(user_items[:, self.items_], self.l2, self.dropout, user_weights,
                                side)
         if self.popularity_exponent:

@@ -50,7 +50,8 @@ class HybridParams:
     dropout: float = 0.25  # DLAE: extra L2 of dropout/(1-dropout) x item frequency
     user_norm: float = 0.25  # users' rows weighted |u|^-user_norm in the Gram matrix
     max_items: int = 12_500
-    author_weight: float = 0.0  # cEASE: weight of author rows stacked under X in the Gram
+    author_weight: float = 5.0  # cEASE: weight of author rows stacked under X in the Gram
+    # (5: NDCG@20 +10% on BX seed 42, every reader segment and popularity tercile up)
     publisher_weight: float = 0.0  # the same for publisher rows
     popularity_exponent: float = 0.0  # CF column j scaled by readers_j^-exponent
     keep: int = 1000  # weights kept per row of the item-item matrix (largest magnitude)

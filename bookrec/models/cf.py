@@ -118,7 +118,10 @@ def ease_weights(
         if side.shape[1] != gram.shape[0]:
             raise ValueError(f"side has {side.shape[1]} item columns, expected {gram.shape[0]}")
         side = sp.csr_matrix(side, dtype=np.float32)
-        gram += (side.T @ side).toarray()
+        # Added entry by entry (a sparse product's entries are unique): no second dense
+        # matrix of the catalogue's size at peak memory.
+        pairs = sp.coo_matrix(side.T @ side)
+        gram[pairs.row, pairs.col] += pairs.data
     gram[np.diag_indices_from(gram)] += l2 + (dropout / (1.0 - dropout)) * diag
     chol, info = lapack.spotrf(gram, lower=True, overwrite_a=True, clean=True)
     if info != 0:

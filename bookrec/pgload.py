@@ -12,6 +12,9 @@ Two phases, so that the heavy work uses every core and the database changes atom
    owner), or upsert from the stage table, counting inserted / updated / unchanged.
    Then the ``ingest_runs`` row and the quarantine; then the stage schema is dropped.
 
+On both the upsert and the merge path a rating that the API wrote after the file's
+modification time (``SpoolFile.modified_at``) is kept over the file's value.
+
 Until phase 2 commits, nothing outside the stage schema has changed, so a failure anywhere
 leaves the tables as they were ("a staging swap"); ``drop_stage`` removes the schema, and a
 crashed run's schema is removed by a later run (``STALE_AFTER_S``).

@@ -25,9 +25,10 @@ import numpy as np
 MAX_FIELD_BYTES = 64 * 1024
 MAX_LINE_BYTES = 256 * 1024
 FIRST_BLOCK = 64 * 1024
-# A first block with more than this share of non-text bytes is binary, not a text file
-# with a few bad rows (random bytes score ~12% on control bytes alone).
-NON_TEXT_SHARE = 0.10
+# A first block is binary, not a text file with a few bad rows, when more than half of its
+# lines hold a byte that is not text (random bytes: every line). Lines are only looked at
+# when more than NON_TEXT_SHARE of its bytes are not text.
+NON_TEXT_SHARE = 0.01
 
 ENCODINGS = {"original": "latin-1", "kaggle": "utf-8"}
 
@@ -61,6 +62,7 @@ _CONTROL[[*range(0, 9), 11, 12, *range(14, 32), 127]] = True
 _C1 = np.zeros(256, dtype=bool)
 _C1[0x80:0xA0] = True
 _ESCAPE_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATES = re.compile("[\udc80-\udcff]+")
 _UNESCAPE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})|[^\\]+|\\")
 
@@ -68,9 +70,9 @@ _UNESCAPE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})|[^\\]+|\\")
 def binary_kind(data: bytes, encoding: str) -> str | None:
     """What the content is when it is not text as a whole, else None.
 
-    A known binary signature, or more than ``NON_TEXT_SHARE`` non-text bytes in the first
-    ``FIRST_BLOCK`` bytes: control bytes other than TAB/LF/CR/FF/VT, bytes invalid in the
-    encoding, and for latin-1 the C1 range when the block is not UTF-8 either.
+    A known binary signature, or a first block (``FIRST_BLOCK`` bytes) more than half of
+    whose lines hold bytes that are not text: control bytes other than TAB, LF and CR, or
+    bytes invalid in the encoding.
     """
     for signature, kind in SIGNATURES:
         if data.startswith(signature):
@@ -88,9 +90,26 @@ def binary_kind(data: bytes, encoding: str) -> str | None:
         non_text += invalid
     elif invalid:
         non_text += int(counts[_C1].sum())
-    if non_text > NON_TEXT_SHARE * len(block):
-        return f"mostly non-text bytes: {non_text:,} of the first {len(block):,}"
+    if non_text <= NON_TEXT_SHARE * len(block):
+        return None
+    lines = block.split(b"\n")
+    if len(block) == FIRST_BLOCK and len(lines) > 1:
+        lines.pop()  # cut by the block's end
+    lines = [line for line in lines if line.strip()]
+    bad = sum(1 for line in lines if _not_text(line, encoding))
+    if bad * 2 > len(lines):
+        return f"mostly non-text: {bad:,} of its first {len(lines):,} lines hold binary bytes"
     return None
+
+
+def _not_text(line: bytes, encoding: str) -> bool:
+    if _CONTROL_BYTES.search(line):
+        return True
+    try:
+        line.decode(encoding)
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 def escape_bytes(raw: bytes, encoding: str) -> str:

@@ -198,6 +198,14 @@ def test_a_few_nul_rows_in_the_first_block_are_rows_not_binary(tmp_path):
     assert len(cleaned.quarantine) == 19 and len(cleaned.frame) == 180
 
 
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_a_small_file_with_a_run_of_nul_bytes_keeps_its_other_rows(tmp_path, layout):
+    lines = [book_line(layout, 1), book_line(layout, 2, b"\x00" * 200), book_line(layout, 3)]
+    cleaned = clean(write(tmp_path, layout, books_file(layout, lines), True), layout)
+    assert len(cleaned.frame) == 2
+    assert cleaned.quarantine["reason"].str.startswith("nul_byte").tolist() == [True]
+
+
 @given(st.binary(max_size=300), st.sampled_from(["latin-1", "utf-8"]))
 def test_escaping_is_lossless(raw, encoding):
     escaped = textscan.escape_bytes(raw, encoding)

@@ -366,14 +366,17 @@ def _apply_faults(parsed: ParsedFile, faults: textscan.LineFaults) -> None:
         parsed.starts, parsed.ends = starts[keep], ends[keep]
     parsed.bad = sorted(bad)
     escaped_lines = sorted(faults.escaped)
-    for start, end, _ in parsed.bad:
-        if escaped_lines[bisect_left(escaped_lines, start) : bisect_right(escaped_lines, end)]:
-            text = parsed.raw_many([(start, end)])[0]
-            pieces = [
-                faults.escaped.get(start + k) or textscan.escape_text(piece)
-                for k, piece in enumerate(text.split("\n"))
-            ]
-            parsed.escaped[start] = "\n".join(pieces).rstrip("\r\n")
+    spans = [
+        (start, end)
+        for start, end, _ in parsed.bad
+        if escaped_lines[bisect_left(escaped_lines, start) : bisect_right(escaped_lines, end)]
+    ]
+    for (start, _), text in zip(spans, parsed.raw_many(spans), strict=True):
+        pieces = [
+            faults.escaped.get(start + k) or textscan.escape_text(piece)
+            for k, piece in enumerate(text.split("\n"))
+        ]
+        parsed.escaped[start] = "\n".join(pieces).rstrip("\r\n")
 
 
 def _quarantine_frame(parsed: ParsedFile, rejected: np.ndarray, reasons: list[str]) -> pd.DataFrame:

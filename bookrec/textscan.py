@@ -61,7 +61,7 @@ _CONTROL = np.zeros(256, dtype=bool)
 _CONTROL[[*range(0, 9), 11, 12, *range(14, 32), 127]] = True
 _C1 = np.zeros(256, dtype=bool)
 _C1[0x80:0xA0] = True
-_ESCAPE_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0, 9), 11, 12, *range(14, 32)]}
 _CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATES = re.compile("[\udc80-\udcff]+")
 _UNESCAPE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})|[^\\]+|\\")
@@ -115,13 +115,12 @@ def _not_text(line: bytes, encoding: str) -> bool:
 def escape_bytes(raw: bytes, encoding: str) -> str:
     """``raw`` as text, losslessly: see the module docstring; ``unescape`` inverts it."""
     parts = [p.decode(encoding, "backslashreplace") for p in raw.split(b"\\")]
-    text = "\\\\".join(parts)
-    return _ESCAPE_CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return "\\\\".join(parts).translate(_ESCAPES)
 
 
 def escape_text(text: str) -> str:
     """``escape_bytes`` of text that decoded cleanly (the same result, from the text)."""
-    return _ESCAPE_CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text.replace("\\", "\\\\"))
+    return text.replace("\\", "\\\\").translate(_ESCAPES)
 
 
 def unescape(escaped: str, encoding: str) -> bytes:
@@ -197,30 +196,32 @@ def decode_and_scan(data: bytes, layout: str) -> tuple[str, LineFaults]:
     faults = LineFaults(encoding)
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        count = _LineCounter(data)
-        for offset in np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 0).tolist():
-            line = count(offset)
-            if line not in faults.bad:
-                start, end = _line_bounds(data, offset)
-                _add(faults, line, f"nul_byte: line {line}, byte {offset - start + 1}")
-                faults.escaped[line] = escape_bytes(data[start:end], encoding)
+    nul = offset = data.find(b"\x00")
+    count = _LineCounter(data)
+    while offset >= 0:  # one step per faulty line, however many NULs it holds
+        line = count(offset)
+        start, end = _line_bounds(data, offset)
+        _add(faults, line, f"nul_byte: line {line}, byte {offset - start + 1}")
+        faults.escaped[line] = escape_bytes(data[start:end], encoding)
+        offset = data.find(b"\x00", end)
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError:
         text = data.decode(encoding, "surrogateescape")
         count = _LineCounter(text)
-        for match in _SURROGATES.finditer(text):
+        match = _SURROGATES.search(text)
+        while match:  # one step per faulty line
             line = count(match.start())
-            if line in faults.escaped:
-                continue
             start, end = _line_bounds(text, match.start())
-            column = len(text[start : match.start()].encode(encoding, "surrogateescape")) + 1
-            _add(faults, line, f"invalid_encoding: line {line}, byte {column} is not {encoding}")
-            faults.escaped[line] = escape_bytes(
-                text[start:end].encode(encoding, "surrogateescape"), encoding
-            )
+            if line not in faults.escaped:
+                column = len(text[start : match.start()].encode(encoding, "surrogateescape")) + 1
+                _add(
+                    faults, line, f"invalid_encoding: line {line}, byte {column} is not {encoding}"
+                )
+                faults.escaped[line] = escape_bytes(
+                    text[start:end].encode(encoding, "surrogateescape"), encoding
+                )
+            match = _SURROGATES.search(text, end)
         text = _SURROGATES.sub(lambda m: "\ufffd" * len(m.group()), text)
     if nul >= 0:
         text = text.replace("\x00", "\ufffd")

@@ -225,7 +225,10 @@ def _fast_widths(text: str, frame: pd.DataFrame, width: int, layout: str) -> np.
         lines = io.StringIO(text, newline="\n").readlines()
         dialect = DIALECTS[layout]
         for i in indices.tolist():
-            widths[i] = len(next(csv.reader([lines[i + 1]], **dialect), []))
+            line = lines[i + 1]
+            if len(line) >= csv.field_size_limit():  # an over-long line is counted, not an error
+                csv.field_size_limit(len(line) + 1)
+            widths[i] = len(next(csv.reader([line], **dialect), []))
     return widths
 
 
@@ -241,7 +244,7 @@ def _widths_by_csv(text: str, width: int, layout: str) -> np.ndarray | None:
 
 def _parse_slow(text: str, layout: str, kind: str, name: str, width: int) -> ParsedFile:
     """Record by record with the csv module: exact line spans, errors kept with reasons."""
-    csv.field_size_limit(_MAX_FIELD)
+    csv.field_size_limit(max(_MAX_FIELD, len(text) + 1))  # over-long lines are faults, not errors
     lines = io.StringIO(text, newline="\n").readlines()
     reader = csv.reader(iter(lines), **DIALECTS[layout])
     next(reader)

@@ -119,6 +119,22 @@ def test_a_faulty_line_is_quarantined_and_every_other_row_loads(
     assert "\x00" not in row.raw
 
 
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("final_newline", [True, False])
+@pytest.mark.parametrize("filler", [b"x", b"\x00", b'"'])
+def test_a_giant_line_that_is_no_record_at_all(tmp_path, layout, gz, final_newline, filler):
+    """1 MB of one byte, no delimiter: quarantined by itself, the rows before it load."""
+    lines = [book_line(layout, n) for n in range(1, 4)] + [filler * BIG]
+    data = books_file(layout, lines, final_newline=final_newline)
+    cleaned = clean(write(tmp_path, layout, data, gz), layout)
+    assert len(cleaned.frame) == 3 and cleaned.rows_read == 4
+    (row,) = cleaned.quarantine.itertuples()
+    assert row.line_number == 5
+    assert row.reason.split(":")[0] == ("nul_byte" if filler == b"\x00" else "line_too_long")
+    assert raw_bytes(row, LAYOUTS[layout][3]) == filler * BIG
+
+
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_bom_crlf_and_several_gzip_members(tmp_path, layout):
     """A BOM, CRLF line ends in either layout and a fault in the second gzip member."""

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.bench_foldin                   # data/sample (small real cut)
     .venv/bin/python -m bench.bench_foldin --data full       # the full Kaggle CSVs
+    .venv/bin/python -m bench.bench_foldin --data full --no-accuracy   # CPU figures only
 
 Accuracy (``evaluation.foldin_comparison``): 20% of each eligible reader's ratings are held
 out; the hybrid is fitted on the rest with and without ``--readers`` of them, and the model
@@ -79,15 +80,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="CF catalogue size (default: 2,000 on the sample, the model's own "
                              "on the full data)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--no-accuracy", action="store_true",
+                        help="only the CPU figures (one fit instead of three)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     ratings, books = load(args.data)
     dataset = build_dataset(ratings, books)
     max_items = args.max_items or (2000 if args.data == "sample" else None)
     params = {"max_items": max_items} if max_items else {}
-    started = time.perf_counter()
-    accuracy = foldin_comparison(dataset, params, readers=args.readers, seed=args.seed)
-    accuracy["seconds"] = round(time.perf_counter() - started, 1)
+    accuracy = None
+    if not args.no_accuracy:
+        started = time.perf_counter()
+        accuracy = foldin_comparison(dataset, params, readers=args.readers, seed=args.seed)
+        accuracy["seconds"] = round(time.perf_counter() - started, 1)
     model = fit_hybrid(dataset, params)
     cpu = {f"{low}-{high} ratings": foldin_cpu(model, dataset, low, high)
            for low, high in ((1, 100), (50, 100))}

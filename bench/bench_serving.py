@@ -263,8 +263,14 @@ def wrk(
     table = script.with_suffix(".pct")
     # percent-encoded (an HTTP request line is ASCII; Lua has no \u escapes)
     quoted = ",".join(json.dumps(urllib.parse.quote(p, safe="/?=&%+-._~")) for p in paths)
+    # Each wrk thread starts at its own share of the list (an unseeded math.random gives
+    # every thread the same start, so the second thread repeated the first one's requests
+    # and half of an "uncached" run hit the cache).
     lua = (
-        "local paths = {" + quoted + "}\nlocal i = math.random(#paths)\n"
+        "local paths = {" + quoted + "}\nlocal threads = 0\nlocal i = 0\n"
+        "setup = function(thread)\n  thread:set('offset', threads)\n  threads = threads + 1\n"
+        "end\n"
+        "init = function(args)\n  i = (offset or 0) * math.floor(#paths / 2)\nend\n"
         "request = function()\n  i = i % #paths + 1\n  return wrk.format('GET', paths[i])\nend\n"
     )
     if tail:

@@ -282,7 +282,8 @@ def _merge_plan(cur, kind: str, target: str, staged_rows: int) -> list[str] | No
         return None
     cur.execute(
         "SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute "
-        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+        "AND attgenerated = ''",  # generated columns (books.search_doc) fill themselves
         (target,),
     )
     columns = cur.fetchone()[0]

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
         description="Comma-separated base URLs of serving instances the reload flow calls",
     )
     reload_channel: str = "bookrec:model:reload"
+    reload_deadline_s: float = Field(
+        120.0, gt=0, description="The reload flow waits this long for every worker to reload"
+    )
 
     # Prefect (the project's own defaults; Prefect reads PREFECT_* itself).
     prefect_api_url: str | None = Field(

@@ -16,7 +16,8 @@ from tasks.reload import list_serving_instances, publish_reload_signal, reload_i
 
 @flow(name="reload")
 def reload_flow(version: str | None = None) -> dict[str, Any]:
-    """Publish the reload signal and call ``POST /admin/reload`` on every instance.
+    """Publish the reload signal, call ``POST /admin/reload`` on every instance and wait
+    until every worker of each serves ``version`` (within ``BOOKREC_RELOAD_DEADLINE_S``).
 
     ``version`` is the champion the caller expects; each answer says whether it matches.
     Returns ``{"signal": ..., "instances": {url: answer}}``.

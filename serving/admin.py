@@ -54,24 +54,32 @@ def require_token() -> None:
 
 @bp.post("/reload")
 @operation(
-    "Reload the champion model now",
+    "Check the champion pointer and reload (answers at once)",
     tag="admin",
     response="ReloadResult",
     params=[EXPECT],
     errors=(400, 429),
     auth=True,
+    status=202,
 )
 def reload_model():
-    """Check the champion pointer and load a new champion in this worker (the others follow
-    on the pub/sub signal or their next poll). Answers what this worker now serves."""
+    """Tell this worker's loader to check the champion pointer now and answer 202 at once
+    (a load can take longer than a load balancer's idle timeout). The other workers follow
+    on the pub/sub signal or their next poll; ``GET /admin/model`` lists what every worker
+    serves. Without a loader thread (tests, ``flask run``) the check runs before answering."""
     expected = request.args.get("version")
     if expected is not None and not _VERSION.fullmatch(expected):
         raise v.invalid("version", "must be a version id (letters, digits, '.', '_', '-'; max 128)")
-    result = dict(services().holder.reload_now())
+    holder = services().holder
+    if holder.background:
+        holder.request_reload()
+        result = {"pid": os.getpid(), "status": "accepted", "version": holder.version}
+    else:
+        result = dict(holder.check(reason="admin"))
     if expected is not None:
         result["expected"] = expected
         result["matches"] = result.get("version") == expected
-    return json_response(dumps(result))
+    return json_response(dumps(result), status=202)
 
 
 @bp.get("/model")
@@ -83,8 +91,10 @@ def reload_model():
     auth=True,
 )
 def model_info():
-    """Version, manifest summary, champion pointer and the last reload outcome."""
-    holder = services().holder
+    """Version, manifest summary, champion pointer and the last reload outcome of the worker
+    that answers, and ``workers``: the version every live worker of this server serves."""
+    svc = services()
+    holder = svc.holder
     model = holder.model
     manifest = getattr(model, "manifest", None) or {}
     payload = {
@@ -95,6 +105,7 @@ def model_info():
         "champion": holder.champion,
         "manifest": {k: manifest.get(k) for k in _MANIFEST_KEYS if k in manifest},
         "last_reload": holder.last_result,
+        "workers": svc.metrics.worker_versions(),
     }
     return json_response(dumps(payload))
 

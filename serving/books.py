@@ -9,7 +9,7 @@ from flask import Blueprint, g, request
 from serving import bodies
 from serving import validation as v
 from serving.cache import Cache
-from serving.catalog import CatalogUnavailable
+from serving.catalog import CatalogUnavailable, QueryFailed
 from serving.openapi import operation
 from serving.services import dumps, json_response, require_model, services, shown
 
@@ -127,7 +127,8 @@ def book_details(isbn: str):
     errors=(400, 429, 503),
 )
 def search_books():
-    """Up to 20 books whose title or author contains the text, prefix matches first."""
+    """Up to 20 books whose title and author hold every word of the text (the last as a
+    prefix): titles starting with the text first, then by word-match rank."""
     text = v.parse_query(request.args.get("q"))
     svc = services()
     g.source = "cache"
@@ -135,6 +136,14 @@ def search_books():
     def compute() -> tuple[bytes, bool]:
         try:
             rows = svc.catalog.search(text)
+        except QueryFailed:  # e.g. the search statement timeout: this request only
+            raise v.ApiError(
+                503,
+                "search_failed",
+                "q: this search could not be answered in time; try a more specific text",
+                field="q",
+                headers={"Retry-After": "1"},
+            ) from None
         except CatalogUnavailable:
             svc.metrics.fallbacks.labels(reason="postgres_down").inc()
             raise v.ApiError(

@@ -52,7 +52,10 @@ workers = int(os.environ.get("BOOKREC_WORKERS") or workers_per_cpu())
 worker_class = "serving.gunicorn_worker.BalancedThreadWorker"
 threads = int(os.environ.get("BOOKREC_THREADS", "4"))
 preload_app = False
-keepalive = 5
+# Longer than the load balancer's idle timeout (60 s in the AWS template): the balancer,
+# not gunicorn, must close an idle connection, or it may send a request on a connection
+# gunicorn is closing at that moment, and the client gets a 502.
+keepalive = int(os.environ.get("BOOKREC_KEEPALIVE_S", "75"))
 limit_request_line = 8190  # gunicorn's maximum; longer request lines get its HTML 414
 timeout = 60
 graceful_timeout = 15

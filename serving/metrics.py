@@ -192,6 +192,26 @@ class Metrics:
             self.model_version.labels(version=old).set(0)
         self.model_version.labels(version=new).set(1)
 
+    def worker_versions(self) -> dict[str, str]:
+        """pid -> the model version each live worker serves (every worker of this server in
+        multiprocess mode, from the shared files; else this process alone)."""
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            metrics = registry.collect()
+        else:
+            metrics = self.registry.collect()
+        found: dict[str, str] = {}
+        for metric in metrics:
+            if metric.name != "bookrec_model_version_info":
+                continue
+            for sample in metric.samples:
+                if sample.value == 1:
+                    found[sample.labels.get("pid", str(os.getpid()))] = sample.labels["version"]
+        return found
+
     def exposition(self) -> tuple[bytes, str]:
         """The text format body and its content type, merged across workers if needed
         (this process's queued samples are folded in first; other workers' within 1 s)."""

@@ -238,6 +238,11 @@ class ModelHolder:
             self._requested += 1
         self._wake.set()
 
+    @property
+    def background(self) -> bool:
+        """True while the loader thread runs (it acts on ``request_reload``)."""
+        return bool(self._threads)
+
     def reload_now(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Check the pointer now and wait for the outcome (used by ``POST /admin/reload``)."""
         if not self._threads:

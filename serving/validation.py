@@ -16,6 +16,10 @@ from bookrec.cleaning import normalize_isbn
 MAX_USER_ID = 2**31 - 1
 MAX_K = 100
 MAX_QUERY_LEN = 200
+MIN_QUERY_LEN = 3
+# At least two visible characters with something between them: what leaves 3 characters
+# or more once control characters become spaces and spaces are collapsed and trimmed.
+QUERY_PATTERN = r"[^\x00-\x20\x7f][\s\S]+[^\x00-\x20\x7f]"
 _ISBN_SHAPE = re.compile(r"[0-9]{9}[0-9X]|97[89][0-9]{10}")  # fullmatch
 _ISBN_SEPARATORS = re.compile(r"[\s-]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -109,15 +113,16 @@ def parse_k(raw: str | None, default: int = 10) -> int:
 
 
 def parse_query(raw: str | None) -> str:
-    """A search text of 1..200 characters, with control characters and extra spaces removed.
-
-    The result may be empty (a query of only blanks), which matches nothing.
-    """
+    """A search text of 3..200 characters, with control characters and extra spaces removed
+    (shorter texts match too much of the catalogue to be worth a query)."""
     if raw is None or raw == "":
-        raise invalid("q", "is required (1 to 200 characters)")
+        raise invalid("q", f"is required ({MIN_QUERY_LEN} to {MAX_QUERY_LEN} characters)")
     if len(raw) > MAX_QUERY_LEN:
         raise invalid("q", f"must be at most {MAX_QUERY_LEN} characters")
-    return _SPACES.sub(" ", _CONTROL.sub(" ", raw)).strip(" ")
+    text = _SPACES.sub(" ", _CONTROL.sub(" ", raw)).strip(" ")
+    if len(text) < MIN_QUERY_LEN:
+        raise invalid("q", f"must have at least {MIN_QUERY_LEN} characters besides blanks")
+    return text
 
 
 def parse_rating(body: object) -> tuple[str, int, str | None]:
@@ -194,8 +199,14 @@ K = Param(
 QUERY = Param(
     "q",
     "query",
-    {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_LEN},
-    "Words from a title or an author name",
+    {
+        "type": "string",
+        "minLength": MIN_QUERY_LEN,
+        "maxLength": MAX_QUERY_LEN,
+        "pattern": QUERY_PATTERN,
+    },
+    "Words from a title or an author name (at least 3 characters besides blanks); every "
+    "word must match, the last one as a prefix",
     required=True,
 )
 RATING_BODY = {

@@ -1,14 +1,18 @@
 """Prefect tasks that tell the serving tier a new champion exists.
 
 Two channels, both used: a Redis pub/sub message every worker of every instance hears
-(when Redis is configured), and ``POST /admin/reload`` on each configured instance, whose
-answer says which version that worker now serves. Workers also poll the champion pointer,
-so a missed signal only delays a reload by one poll interval.
+(when Redis is configured), and ``POST /admin/reload`` on each configured instance, which
+answers 202 at once (a load can outlast a load balancer's idle timeout). The task then
+polls ``GET /admin/model``, which lists the version every live worker of that instance
+serves, until all of them serve the expected version or ``reload_deadline_s`` passes.
+Workers also poll the champion pointer, so a missed signal only delays a reload by one
+poll interval.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import requests
@@ -18,7 +22,8 @@ from prefect.tasks import exponential_backoff
 from bookrec import discovery
 from bookrec.settings import Settings, get_settings
 
-REQUEST_TIMEOUT_S = 70.0  # a worker answers after loading the model (a minute at most)
+REQUEST_TIMEOUT_S = 10.0  # the reload call answers at once; /admin/model too
+POLL_INTERVAL_S = 0.5
 
 
 class InstanceRefused(RuntimeError):
@@ -45,28 +50,83 @@ def publish_signal(settings: Settings, version: str | None) -> dict[str, Any]:
     return {"published": True, "channel": settings.reload_channel, "receivers": int(receivers)}
 
 
-def call_instance(settings: Settings, url: str, version: str | None) -> dict[str, Any]:
-    """``POST <url>/admin/reload`` with the admin token; the worker's answer.
-
-    Connection errors propagate (the task retries them); a refusal raises ``InstanceRefused``.
-    """
+def _admin_call(settings: Settings, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+    """One admin request with the bearer token; its JSON body (``InstanceRefused`` if not 2xx)."""
     token = settings.admin_token.get_secret_value() if settings.admin_token else ""
     if not token:
         raise InstanceRefused("BOOKREC_ADMIN_TOKEN is not set; serving refuses admin calls")
-    params = {"version": version} if version else None
-    response = requests.post(
-        f"{url}/admin/reload",
-        params=params,
+    response = requests.request(
+        method,
+        url,
         headers={"Authorization": f"Bearer {token}"},
         timeout=REQUEST_TIMEOUT_S,
+        **kwargs,
     )
     try:
         body = response.json()
     except ValueError:
         body = {"raw": response.text[:500]}
-    if response.status_code != 200:
+    if not 200 <= response.status_code < 300:
         raise InstanceRefused(f"{url}: HTTP {response.status_code}: {body}")
     return body
+
+
+def call_instance(settings: Settings, url: str, version: str | None) -> dict[str, Any]:
+    """``POST <url>/admin/reload`` with the admin token; the answer (202, at once).
+
+    Connection errors propagate (the task retries them); a refusal raises ``InstanceRefused``.
+    """
+    params = {"version": version} if version else None
+    return _admin_call(settings, "POST", f"{url}/admin/reload", params=params)
+
+
+def instance_workers(settings: Settings, url: str) -> dict[str, Any]:
+    """``GET <url>/admin/model``: the answering worker's state and ``workers`` (pid ->
+    version of every live worker of the instance)."""
+    return _admin_call(settings, "GET", f"{url}/admin/model")
+
+
+def reload_and_wait(
+    settings: Settings, url: str, version: str | None, deadline_s: float | None = None
+) -> dict[str, Any]:
+    """Ask ``url`` to reload, then poll until every worker serves ``version`` (or, with no
+    version given, one and the same version) or the deadline passes.
+
+    Returns ``status`` (``reloaded``, or ``timeout`` with ``matches`` False), the version,
+    ``workers`` and the seconds it took.
+    """
+    deadline_s = settings.reload_deadline_s if deadline_s is None else deadline_s
+    started = time.monotonic()
+    accepted = call_instance(settings, url, version)
+    while True:
+        info = instance_workers(settings, url)
+        workers = info.get("workers") or {}
+        served = set(workers.values())
+        done = bool(workers) and (served == {version} if version else len(served) == 1)
+        elapsed = round(time.monotonic() - started, 3)
+        if done:
+            return {
+                "status": "reloaded",
+                "pid": accepted.get("pid"),
+                "version": next(iter(served)),
+                "matches": True,
+                "workers": workers,
+                "seconds": elapsed,
+            }
+        if elapsed >= deadline_s:
+            last = info.get("last_reload") or {}
+            return {
+                "status": "timeout",
+                "pid": accepted.get("pid"),
+                "version": info.get("version"),
+                "matches": False,
+                "workers": workers,
+                "seconds": elapsed,
+                "error": f"not every worker serves {version or 'one version'} after "
+                f"{deadline_s:g} s (last reload here: {last.get('status')} "
+                f"{last.get('error', '')})".strip(),
+            }
+        time.sleep(POLL_INTERVAL_S)
 
 
 @task(name="publish-reload-signal", retries=3, retry_delay_seconds=exponential_backoff(2))
@@ -100,5 +160,5 @@ def _retry_unless_refused(task: Any, task_run: Any, state: Any) -> bool:
     retry_condition_fn=_retry_unless_refused,
 )
 def reload_instance(url: str, version: str | None = None) -> dict[str, Any]:
-    """Ask one instance to reload now; returns what it said (status, version, pid)."""
-    return call_instance(get_settings(), url, version)
+    """Ask one instance to reload and wait until all its workers serve ``version``."""
+    return reload_and_wait(get_settings(), url, version)

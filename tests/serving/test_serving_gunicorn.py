@@ -72,7 +72,7 @@ def test_pubsub_and_admin_reload_reach_every_worker(
     wait_for(lambda: set(worker_versions(server.url).values()) == {new}, 20)
     assert versions_seen(server.url) == {new}
     answer = call_instance(settings, server.url, new)
-    assert answer["status"] == "unchanged" and answer["matches"] is True
+    assert answer["status"] == "accepted" and answer["matches"] is True
 
 
 def test_polling_alone_reloads_every_worker_and_metrics_merge(
@@ -171,7 +171,7 @@ def test_admin_reload_over_http_requires_the_token(start_gunicorn, serving_setti
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
         timeout=30,
     )
-    assert ok.status_code == 200 and ok.json()["status"] == "unchanged"
+    assert ok.status_code == 202 and ok.json()["status"] == "accepted"
 
 
 def test_metrics_count_every_workers_requests_without_a_preset_folder(

@@ -267,3 +267,104 @@ def test_forwarded_for_under_gunicorn(start_gunicorn, serving_settings, engine):
     assert sorted(logged) == sorted(
         [("127.0.0.1", 200)] * 2 + [("203.0.113.3", 200)] * 2 + [("203.0.113.4", 200)]
     )
+
+
+# -- item 5: slow statements vs lost connections; search from its index ---------------------
+def test_a_statement_timeout_fails_one_search_and_opens_no_breaker(
+    make_app, serving_settings, engine, model_set, monkeypatch
+):
+    import serving.catalog
+
+    monkeypatch.setattr(serving.catalog, "SEARCH_STATEMENT_TIMEOUT_MS", 300, raising=False)
+    client = make_app(serving_settings).test_client()
+    book = model_set.books.iloc[2]
+    with engine.connect() as locker:  # holds books so that a search waits past its timeout
+        locker.execute(sa.text("BEGIN; LOCK TABLE books IN ACCESS EXCLUSIVE MODE"))
+        slow = client.get("/v1/books?q=dragon saga")
+        locker.execute(sa.text("ROLLBACK"))
+    assert _is_json_error(slow, 503)["code"] == "search_failed"
+    assert int(slow.headers["Retry-After"]) >= 1
+    # right after it (within the breaker's second) the database still answers everything
+    details = client.get(f"/v1/books/{book.isbn}")
+    assert details.status_code == 200 and details.get_json()["source"] == "database"
+    rated = client.post("/v1/users/3/ratings", json={"isbn": book.isbn, "rating": 7})
+    assert rated.status_code == 201
+    assert client.get("/v1/books?q=dragon saga").get_json()["count"] == 12
+
+
+def test_search_is_served_by_the_full_text_index(engine):
+    from serving.catalog import _SEARCH_SELECT
+
+    with engine.connect() as conn:
+        conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+        plan = "\n".join(
+            conn.execute(
+                sa.text(f"EXPLAIN {_SEARCH_SELECT}"),
+                {"tsquery": "'dragon' & 'sa':*", "prefix": "dragon sa%", "candidates": 200,
+                 "limit": 20},
+            ).scalars()
+        )
+    assert "ix_books_search_doc" in plan, plan
+
+
+def test_search_matches_every_word_the_last_as_a_prefix(client):
+    assert client.get("/v1/books?q=dragon sa").get_json()["count"] == 12
+    assert client.get("/v1/books?q=saga dragon").get_json()["count"] == 12  # any order
+    assert client.get("/v1/books?q=dragon chef").get_json()["count"] == 0  # every word
+    first = client.get("/v1/books?q=ann archer").get_json()["items"][0]
+    assert first["author"] == "Ann Archer"
+
+
+# -- item 7: timeouts ----------------------------------------------------------------------
+def test_gunicorn_keeps_idle_connections_longer_than_the_load_balancer(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    from serving_data import REPO
+
+    template = (REPO / "deployments" / "aws" / "template.yaml").read_text()
+    alb_idle = int(re.search(r"idle_timeout\.timeout_seconds, Value: \"(\d+)\"", template)[1])
+    env = {"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    keepalive = subprocess.run(
+        [sys.executable, "-c", "import runpy; print(runpy.run_path("
+         "'serving/gunicorn_conf.py')['keepalive'])"],
+        cwd=REPO, env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    assert int(keepalive) > alb_idle
+
+
+def test_admin_reload_answers_at_once_and_the_caller_waits_for_every_worker(
+    start_gunicorn, serving_settings, model_set
+):
+    from bookrec.registry import Registry
+    from tasks.reload import instance_workers, reload_and_wait
+
+    old, new = model_set.versions
+    quiet = serving_settings.model_copy(update={"model_poll_interval_s": 3600.0})
+    # No Redis and no polling: only the worker that gets the call reloads.
+    server = start_gunicorn(quiet, workers=3, extra_env={"BOOKREC_RELOAD_STAGGER_S": "2"})
+    deadline = time.monotonic() + 60
+    while len(instance_workers(quiet, server.url)["workers"]) < 3:
+        assert time.monotonic() < deadline, "workers did not all report a version"
+        time.sleep(0.2)
+    Registry.from_settings(quiet).promote(new, by="test", reason="reload")
+    started = time.monotonic()
+    answer = requests.post(f"{server.url}/admin/reload?version={new}", headers=AUTH, timeout=10)
+    assert answer.status_code == 202 and answer.json()["status"] == "accepted"
+    assert time.monotonic() - started < 1.5  # not after the load and its stagger
+    stuck = reload_and_wait(quiet, server.url, new, deadline_s=6)
+    assert stuck["status"] == "timeout" and stuck["matches"] is False
+    assert "not every worker serves" in stuck["error"]
+    # each POST reached one worker (the task's own call too); at least one never heard of it
+    assert old in stuck["workers"].values()
+    while new not in instance_workers(quiet, server.url)["workers"].values():
+        assert time.monotonic() - started < 60, "the called worker did not reload"
+        time.sleep(0.2)
+    server.stop()
+
+    polling = start_gunicorn(serving_settings, workers=3)  # polls every 0.5 s
+    Registry.from_settings(serving_settings).promote(old, by="test", reason="back")
+    done = reload_and_wait(serving_settings, polling.url, old, deadline_s=60)
+    assert done["status"] == "reloaded" and done["matches"] is True
+    assert len(done["workers"]) == 3 and set(done["workers"].values()) == {old}

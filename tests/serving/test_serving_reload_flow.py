@@ -54,7 +54,7 @@ def test_instance_refusals_are_not_retried_as_outages(start_gunicorn, serving_se
     wrong = serving_settings.model_copy(update={"admin_token": SecretStr("not-the-token")})
     with pytest.raises(InstanceRefused, match="HTTP 401"):
         call_instance(wrong, server.url, None)
-    assert call_instance(serving_settings, server.url, None)["status"] == "unchanged"
+    assert call_instance(serving_settings, server.url, None)["status"] == "accepted"
 
 
 def test_signal_without_redis_and_url_parsing(serving_settings):

@@ -271,7 +271,7 @@ def test_forwarded_for_under_gunicorn(start_gunicorn, serving_settings, engine):
 
 # -- item 5: slow statements vs lost connections; search from its index ---------------------
 def test_a_statement_timeout_fails_one_search_and_opens_no_breaker(
-    make_app, serving_settings, engine, model_set, monkeypatch
+    make_app, serving_settings, engine, model_set, monkeypatch, key_headers
 ):
     import serving.catalog
 
@@ -287,7 +287,9 @@ def test_a_statement_timeout_fails_one_search_and_opens_no_breaker(
     # right after it (within the breaker's second) the database still answers everything
     details = client.get(f"/v1/books/{book.isbn}")
     assert details.status_code == 200 and details.get_json()["source"] == "database"
-    rated = client.post("/v1/users/3/ratings", json={"isbn": book.isbn, "rating": 7})
+    rated = client.post(
+        "/v1/users/3/ratings", json={"isbn": book.isbn, "rating": 7}, headers=key_headers
+    )
     assert rated.status_code == 201
     assert client.get("/v1/books?q=dragon saga").get_json()["count"] == 12
 

@@ -8,7 +8,7 @@ The breaker (PostgreSQL skipped for a second) opens on connection-level failures
 a lost or refused connection, or a schema that is missing. A statement that times out,
 or any other error of one statement, fails that request alone (``QueryFailed``).
 
-Search is full text on title and author (migration 0010's stored ``search_doc`` vector and
+Search is full text on title and author (migration 0011's stored ``search_doc`` vector and
 its GIN index): every word must
 match, the last one as a prefix; at most ``SEARCH_CANDIDATES`` matches are ranked (titles
 starting with the text, then word-match rank, then shorter titles), so a common word costs

@@ -8,14 +8,14 @@ recomputed for each candidate row a search ranks. The trigram indexes of 0004 se
 ``ILIKE '%q%'``, whose matches all had to be sorted: a common word cost a scan of tens of
 thousands of rows.
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 """
 
 from alembic import op
 
-revision = "0010"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

@@ -212,8 +212,8 @@ def _answer(args: argparse.Namespace) -> int:
     from uuid import UUID
 
     from prefect import get_client
-    from prefect.exceptions import FlowPauseTimeout
-    from prefect.flow_runs import NotPausedError, resume_flow_run
+    from prefect.exceptions import FlowPauseTimeout, NotPausedError
+    from prefect.flow_runs import resume_flow_run
 
     from bookrec import audit
     from bookrec.registry import Registry, RegistryError
@@ -221,11 +221,11 @@ def _answer(args: argparse.Namespace) -> int:
     from tasks.approval import expire_overdue
 
     registry = Registry.from_settings(get_settings())
+    expire_overdue()
     try:
         status = registry.status(args.version)
     except RegistryError as exc:
         raise _error(str(exc)) from None
-    expire_overdue()
     if not status or status.get("status") != "awaiting_approval":
         shown = (status or {}).get("status") or "no decision pending"
         raise _error(f"{args.version} is not awaiting approval ({shown})")

@@ -4,6 +4,7 @@ and a stack created in moto's CloudFormation (over HTTP) as far as moto supports
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -379,12 +380,29 @@ def test_api_connects_as_its_least_privilege_role(template):
     assert 'outputs["DbSetupTaskFamily"]' in deploy
 
 
-def test_alb_idle_timeout_is_60_seconds(template):
+def test_alb_closes_idle_connections_before_gunicorn_does(template, tmp_path):
     attributes = {
         a["Key"]: a["Value"]
         for a in template["Resources"]["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]
     }
-    assert attributes["idle_timeout.timeout_seconds"] == "60"
+    idle = int(attributes["idle_timeout.timeout_seconds"])
+    assert idle == 60
+    # The keep-alive gunicorn really runs with: its config file evaluated in a child process
+    # (it sets up a metrics folder as it loads).
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import runpy; print(runpy.run_path('serving/gunicorn_conf.py')['keepalive'])",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    keepalive = float(proc.stdout.strip())
+    assert keepalive > idle  # else the ALB reuses a closed connection: 502
 
 
 def test_required_outputs_exist(template):

@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         "| scale | ratings read | "
-        + " | ".join(f"{s} s / peak MB" for s in STAGES)
+        + " | ".join(f"{s} s / peak MB" for s in ALL_STAGES)
         + " | total s | max RSS MB |"
     )
     print("|---:|---:|" + "---:|" * len(ALL_STAGES) + "---:|---:|")

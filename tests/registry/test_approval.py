@@ -103,9 +103,10 @@ def test_require_approval_then_approve_from_the_cli(
     assert reg.champion()["version"] == "v2" and reg.champion()["previous"] == ["v1"]
     assert wait_for(approval["flow_run_id"], lambda s: s.is_final(), "finished").is_completed()
     rows = _rows(clean_db)
+    # the refused `promote` with nothing to promote is recorded too, with no candidate
     assert [r[:2] for r in rows] == [("v1", "promoted"), ("v2", "awaiting_approval"),
-                                     ("v2", "promoted")]
-    assert rows[0][2] == "gate" and rows[1][2] == "gate" and "@" in rows[2][2]
+                                     (None, "refused"), ("v2", "promoted")]
+    assert rows[0][2] == "gate" and rows[1][2] == "gate" and "@" in rows[3][2]
     awaiting = audit.decisions_for(clean_db, "v2")[0]
     assert awaiting.flow_run_id == approval["flow_run_id"]
     assert awaiting.candidate_metrics["ndcg@20"] == 0.12

@@ -45,9 +45,11 @@ def test_history_after_promote_rollback_and_rollback_to(
 
     # The middle of v2's interval: --to restores v2.
     middle = history[1].start + (history[2].start - history[1].start) / 2
-    assert main(["rollback", "--to", middle.isoformat(), "--json"]) == 0
+    # No API runs here, so the reload fails: the pointer moves and the exit code says so.
+    assert main(["rollback", "--to", middle.isoformat(), "--json"]) == 1
     out = _json(capsys)
     assert (out["target"], out["decision"], out["champion"]) == ("v2", "rolled back", "v2")
+    assert out["reload"]["status"] == "failed"
     assert reg.champion()["version"] == "v2"
     # The same time again names the serving champion: refused, nothing changes.
     assert main(["rollback", "--to", middle.isoformat(), "--json"]) == 1

@@ -6,7 +6,10 @@ window that contained the book; a rating that names the ``request_id`` of a list
 from is attributed to that list first (also a popular or similar list, which has no reader,
 but never another reader's list). The attribution is copied onto the rating event (list
 version, kind, shown time, 1-based position), so the report reads one small table and the
-impressions' counts, never joins the two.
+impressions' counts, never joins the two. During a rollout (``bookrec.rollout``) the list's
+variant and rollout are copied too, with the version credited with the hit: the list's
+version, or for an interleaved list (whose version is "<champion>+<candidate>") the version
+of the team that contributed the book (``credited_team``: 0 champion, 1 candidate).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ KINDS = ("user", "similar", "popular")
 # The impression a rating event belongs to (``e`` is the event): its request id if it was
 # given and names a list with the book, else the latest list shown to the reader with it.
 _MATCH = """
-    SELECT i.request_id, i.shown_at, i.model_version, i.kind,
-           array_position(i.isbns, e.isbn) AS position
+    SELECT i.request_id, i.shown_at, i.model_version, i.kind, i.variant, i.rollout_id,
+           array_position(i.isbns, e.isbn) AS position, i.teams
     FROM impressions i
     WHERE i.shown_at <= e.posted_at
       AND i.shown_at > e.posted_at - make_interval(secs => :window_s)
@@ -43,9 +46,15 @@ _ATTRIBUTE = sa.text(
     )
     UPDATE rating_events e
     SET impression_request_id = m.request_id, shown_at = m.shown_at,
-        model_version = m.model_version, kind = m.kind, position = m.position
+        model_version = m.model_version, kind = m.kind, position = m.position,
+        variant = m.variant, rollout_id = m.rollout_id,
+        credited_team = m.teams[m.position],
+        credited_version = CASE WHEN m.teams IS NULL THEN m.model_version
+                                ELSE split_part(m.model_version, '+', m.teams[m.position] + 1)
+                           END
     FROM m WHERE e.id = m.id
-    RETURNING e.id, e.impression_request_id, e.model_version, e.kind, e.position
+    RETURNING e.id, e.impression_request_id, e.model_version, e.kind, e.position,
+              e.variant, e.credited_version, e.credited_team
     """
 )
 _INSERT_EVENT = sa.text(
@@ -86,17 +95,24 @@ class Attribution:
     model_version: str | None = None
     kind: str | None = None
     position: int | None = None
+    variant: str | None = None
+    credited_version: str | None = None
+    credited_team: int | None = None
 
     def to_json(self) -> dict[str, Any] | None:
         """The attributed list as JSON, or None."""
         if self.request_id is None:
             return None
-        return {
+        out: dict[str, Any] = {
             "request_id": self.request_id,
             "model_version": self.model_version,
             "kind": self.kind,
             "position": self.position,
         }
+        if self.variant is not None:
+            out["variant"] = self.variant
+            out["credited_version"] = self.credited_version
+        return out
 
 
 def record_rating_event(
@@ -137,7 +153,14 @@ def attribute(
     rows = conn.execute(_ATTRIBUTE, params)
     return {
         int(r.id): Attribution(
-            int(r.id), r.impression_request_id, r.model_version, r.kind, int(r.position)
+            int(r.id),
+            r.impression_request_id,
+            r.model_version,
+            r.kind,
+            int(r.position),
+            r.variant,
+            r.credited_version,
+            None if r.credited_team is None else int(r.credited_team),
         )
         for r in rows
     }

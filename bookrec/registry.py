@@ -5,6 +5,8 @@ Layout under the store root::
     models/<version>/<file>...        written once, manifest.json last (If-None-Match)
     models/<version>.status.json      small mutable status next to the immutable version
     models/champion.json              the pointer, replaced only by compare-and-swap (If-Match)
+    rollouts/current.json             the running rollout (or none), compare-and-swap too
+    rollouts/<id>.json                every rollout's record, running or ended
 
 A version without its manifest is incomplete (an interrupted upload) and can never
 be promoted. The pointer carries the stack of earlier champions so that a rollback
@@ -43,6 +45,9 @@ MODELS = "models/"
 POINTER_KEY = "models/champion.json"
 HISTORY_LIMIT = 50
 AWAITING = "awaiting_approval"
+ROLLOUTS = "rollouts/"
+ROLLOUT_KEY = "rollouts/current.json"
+_ROLLOUT_ID_RE = re.compile(r"[0-9a-f]{32}")
 _IO_THREADS = 8  # parallel object requests: a model is a few dozen files
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: no trailing newline
 
@@ -65,6 +70,18 @@ class IncompleteVersion(RegistryError):
 
 class PromotionConflict(RegistryError):
     """The champion pointer changed between reading and writing it (a concurrent promotion)."""
+
+
+class RolloutRefused(RegistryError, ValueError):
+    """A rollout cannot start or end as asked (the message says why)."""
+
+
+class RolloutRunning(RolloutRefused):
+    """Another rollout is running; end it first."""
+
+
+class RolloutConflict(RolloutRefused):
+    """The rollout to end is not the running one (ended already, or another one runs)."""
 
 
 @dataclass(frozen=True)
@@ -551,3 +568,145 @@ class Registry:
             found = list(pool.map(self.status, versions))
         return {v: st for v, st in zip(versions, found, strict=True)
                 if st and st.get("status") == AWAITING}
+
+    # -- rollouts ---------------------------------------------------------------------------
+
+    def _rollout_state(self) -> tuple[dict[str, Any], str | None]:
+        """``rollouts/current.json`` as read ({"rollout": record or None}) and its ETag."""
+        try:
+            data, etag = self.store.get_with_etag(ROLLOUT_KEY)
+        except ObjectNotFound:
+            return {"rollout": None}, None
+        try:
+            state = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RegistryError(f"{ROLLOUT_KEY} is not valid JSON ({exc})") from exc
+        return state, etag
+
+    def _put_rollout_state(self, state: dict[str, Any], etag: str | None) -> None:
+        if etag is None:
+            self.store.put(ROLLOUT_KEY, _dumps(state), if_none_match=True)
+        else:
+            self.store.put(ROLLOUT_KEY, _dumps(state), if_match=etag)
+
+    @staticmethod
+    def _rollout_key(rollout_id: str) -> str:
+        if not isinstance(rollout_id, str) or not _ROLLOUT_ID_RE.fullmatch(rollout_id):
+            raise RolloutRefused(f"invalid rollout id {rollout_id!r}: 32 hex digits expected")
+        return f"{ROLLOUTS}{rollout_id}.json"
+
+    def current_rollout(self) -> dict[str, Any] | None:
+        """The running rollout's record, or None."""
+        return self._rollout_state()[0].get("rollout")
+
+    def rollout(self, rollout_id: str) -> dict[str, Any] | None:
+        """One rollout's record, running or ended (None if there is no such rollout)."""
+        try:
+            return json.loads(self.store.get(self._rollout_key(rollout_id)))
+        except ObjectNotFound:
+            return None
+
+    def start_rollout(
+        self,
+        candidate: str,
+        *,
+        interleave: float,
+        canary: float,
+        started_by: str,
+        flow_run_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Start serving ``candidate`` beside the champion to a share of readers.
+
+        ``interleave``: share of readers whose list is a team-draft interleaving of the two
+        models; ``canary``: share served by the candidate alone (``bookrec.rollout.assign``).
+        Written by compare-and-swap on ``rollouts/current.json``, so of two concurrent
+        starts one wins and the other gets ``RolloutRunning``. The record pins the champion
+        at start, the candidate's manifest checksum and a fresh salt for the reader hash.
+        The champion is not moved; serving picks the rollout up like a new champion (poll,
+        reload signal, ``POST /admin/reload``).
+        """
+        shares = {"interleave": interleave, "canary": canary}
+        for name, share in shares.items():
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not (
+                0.0 <= float(share) <= 1.0
+            ):
+                raise RolloutRefused(f"{name} must be a share between 0 and 1, not {share!r}")
+        if float(interleave) + float(canary) > 1.0 + 1e-12:
+            raise RolloutRefused(
+                f"interleave + canary must be at most 1 (got {interleave} + {canary})"
+            )
+        if not isinstance(started_by, str) or not started_by.strip():
+            raise RolloutRefused("started_by must name who or what starts the rollout")
+        check_version(candidate)
+        sha = self.check_complete(candidate)  # VersionNotFound / IncompleteVersion
+        champion = self.champion_state()
+        if champion.version is None:
+            raise RolloutRefused("there is no champion to compare a candidate with")
+        if champion.version == candidate:
+            raise RolloutRefused(f"version {candidate} is already the champion")
+        state, etag = self._rollout_state()
+        running = state.get("rollout")
+        if running is not None:
+            raise RolloutRunning(
+                f"rollout {running['id']} of {running['candidate']} is running; end it first"
+            )
+        record = {
+            "id": uuid.uuid4().hex,
+            "candidate": candidate,
+            "candidate_manifest_sha256": sha,
+            "champion": champion.version,
+            "interleave": float(interleave),
+            "canary": float(canary),
+            "salt": secrets.token_hex(8),
+            "started_at": _now(),
+            "started_by": started_by,
+            "flow_run_id": flow_run_id,
+        }
+        self.store.put(self._rollout_key(record["id"]), _dumps(record), if_none_match=True)
+        try:
+            self._put_rollout_state({**state, "rollout": record}, etag)
+        except PreconditionFailed:
+            now_running = self.current_rollout()
+            raise RolloutRunning(
+                "another rollout started at the same moment"
+                + (f" ({now_running['id']} of {now_running['candidate']})" if now_running else "")
+            ) from None
+        return record
+
+    def end_rollout(self, rollout_id: str, decision: str, reason: str) -> dict[str, Any]:
+        """End the running rollout ``rollout_id`` (compare-and-swap: only if it is still the
+        running one) and return its ended record (``ended_at``, ``decision``, ``reason``),
+        kept readable as ``rollouts/<id>.json``. The champion is not moved here.
+
+        Safe to retry: ending a rollout that this same decision ended already returns its
+        record; one ended otherwise, or not running, raises ``RolloutConflict``.
+        """
+        key = self._rollout_key(rollout_id)
+        if not isinstance(decision, str) or not decision.strip():
+            raise RolloutRefused("decision must be a non-empty string")
+        state, etag = self._rollout_state()
+        running = state.get("rollout")
+        if running is None or running.get("id") != rollout_id:
+            last = state.get("last") or {}
+            stored = self.rollout(rollout_id)
+            if last.get("id") == rollout_id and stored != last:
+                self.store.put(key, _dumps(last))  # the record write of that call was lost
+                stored = last
+            if stored is None:
+                raise RolloutConflict(f"no rollout {rollout_id}")
+            if stored.get("ended_at") and stored.get("decision") == decision:
+                return stored  # a retry of an end that happened
+            if stored.get("ended_at"):
+                raise RolloutConflict(
+                    f"rollout {rollout_id} ended already ({stored.get('decision')})"
+                )
+            raise RolloutConflict(f"rollout {rollout_id} is not the running rollout")
+        ended = {**running, "ended_at": _now(), "decision": decision, "reason": reason}
+        try:
+            self._put_rollout_state({"rollout": None, "last": ended}, etag)
+        except PreconditionFailed:
+            raise RolloutConflict(
+                f"the running rollout changed while ending {rollout_id}; nothing was changed"
+            ) from None
+        self.store.put(key, _dumps(ended))
+        return ended

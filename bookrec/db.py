@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -145,6 +146,18 @@ def read_books(engine: Engine) -> pd.DataFrame:
     dtype = {c: str for c in C.BOOK_COLUMNS}
     dtype[C.YEAR] = "Int16"
     return copy_query_to_frame(engine, f"SELECT {cols} FROM books ORDER BY {C.ISBN}", dtype=dtype)
+
+
+def read_book(engine: Engine, isbns: list[str]) -> dict[str, Any] | None:
+    """The catalogue row of the first of ``isbns`` (forms of one ISBN) the books table
+    holds, as a dict of the book columns, or None."""
+    if not isbns:
+        return None
+    cols = ", ".join(C.BOOK_COLUMNS)
+    query = sa.text(f"SELECT {cols} FROM books WHERE {C.ISBN} = ANY(:isbns)")
+    with engine.connect() as conn:
+        rows = {r[C.ISBN]: dict(r) for r in conn.execute(query, {"isbns": list(isbns)}).mappings()}
+    return next((rows[i] for i in isbns if i in rows), None)
 
 
 def read_user_ratings(engine: Engine, user_ids: list[int]) -> dict[int, dict[str, int]]:

@@ -294,15 +294,34 @@ def _recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _catalogue_row(isbn: str) -> dict[str, Any] | None:
+    """The book's row in PostgreSQL (a book ingested after the model was trained gets
+    content neighbours from its text); None, with a warning, if the database is down."""
+    import sqlalchemy as sa
+
+    from bookrec import db
+    from bookrec.models.hybrid import isbn_candidates
+    from bookrec.settings import get_settings
+
+    try:
+        return db.read_book(db.get_engine(get_settings()), isbn_candidates(isbn))
+    except (sa.exc.SQLAlchemyError, db.DatabaseError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"warning: PostgreSQL unavailable ({first}); answering from the model alone",
+              file=sys.stderr)
+        return None
+
+
 def _similar(args: argparse.Namespace) -> int:
     _check_k(args.k)
     model = _load(args.version)
+    row = _catalogue_row(args.isbn) if model.needs_book_row(args.isbn) else None
     try:
-        recs = model.similar(args.isbn, args.k)
+        recs = model.similar(args.isbn, args.k, book=row)
     except KeyError:
         raise CommandError(f"ISBN {args.isbn!r} is not in model {model.version}") from None
     if args.json:
-        book = model.book(args.isbn)
+        book = model.book(args.isbn) or row
         print(json.dumps({
             "isbn": book["isbn"] if book else args.isbn,
             "model_version": model.version,

@@ -15,16 +15,33 @@ def popular(model: Any, k: int) -> bytes:
     return dumps({"model_version": model.version, "k": k, "items": items})
 
 
-def similar(model: Any, isbn: str, k: int) -> bytes:
+def similar(model: Any, isbn: str, k: int, catalog: Any = None) -> bytes:
     """Books similar to ``isbn`` (a canonical ISBN); KeyError if the model does not know it."""
-    recs = model.similar(isbn, k=k)
+    return similar_body(model, isbn, k, catalog)[0]
+
+
+def similar_body(model: Any, isbn: str, k: int, catalog: Any = None) -> tuple[bytes, bool]:
+    """``(body, cacheable)`` of the books similar to ``isbn``.
+
+    A book ingested after the model was trained (or rated then, but catalogued later) is
+    read from PostgreSQL through ``catalog`` and its text transformed with the model's
+    stored vocabulary (``model.needs_book_row``). KeyError if the model does not know the
+    ISBN and the catalogue has no row for it (or the artifact has no vocabulary). With
+    PostgreSQL down the model answers alone, not cached."""
+    book, cacheable = None, True
+    if catalog is not None and model.needs_book_row(isbn):
+        try:
+            book = catalog.book(isbn)
+        except CatalogUnavailable:
+            cacheable = False
+    recs = model.similar(isbn, k=k, book=book)
     payload = {
         "model_version": model.version,
         "isbn": isbn,
         "k": k,
         "items": [rec_to_dict(r) for r in recs],
     }
-    return dumps(payload)
+    return dumps(payload), cacheable
 
 
 def user(

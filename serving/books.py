@@ -30,20 +30,25 @@ def similar_books(isbn: str):
     canonical = v.parse_isbn(isbn)
     k = v.parse_k(request.args.get("k"))
     model = require_model()
+    svc = services()
     g.source = "cache"
 
     def compute() -> tuple[bytes, bool]:
+        # A book the model was not trained with is read from PostgreSQL and gets content
+        # neighbours from its text (the model's stored vocabulary).
         try:
-            body = bodies.similar(model, canonical, k)
+            body, cacheable = bodies.similar_body(model, canonical, k, svc.catalog)
         except KeyError:
             raise v.ApiError(
                 404, "unknown_book", f"isbn: {canonical} is not in the model", field="isbn"
             ) from None
+        if not cacheable:
+            svc.metrics.fallbacks.labels(reason="postgres_down").inc()
         g.source = "model"
-        return body, True
+        return body, cacheable
 
     key = Cache.key(model.version, "similar", canonical, k)
-    body = services().cache.get_or_compute("similar", key, compute)
+    body = svc.cache.get_or_compute("similar", key, compute)
     shown("similar", body)
     return json_response(body)
 

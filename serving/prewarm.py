@@ -57,7 +57,8 @@ def _body(svc: Services, model: Any, old_key: str, kind: str, parts: list[str]) 
     if kind == "popular":
         return bodies.popular(model, int(parts[0]))
     if kind == "similar":
-        return bodies.similar(model, parts[0], int(parts[1]))
+        body, cacheable = bodies.similar_body(model, parts[0], int(parts[1]), svc.catalog)
+        return body if cacheable else None
     if kind == "user":
         body, cacheable, _ = bodies.user(svc, model, int(parts[0]), int(parts[1]), count=False)
         return body if cacheable else None

@@ -15,20 +15,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from bookrec.models.base import Recommender, top_n
-from bookrec.models.works import normalize_author, normalize_title
-
-
-def book_text(title: str | None, author: str | None, publisher: str | None) -> str:
-    """The document TF-IDF sees for one book ("" when the title is unknown)."""
-    norm = normalize_title(title)
-    if not norm:
-        return ""
-    parts = [norm]
-    if a := normalize_author(author):
-        parts.append(f"a_{a}")
-    if p := normalize_author(publisher):
-        parts.append(f"p_{p}")
-    return " ".join(parts)
+from bookrec.models.works import TOKEN_PATTERN, book_text  # noqa: F401 (book_text re-exported)
 
 
 class ContentRecommender(Recommender):
@@ -55,6 +42,8 @@ class ContentRecommender(Recommender):
         self.vectors_: sp.csr_matrix | None = None
         self.vectors_t_: sp.csr_matrix | None = None
         self.has_text_: np.ndarray = np.zeros(len(self.texts), bool)
+        self.terms_: list[str] = []
+        self.idf_: np.ndarray = np.empty(0, np.float32)
 
     def fit(self, user_items: sp.csr_matrix | None = None) -> ContentRecommender:
         """Learn the vocabulary and the L2-normalised TF-IDF vectors of every item."""
@@ -73,7 +62,7 @@ class ContentRecommender(Recommender):
             max_features=self.max_features,
             sublinear_tf=True,
             dtype=np.float32,
-            token_pattern=r"(?u)\b\w+\b",  # noqa: S106 (a regex, not a password)
+            token_pattern=TOKEN_PATTERN,
         )
         if self.has_text_.any():
             vectors = vectorizer.fit_transform(self.texts).astype(np.float32)
@@ -81,6 +70,13 @@ class ContentRecommender(Recommender):
             vectors = sp.csr_matrix((self.n_items, 1), dtype=np.float32)
         self.vectors_ = sp.csr_matrix(vectors)
         self.vectors_t_ = sp.csr_matrix(self.vectors_.T)
+        if self.has_text_.any():
+            # Column order (sklearn numbers the kept terms in sorted order) and idf: what a
+            # new book's text needs to be transformed without the vectorizer object.
+            self.terms_ = [str(t) for t in vectorizer.get_feature_names_out()]
+            self.idf_ = np.asarray(vectorizer.idf_, dtype=np.float32)
+        else:
+            self.terms_, self.idf_ = [], np.empty(0, np.float32)
         return self
 
     def _scores_from(self, profile: sp.csr_matrix) -> np.ndarray:

@@ -100,6 +100,7 @@ def fit_hybrid(dataset: Dataset, params: HybridParams | dict[str, Any] | None = 
     ]
     content = ContentRecommender(texts).fit()
     tfidf = sp.csr_matrix(content.vectors_, dtype=np.float32)
+    terms = StringTable.build(content.terms_)
     tfidf_t = sp.csr_matrix(tfidf.T)
     content_row = np.full(n_items, -1, np.int32)
     # Every edition of a work maps to its work's content row.
@@ -151,6 +152,11 @@ def fit_hybrid(dataset: Dataset, params: HybridParams | dict[str, Any] | None = 
         "tfidf_t_indptr": tfidf_t.indptr.astype(np.int64),
         "tfidf_t_indices": tfidf_t.indices.astype(np.int32),
         "tfidf_t_data": tfidf_t.data.astype(np.float32),
+        # The vocabulary (terms in column order, which is sorted) and idf: a book ingested
+        # after training is transformed with them at request time (``similar(book=...)``).
+        "tfidf_terms_blob": terms.blob,
+        "tfidf_terms_offsets": terms.offsets,
+        "tfidf_idf": content.idf_.astype(np.float32),
         "popular_items": popular_items,
         "popular_scores": pop.scores_[popular_items].astype(np.float32),
     }

@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from bookrec.models.base import NO_ITEM, top_n
+from bookrec.models.works import book_text, tokens, work_key
 
 CF, CONTENT, POPULAR = "cf", "content", "popular"
 STRING_FIELDS = ("title", "author", "publisher", "image_url_m")
@@ -179,6 +180,13 @@ class HybridRecommender:
         self.content_in_cf = (
             self.cf_pos[self.content_items] >= 0 if n_rows else np.empty(0, bool)
         )
+        # The TF-IDF vocabulary and idf (models trained before they were stored lack them:
+        # then a book the model does not know has no similar books, as before).
+        self.vocabulary: StringTable | None = None
+        self.idf: np.ndarray | None = None
+        if "tfidf_terms_blob" in a and len(a["tfidf_idf"]) == n_terms and n_terms:
+            self.vocabulary = StringTable(a["tfidf_terms_blob"], a["tfidf_terms_offsets"])
+            self.idf = a["tfidf_idf"]
         self.popular_items = a["popular_items"]
         self.popular_scores = a["popular_scores"]
         self._isbn_width = self.isbns.dtype.itemsize
@@ -619,16 +627,127 @@ class HybridRecommender:
         best = int(sims.argmax())
         return int(hist_items[best]) if sims[best] > 0 else None
 
-    def similar(self, isbn: str, k: int = 10) -> list[Recommendation]:
+    # ---- books the model was not trained with --------------------------------------------
+
+    @property
+    def transforms_text(self) -> bool:
+        """True when the artifact holds the TF-IDF vocabulary (new books get content)."""
+        return self.vocabulary is not None
+
+    def _term_column(self, term: bytes) -> int:
+        """Column of ``term`` in the stored vocabulary (sorted, binary search) or -1."""
+        vocab = self.vocabulary
+        blob, offsets = vocab.blob, vocab.offsets
+        lo, hi = 0, len(vocab)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if bytes(blob[offsets[mid] : offsets[mid + 1]]) < term:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < len(vocab) and bytes(blob[offsets[lo] : offsets[lo + 1]]) == term:
+            return lo
+        return -1
+
+    def text_vector(self, title: str | None, author: str | None,
+                    publisher: str | None) -> sp.csr_matrix | None:
+        """A book's L2-normalised TF-IDF row (1 x terms) from its text, as the fitted
+        vectorizer gives it (sublinear tf x stored idf; terms outside the vocabulary
+        dropped). None without a stored vocabulary or when no term is known."""
+        if self.vocabulary is None:
+            return None
+        counts: dict[int, int] = {}
+        for term in tokens(book_text(title, author, publisher)):
+            col = self._term_column(term.encode("utf-8"))
+            if col >= 0:
+                counts[col] = counts.get(col, 0) + 1
+        if not counts:
+            return None
+        cols = np.array(sorted(counts), dtype=np.int32)
+        values = (1.0 + np.log(np.array([counts[c] for c in cols], np.float64))) \
+            * self.idf[cols].astype(np.float64)
+        values /= np.sqrt((values * values).sum())
+        return sp.csr_matrix((values.astype(np.float32), cols, np.array([0, len(cols)])),
+                             shape=(1, self.tfidf.shape[1]))
+
+    def needs_book_row(self, isbn: str) -> bool:
+        """True when ``similar(isbn)`` would use the book's catalogue row (``book=``): the
+        model has a vocabulary and either does not know the ISBN (ingested after training)
+        or knows it without a title (rated, but its book row arrived later)."""
+        if self.vocabulary is None:
+            return False
+        item = self._item_index(isbn)
+        return item < 0 or self.content_row[item] < 0
+
+    def _content_of_vector(self, vector: sp.csr_matrix):
+        """Sparse (content rows, cosine scores) for one normalised TF-IDF row."""
+        result = sp.csr_matrix(vector @ self.tfidf_t)
+        return result.indices.astype(np.int64), result.data.astype(np.float32)
+
+    def _content_by_vector(self, vector: sp.csr_matrix, n: int, banned_rows: np.ndarray,
+                           key: str, taken: set[int], label: str) -> list[Recommendation]:
+        """Up to ``n`` content neighbours of a text vector, skipping ``banned_rows``, works
+        in ``taken`` and editions of the work ``key`` (those are added to ``taken`` so the
+        popular fill skips them too)."""
+        if not len(self.content_items):
+            return []
+        idx, scores = self._content_of_vector(vector)
+        ids, best = self._top_content(idx, scores, n + 10, banned_rows)
+        out = []
+        for p, s in zip(ids, best, strict=True):
+            cand = int(self.content_items[p])
+            work = int(self.work_of_item[cand])
+            if work in taken:
+                continue
+            if key and work_key(self.strings["title"].get(cand),
+                                self.strings["author"].get(cand)) == key:
+                taken.add(work)  # another edition of the asked book
+                continue
+            if len(out) < n:
+                taken.add(work)
+                out.append(self._make(cand, s, CONTENT, f"similar to {label}"))
+        return out
+
+    def _similar_new(self, isbn: str, book: Mapping[str, Any], k: int) -> list[Recommendation]:
+        """``similar`` for a book the model does not know, from its catalogue row's text:
+        content neighbours (never an edition of the same work), then popular."""
+        title, author = book.get("title"), book.get("author")
+        label = title or f"ISBN {isbn}"
+        key = work_key(title, author)
+        out: list[Recommendation] = []
+        taken: set[int] = set()
+        vector = self.text_vector(title, author, book.get("publisher"))
+        if vector is not None:
+            out += self._content_by_vector(vector, k, np.empty(0, np.int64), key, taken, label)
+        if len(out) < k:
+            fill = self._popular(k - len(out) + 5, np.array(sorted(taken), np.int64), set(taken))
+            for cand, s in fill:
+                if len(out) < k and not (key and work_key(
+                        self.strings["title"].get(cand), self.strings["author"].get(cand)) == key):
+                    out.append(self._make(cand, s, POPULAR, "popular with readers"))
+        return out
+
+    def similar(self, isbn: str, k: int = 10, *,
+                book: Mapping[str, Any] | None = None) -> list[Recommendation]:
         """Books like ``isbn`` (never its other editions): CF neighbours, then content,
-        then popular. Raises ``KeyError`` for an unknown ISBN."""
+        then popular.
+
+        ``book`` is the ISBN's catalogue row (title, author, publisher) for a book the
+        model was not trained with: its text is transformed with the stored vocabulary and
+        scored against the stored TF-IDF rows (``needs_book_row`` says when it is used).
+        Raises ``KeyError`` for an ISBN the model does not know when no usable ``book``
+        is given or the artifact has no vocabulary."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         item = self._item_index(isbn)
         if item < 0:
-            raise KeyError(isbn)
+            if book is None or self.vocabulary is None or not book.get("title"):
+                raise KeyError(isbn)
+            return self._similar_new(isbn, book, k)
         work = int(self.work_of_item[item])
         label = self._label(item)
+        if book is not None and book.get("title") and not self.strings["title"].get(item):
+            label = str(book["title"])
         taken = {work}
         out: list[Recommendation] = []
         editions = np.flatnonzero(self.cf_work == work) if len(self.cf_items) else []
@@ -648,14 +767,23 @@ class HybridRecommender:
                     continue
                 taken.add(w)
                 out.append(self._make(cand, s, CF, f"readers of {label} also read this"))
-        if len(out) < k and self.content_row[item] >= 0:
-            idx, scores = self._content_scores(np.array([item]))
+        vector = None
+        if len(out) < k and self.content_row[item] < 0 and book is not None:
+            vector = self.text_vector(book.get("title"), book.get("author"),
+                                      book.get("publisher"))
+        if len(out) < k and (self.content_row[item] >= 0 or vector is not None):
             banned = self.content_row[np.array([item] + [self._item_index(r.isbn) for r in out])]
-            ids, best = self._top_content(idx, scores, k - len(out), banned[banned >= 0])
-            for p, s in zip(ids, best, strict=True):
-                cand = int(self.content_items[p])
-                taken.add(int(self.work_of_item[cand]))
-                out.append(self._make(cand, s, CONTENT, f"similar to {label}"))
+            if vector is None:
+                idx, scores = self._content_scores(np.array([item]))
+                ids, best = self._top_content(idx, scores, k - len(out), banned[banned >= 0])
+                for p, s in zip(ids, best, strict=True):
+                    cand = int(self.content_items[p])
+                    taken.add(int(self.work_of_item[cand]))
+                    out.append(self._make(cand, s, CONTENT, f"similar to {label}"))
+            else:  # text from the catalogue row: its editions are known by their work key
+                out += self._content_by_vector(vector, k - len(out), banned[banned >= 0],
+                                               work_key(book["title"], book.get("author")),
+                                               taken, label)
         if len(out) < k:
             for cand, s in self._popular(k - len(out), np.array([work]), taken):
                 out.append(self._make(cand, s, POPULAR, "popular with readers"))

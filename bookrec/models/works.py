@@ -58,6 +58,31 @@ def work_key(title: str | None, author: str | None) -> str:
     return f"{norm}\x1f{normalize_author(author)}"
 
 
+def book_text(title: str | None, author: str | None, publisher: str | None) -> str:
+    """The document TF-IDF sees for one book ("" when the title is unknown): the
+    normalised title, then one author token and one publisher token."""
+    norm = normalize_title(title)
+    if not norm:
+        return ""
+    parts = [norm]
+    if a := normalize_author(author):
+        parts.append(f"a_{a}")
+    if p := normalize_author(publisher):
+        parts.append(f"p_{p}")
+    return " ".join(parts)
+
+
+# What the TF-IDF vectorizer calls a term (``ContentRecommender``); the stored vocabulary
+# is matched with the same pattern when a new book's text is transformed at serving time.
+TOKEN_PATTERN = r"(?u)\b\w+\b"  # noqa: S105 (a regex, not a password)
+_TOKEN = re.compile(TOKEN_PATTERN)
+
+
+def tokens(text: str) -> list[str]:
+    """The terms of a document as the vectorizer sees them (lowercased, ``TOKEN_PATTERN``)."""
+    return _TOKEN.findall(text.lower())
+
+
 def assign_works(titles: Sequence[str | None], authors: Sequence[str | None]) -> np.ndarray:
     """A work id per item (int32): equal for editions, unique for items without a title."""
     ids = np.empty(len(titles), dtype=np.int32)

@@ -96,3 +96,22 @@ def test_recommend_scores_ratings_stored_after_training(trained, clean_db, capsy
     text = capsys.readouterr().out
     assert "unknown user" not in text and "[cf " in text
     assert f"because you rated {top['title']}" in text
+
+
+def test_similar_for_a_book_catalogued_after_training(trained, clean_db, capsys):
+    """``bookrec similar`` reads a new book's row from PostgreSQL, like the API."""
+    import sqlalchemy as sa
+
+    new = "5550000016"
+    assert main(["similar", "--isbn", new, "--k", "3"]) == 1
+    assert "is not in model" in capsys.readouterr().err
+    with clean_db.begin() as conn:
+        conn.execute(sa.text("INSERT INTO books (isbn, title, author, publisher) "
+                             "VALUES (:i, 'Baking volume 99', 'Writer 1-0', 'baking press')"),
+                     {"i": new})
+    assert main(["similar", "--isbn", new, "--k", "3", "--json"]) == 0
+    sim = json.loads(capsys.readouterr().out)
+    assert sim["isbn"] == new and len(sim["similar"]) == 3
+    assert all(s["source"] == "content" for s in sim["similar"])
+    assert all(s["reason"] == "similar to Baking volume 99" for s in sim["similar"])
+    assert all(s["title"].startswith("Baking volume") for s in sim["similar"])

@@ -127,6 +127,19 @@ class TestContent(RecommenderSuite):
     def build(self):
         return ContentRecommender(checkerboard_texts())
 
+    def test_stored_terms_and_idf_reproduce_the_vectors(self, model):
+        """What the artifact keeps of the vectorizer (terms in column order, idf) is
+        enough to transform a text exactly as ``fit`` did (new books at serving time)."""
+        from bookrec.models.works import tokens
+
+        assert model.terms_ == sorted(model.terms_)  # column order is sorted: binary search
+        column = {t: c for c, t in enumerate(model.terms_)}
+        for row, text in enumerate(checkerboard_texts()):
+            counts = np.bincount([column[t] for t in tokens(text)], minlength=len(column))
+            vector = np.where(counts > 0, 1.0 + np.log(np.maximum(counts, 1)), 0.0) * model.idf_
+            vector /= np.linalg.norm(vector)
+            assert np.allclose(vector, model.vectors_[row].toarray().ravel(), atol=1e-6)
+
 
 class TestPopularity(RecommenderSuite):
     personalised = False

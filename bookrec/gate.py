@@ -299,6 +299,39 @@ def decide(checks: list[Check], concerns: list[Check] | tuple[Check, ...] = ()) 
     return GateResult(PROMOTED, "; ".join(c.detail for c in checks), tuple(checks))
 
 
+def judge(
+    candidate_manifest: dict[str, Any],
+    champion_manifest: dict[str, Any] | None,
+    smoke_report: dict[str, Any],
+    thresholds: Thresholds,
+    *,
+    require_approval: bool = False,
+) -> dict[str, Any]:
+    """Run the metric and serving checks on a candidate: the decision (promoted, rejected or
+    awaiting_approval), reason, checks, concerns, comparison table, the thresholds and the
+    metrics compared (plain JSON, for the audit row and the Prefect artifacts)."""
+    candidate_metrics = candidate_manifest.get("metrics") or {}
+    champion_metrics, source = champion_on_candidate_holdout(candidate_manifest, champion_manifest)
+    checks = check_metrics(candidate_metrics, champion_metrics, thresholds)
+    if champion_manifest is not None:
+        checks.append(Check("holdout", True, source))
+    checks += check_smoke(smoke_report, thresholds)
+    concerns = approval_concerns(candidate_metrics, champion_metrics, thresholds,
+                                 require_approval=require_approval)
+    result = decide(checks, concerns)
+    return {
+        "decision": result.decision,
+        "reason": result.reason,
+        "checks": [{"check": c.name, "passed": c.passed, "detail": c.detail}
+                   for c in result.checks],
+        "concerns": [{"check": c.name, "detail": c.detail} for c in result.concerns],
+        "table": comparison_rows(candidate_metrics, champion_metrics),
+        "thresholds": thresholds.to_json(),
+        "candidate_metrics": candidate_metrics,
+        "champion_metrics": champion_metrics,
+    }
+
+
 def segment_values(metrics: dict[str, Any] | None) -> dict[str, float]:
     """The evaluation's segments flattened: ``"readers cold ndcg@20"``, ``"books low
     reachability"``... (readers by training interactions, books by popularity tercile)."""

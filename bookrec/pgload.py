@@ -38,8 +38,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from bookrec import columns as C
+from bookrec.sources import KINDS
 
-KINDS = ("books", "ratings", "users")
 TARGET_COLUMNS = {"books": C.BOOK_COLUMNS, "ratings": C.RATING_COLUMNS, "users": C.USER_COLUMNS}
 KEYS = {"books": [C.ISBN], "ratings": [C.USER_ID, C.ISBN], "users": [C.USER_ID]}
 

@@ -23,7 +23,6 @@ from pydantic import Field
 
 from bookrec.artifacts import ArtifactError
 from bookrec.registry import RegistryError
-from flows.promote import refuse, run_reload
 from tasks.approval import conclude_expired
 from tasks.registry import (
     announce_champion,
@@ -32,8 +31,10 @@ from tasks.registry import (
     publish_decision,
     read_champion,
     record_decision,
+    refuse,
     write_champion_status,
 )
+from tasks.reload import run_reload
 
 
 class Answer(RunInput):

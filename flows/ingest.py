@@ -10,6 +10,7 @@ from prefect import flow
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from bookrec.sources import KINDS
 from tasks.ingest import (
     clean_file,
     commit_ingest,
@@ -22,8 +23,6 @@ from tasks.ingest import (
     remove_spool_dir,
     stage_file,
 )
-
-KINDS = ("books", "ratings", "users")
 
 
 @flow(

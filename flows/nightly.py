@@ -17,9 +17,9 @@ from prefect.runtime import flow_run
 
 from flows.ingest import ingest_flow
 from flows.promote import promote_flow
-from flows.reload import reload_flow
 from flows.train import Baseline, train_flow
 from tasks.ops import publish_pipeline_metrics
+from tasks.reload import run_reload
 
 
 def _run_name() -> str:
@@ -58,12 +58,7 @@ def nightly_flow(
             # The promotion's own reload did not reach serving: signal once more. Like the
             # promotion, report a failure rather than raise: the pointer has moved and
             # serving instances poll it.
-            state = reload_flow(version=decision["champion"], return_state=True)
-            reloaded = (
-                {"status": "ok", "result": state.result()}
-                if state.is_completed()
-                else {"status": "failed", "error": str(state.result(raise_on_failure=False))}
-            )
+            reloaded = run_reload(decision["champion"])
         logger.info(
             "Candidate %s %s: %s", trained["version"], decision["decision"], decision["reason"]
         )

@@ -13,7 +13,7 @@ refusal (no candidate, incomplete version, lost race) fails the run with
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any
 
 from prefect import flow, get_run_logger
 
@@ -27,7 +27,6 @@ from tasks.approval import (
     start_approval_run,
 )
 from tasks.registry import (
-    PromotionRefused,
     announce_champion,
     choose_candidate,
     current_actor,
@@ -39,33 +38,13 @@ from tasks.registry import (
     read_champion,
     read_manifest,
     record_decision,
+    refuse,
     smoke_test,
     write_champion_status,
 )
+from tasks.reload import run_reload
 
 _SMOKE_DETAILS = ("answers_sha256", "golden_sha256", "latency_ms", "peak_rss_mb", "load_s")
-
-
-def run_reload(version: str) -> dict[str, Any]:
-    """Signal the serving tier (the reload flow) as a subflow; its failure is reported, not
-    raised, because the pointer already moved and serving also polls it."""
-    from flows.reload import reload_flow
-
-    state = reload_flow(version=version, return_state=True)
-    if state.is_completed():
-        return {"status": "ok", "result": state.result()}
-    return {"status": "failed", "error": str(state.result(raise_on_failure=False))}
-
-
-def refuse(
-    version: str | None, champion: str | None, reason: str, actor: str, key: str = "candidate"
-) -> NoReturn:
-    """Record the refusal (with no candidate when it names no version) and fail the run."""
-    record_decision(candidate=version, decision="refused", reason=reason, actor=actor,
-                    champion_before=champion, champion_after=champion)
-    raise PromotionRefused(
-        {key: version, "decision": "refused", "reason": reason, "champion": champion}
-    )
 
 
 def ask_for_approval(

@@ -11,7 +11,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from tasks.reload import list_serving_instances, publish_reload_signal, reload_instance
+from tasks.reload import (
+    InstanceRefused,
+    list_serving_instances,
+    publish_reload_signal,
+    reload_instance,
+)
 
 
 @flow(name="reload")
@@ -39,7 +44,7 @@ def reload_flow(version: str | None = None) -> dict[str, Any]:
         else:
             error = state.result(raise_on_failure=False)
             answers[url] = {"status": "unreachable", "error": f"{type(error).__name__}: {error}"}
-            if "InstanceRefused" in type(error).__name__:
+            if isinstance(error, InstanceRefused):
                 failed.append(f"{url}: {error}")
             else:
                 logger.warning("%s unreachable (it will poll the pointer): %s", url, error)

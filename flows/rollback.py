@@ -16,7 +16,6 @@ from prefect import flow, get_run_logger
 
 from bookrec.artifacts import ArtifactError
 from bookrec.registry import RegistryError
-from flows.promote import refuse, run_reload
 from tasks.registry import (
     announce_champion,
     choose_rollback_target,
@@ -26,9 +25,11 @@ from tasks.registry import (
     publish_decision,
     read_champion,
     record_decision,
+    refuse,
     smoke_test,
     write_champion_status,
 )
+from tasks.reload import run_reload
 
 
 @flow(name="rollback")

@@ -6,25 +6,19 @@ from dataclasses import asdict
 from typing import Any
 
 from prefect import task
-from prefect.tasks import exponential_backoff
 
 from bookrec import db, partitions
 from bookrec.settings import get_settings
-
-_IO_RETRIES = {
-    "retries": 3,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-    "retry_jitter_factor": 0.5,
-}
+from tasks.retries import IO_RETRIES
 
 
-@task(name="ensure-partitions", **_IO_RETRIES)
+@task(name="ensure-partitions", **IO_RETRIES)
 def ensure_partitions(table: str, days_ahead: int) -> list[str]:
     """Create ``table``'s partitions for today and the next ``days_ahead`` days."""
     return partitions.ensure_partitions(db.get_engine(get_settings()), table, days_ahead)
 
 
-@task(name="apply-retention", **_IO_RETRIES)
+@task(name="apply-retention", **IO_RETRIES)
 def apply_retention(table: str, retention_days: int | None = None) -> dict[str, Any]:
     """Drop ``table``'s rows older than the retention (``BOOKREC_LOG_RETENTION_DAYS``)."""
     settings = get_settings()

@@ -1,8 +1,8 @@
 """Prefect tasks for ingest: thin wrappers over ``bookrec.ingest``, ``bookrec.pgload`` and
 ``bookrec.sources``.
 
-Retries with exponential backoff sit on the tasks that do I/O (listing and reading
-S3, staging and committing in PostgreSQL); parsing and cleaning are pure and fail fast.
+The tasks that do I/O (listing and reading S3, staging and committing in PostgreSQL)
+retry transient failures (``tasks.retries``); a bad file, parsing and cleaning fail fast.
 """
 
 from __future__ import annotations
@@ -15,30 +15,13 @@ from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.tasks import exponential_backoff
 
 from bookrec import db, ingest, pgload, sources
 from bookrec.settings import get_settings
-
-_IO_RETRIES = {
-    "retries": 3,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-    "retry_jitter_factor": 0.5,
-}
+from tasks.retries import IO_RETRIES
 
 
-def _not_a_bad_file(task, task_run, state) -> bool:
-    """Retry transient failures only: a bad file stays bad however often it is read."""
-    try:
-        state.result()
-    except sources.IngestFileError:
-        return False
-    except Exception:
-        return True
-    return False
-
-
-@task(name="locate-source", retry_condition_fn=_not_a_bad_file, **_IO_RETRIES)
+@task(name="locate-source", **IO_RETRIES)
 def locate_source(source: str, layout: str) -> dict:
     """Find the three files under a folder or S3 prefix; returns the layout and their URIs."""
     resolved, files = sources.locate(source, layout, get_settings())
@@ -53,7 +36,7 @@ def make_spool_dir() -> str:
     return tempfile.mkdtemp(prefix="ingest-", dir=base)
 
 
-@task(name="fetch-file", retry_condition_fn=_not_a_bad_file, **_IO_RETRIES)
+@task(name="fetch-file", **IO_RETRIES)
 def fetch_file(kind: str, uri: str, spool_dir: str) -> str:
     """A local path for the file: itself when local, else a download from S3."""
     path = sources.fetch(sources.SourceFile(kind, uri), Path(spool_dir) / "raw", get_settings())
@@ -68,7 +51,7 @@ def clean_file(kind: str, path: str, layout: str, display: str, spool_dir: str) 
     return ingest.spool_to_dict(spool)
 
 
-@task(name="prepare-database", **_IO_RETRIES)
+@task(name="prepare-database", **IO_RETRIES)
 def prepare_database() -> str:
     """Apply migrations and create this run's stage schema; returns its name."""
     engine = db.get_engine(get_settings())
@@ -76,7 +59,7 @@ def prepare_database() -> str:
     return pgload.create_stage(engine)
 
 
-@task(name="stage-file", **_IO_RETRIES)
+@task(name="stage-file", **IO_RETRIES)
 def stage_file(kind: str, spool: dict, schema: str) -> dict:
     """COPY one cleaned file into the stage schema (indexes built there on a first load)."""
     engine = db.get_engine(get_settings())
@@ -84,7 +67,7 @@ def stage_file(kind: str, spool: dict, schema: str) -> dict:
     return asdict(staged)
 
 
-@task(name="commit-ingest", **_IO_RETRIES)
+@task(name="commit-ingest", **IO_RETRIES)
 def commit_ingest(
     staged: list[dict], spools: list[dict], source: str, layout: str, started_at: datetime
 ) -> dict:
@@ -100,7 +83,7 @@ def commit_ingest(
     )
 
 
-@task(name="drop-stage-schema", **_IO_RETRIES)
+@task(name="drop-stage-schema", **IO_RETRIES)
 def drop_stage_schema(schema: str) -> None:
     """Remove the run's stage schema (already gone after a successful commit)."""
     pgload.drop_stage(db.get_engine(get_settings()), schema)

@@ -5,24 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.tasks import exponential_backoff
 
 from bookrec import cloudwatch
 from bookrec.settings import get_settings
+from tasks.retries import IO_RETRIES
 
 
-def _retry_unless_malformed(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry network and service failures; a malformed metric fails the same way every time."""
-    return not isinstance(state.result(raise_on_failure=False), cloudwatch.MetricsError)
-
-
-@task(
-    name="publish-pipeline-metrics",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.3,
-    retry_condition_fn=_retry_unless_malformed,
-)
+@task(name="publish-pipeline-metrics", **IO_RETRIES)
 def publish_pipeline_metrics(
     ingest_report: dict | None = None,
     train_result: dict | None = None,

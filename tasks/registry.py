@@ -1,7 +1,7 @@
 """Prefect tasks for the model registry: thin wrappers over bookrec.registry, gate, smoke, audit.
 
-Tasks that touch the artifact store or PostgreSQL retry transient failures with
-backoff; a refusal (lost race, missing version, tampered files) fails at once, because
+Tasks that touch the artifact store or PostgreSQL retry transient failures
+(``tasks.retries``); a refusal (lost race, missing version, tampered files) fails at once, because
 it would fail the same way again. The compare-and-swap itself is never retried by
 Prefect: a lost race is a decision for a human or the next run.
 """
@@ -11,19 +11,17 @@ from __future__ import annotations
 import contextlib
 import getpass
 import socket
-from typing import Any
+from typing import Any, NoReturn
 
-import sqlalchemy as sa
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.tasks import exponential_backoff
 
 from bookrec import audit, gate, smoke
 from bookrec.artifacts import ArtifactError
 from bookrec.db import get_engine
 from bookrec.registry import ChampionState, Registry, RegistryError
 from bookrec.settings import get_settings
-from bookrec.store import ObjectNotFound, PreconditionFailed, StoreError
+from tasks.retries import IO_RETRIES
 
 MODEL_CACHE = "model-cache"
 
@@ -34,26 +32,6 @@ class PromotionRefused(RuntimeError):
     def __init__(self, payload: dict[str, Any]):
         super().__init__(payload["reason"])
         self.payload = payload
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    """True for failures worth retrying: network, S3 or database hiccups, not refusals."""
-    if isinstance(exc, PreconditionFailed | ObjectNotFound | RegistryError | ArtifactError):
-        return False
-    return isinstance(exc, StoreError | OSError | sa.exc.OperationalError | sa.exc.InterfaceError)
-
-
-def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: only transient I/O failures go to the retry policy."""
-    return is_transient(state.result(raise_on_failure=False))
-
-
-_io = {
-    "retries": 3,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-    "retry_jitter_factor": 0.3,
-    "retry_condition_fn": _retry_transient,
-}
 
 
 def _registry() -> Registry:
@@ -69,14 +47,14 @@ def current_actor() -> str:
     return f"{flow_run.flow_name}/{name} ({who})" if name else who
 
 
-@task(name="read-champion", **_io)
+@task(name="read-champion", **IO_RETRIES)
 def read_champion() -> dict[str, Any]:
     """The champion pointer with its ETag: ``{"pointer": ... | None, "etag": ... | None}``."""
     state = _registry().champion_state()
     return {"pointer": state.pointer, "etag": state.etag}
 
 
-@task(name="choose-candidate", **_io)
+@task(name="choose-candidate", **IO_RETRIES)
 def choose_candidate(version: str | None) -> str:
     """``version`` if it is a complete version, else the newest never promoted nor rejected."""
     registry = _registry()
@@ -101,7 +79,7 @@ def choose_candidate(version: str | None) -> str:
     return version
 
 
-@task(name="choose-rollback-target", **_io)
+@task(name="choose-rollback-target", **IO_RETRIES)
 def choose_rollback_target(version: str | None) -> dict[str, Any]:
     """The rollback target and the manifest sha256 recorded when it was promoted."""
     registry = _registry()
@@ -115,13 +93,13 @@ def choose_rollback_target(version: str | None) -> dict[str, Any]:
     }
 
 
-@task(name="read-manifest", **_io)
+@task(name="read-manifest", **IO_RETRIES)
 def read_manifest(version: str | None) -> dict[str, Any] | None:
     """A version's manifest from the store (None for no version)."""
     return _registry().manifest(version) if version else None
 
 
-@task(name="fetch-version", **_io)
+@task(name="fetch-version", **IO_RETRIES)
 def fetch_version(version: str, expected_manifest_sha256: str | None = None) -> dict[str, Any]:
     """Download and verify a version into the local model cache.
 
@@ -160,34 +138,13 @@ def judge_candidate(
     smoke_report: dict[str, Any],
     require_approval: bool = False,
 ) -> dict[str, Any]:
-    """Run the metric and serving checks; the decision (promoted, rejected or
-    awaiting_approval), reason, checks, concerns and comparison tables."""
+    """The gate's verdict (``bookrec.gate.judge``) under the configured thresholds."""
     thresholds = gate.Thresholds.from_mapping(get_settings().gate_thresholds)
-    candidate_metrics = candidate_manifest.get("metrics") or {}
-    champion_metrics, source = gate.champion_on_candidate_holdout(
-        candidate_manifest, champion_manifest
-    )
-    checks = gate.check_metrics(candidate_metrics, champion_metrics, thresholds)
-    if champion_manifest is not None:
-        checks.append(gate.Check("holdout", True, source))
-    checks += gate.check_smoke(smoke_report, thresholds)
-    concerns = gate.approval_concerns(candidate_metrics, champion_metrics, thresholds,
-                                      require_approval=require_approval)
-    result = gate.decide(checks, concerns)
-    return {
-        "decision": result.decision,
-        "reason": result.reason,
-        "checks": [{"check": c.name, "passed": c.passed, "detail": c.detail}
-                   for c in result.checks],
-        "concerns": [{"check": c.name, "detail": c.detail} for c in result.concerns],
-        "table": gate.comparison_rows(candidate_metrics, champion_metrics),
-        "thresholds": thresholds.to_json(),
-        "candidate_metrics": candidate_metrics,
-        "champion_metrics": champion_metrics,
-    }
+    return gate.judge(candidate_manifest, champion_manifest, smoke_report, thresholds,
+                      require_approval=require_approval)
 
 
-@task(name="move-champion-pointer", **_io)
+@task(name="move-champion-pointer", **IO_RETRIES)
 def move_champion(
     version: str,
     champion: dict[str, Any],
@@ -213,7 +170,7 @@ def move_champion(
     )
 
 
-@task(name="record-champion-status", **_io)
+@task(name="record-champion-status", **IO_RETRIES)
 def record_champion_status(
     pointer: dict[str, Any], details: dict[str, Any] | None = None
 ) -> dict[str, Any] | None:
@@ -230,13 +187,13 @@ def write_champion_status(pointer: dict[str, Any], details: dict[str, Any] | Non
     return f"failed: {state.result(raise_on_failure=False)}"
 
 
-@task(name="mark-rejected", **_io)
+@task(name="mark-rejected", **IO_RETRIES)
 def mark_rejected(version: str, reason: str, actor: str) -> dict[str, Any]:
     """Leave the rejected version in the store with a status object saying why."""
     return _registry().mark_rejected(version, reason, by=actor)
 
 
-@task(name="record-decision", **_io)
+@task(name="record-decision", **IO_RETRIES)
 def record_decision(
     *,
     candidate: str | None,
@@ -271,6 +228,18 @@ def record_decision(
         thresholds=thresholds,
         decided_by=decided_by,
         flow_run_id=flow_run_id or flow_run.id,
+    )
+
+
+def refuse(
+    version: str | None, champion: str | None, reason: str, actor: str, key: str = "candidate"
+) -> NoReturn:
+    """Record the refusal (with no candidate when it names no version) and fail the run
+    with ``PromotionRefused``; ``key`` names the version in the payload."""
+    record_decision(candidate=version, decision="refused", reason=reason, actor=actor,
+                    champion_before=champion, champion_after=champion)
+    raise PromotionRefused(
+        {key: version, "decision": "refused", "reason": reason, "champion": champion}
     )
 
 

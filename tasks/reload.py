@@ -17,13 +17,16 @@ from typing import Any
 
 import requests
 from prefect import task
-from prefect.tasks import exponential_backoff
 
 from bookrec import discovery
 from bookrec.settings import Settings, get_settings
+from tasks.retries import IO_RETRIES, io_retries
 
 REQUEST_TIMEOUT_S = 10.0  # the reload call answers at once; /admin/model too
 POLL_INTERVAL_S = 0.5
+# Shorter than IO_RETRIES: the pointer has already moved and instances poll it, so a dead
+# instance should not hold the promotion up.
+_INSTANCE_RETRIES = io_retries(retries=2, first_delay_s=1.0)
 
 
 class InstanceRefused(RuntimeError):
@@ -129,36 +132,34 @@ def reload_and_wait(
         time.sleep(POLL_INTERVAL_S)
 
 
-@task(name="publish-reload-signal", retries=3, retry_delay_seconds=exponential_backoff(2))
+@task(name="publish-reload-signal", **IO_RETRIES)
 def publish_reload_signal(version: str | None = None) -> dict[str, Any]:
     """Tell every subscribed worker to check the champion pointer now."""
     return publish_signal(get_settings(), version)
 
 
-@task(name="list-serving-instances", retries=2, retry_delay_seconds=2)
+@task(name="list-serving-instances", **_INSTANCE_RETRIES)
 def list_serving_instances() -> list[str]:
     """The serving instances the reload flow calls: the settings' URLs, a ``dns+http://``
     one expanded to every address of its name (each API task in production)."""
     return discovery.expand_urls(serving_urls(get_settings()))
 
 
-def _retry_unless_refused(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry connection failures; a refusal (bad token, failed load) would fail again."""
-    try:
-        state.result()
-    except InstanceRefused:
-        return False
-    except Exception:  # noqa: BLE001 - anything else is worth another try
-        return True
-    return False
-
-
-@task(
-    name="reload-serving-instance",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(1),
-    retry_condition_fn=_retry_unless_refused,
-)
+@task(name="reload-serving-instance", **_INSTANCE_RETRIES)
 def reload_instance(url: str, version: str | None = None) -> dict[str, Any]:
     """Ask one instance to reload and wait until all its workers serve ``version``."""
     return reload_and_wait(get_settings(), url, version)
+
+
+def run_reload(version: str) -> dict[str, Any]:
+    """Run the reload flow as a subflow; its failure is reported, not raised, because the
+    champion pointer has already moved and serving instances also poll it.
+
+    Returns ``{"status": "ok", "result": ...}`` or ``{"status": "failed", "error": ...}``.
+    """
+    from flows.reload import reload_flow  # the flow wires this module's tasks
+
+    state = reload_flow(version=version, return_state=True)
+    if state.is_completed():
+        return {"status": "ok", "result": state.result()}
+    return {"status": "failed", "error": str(state.result(raise_on_failure=False))}

@@ -1,8 +1,8 @@
 """Prefect tasks for training: thin wrappers over ``bookrec.training`` and the registry.
 
-Reading the snapshot and uploading the candidate are I/O and retry with backoff;
-fitting is computation and never retries (it would fail the same way again). Tasks
-pass small things on: folder paths, version ids, metric dicts.
+Reading the snapshot and uploading the candidate are I/O and retry transient failures
+(``tasks.retries``); fitting is computation and never retries (it would fail the same way
+again). Tasks pass small things on: folder paths, version ids, metric dicts.
 """
 
 from __future__ import annotations
@@ -12,29 +12,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.tasks import exponential_backoff
 
 from bookrec import db, training
 from bookrec.registry import Registry, new_version_id
 from bookrec.settings import get_settings
 from bookrec.store import StoreError
-
-
-def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only network, database and store hiccups."""
-    exc = state.result(raise_on_failure=False)
-    return isinstance(exc, StoreError | ConnectionError | TimeoutError | sa.exc.OperationalError)
-
-
-_io = {
-    "retries": 3,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-    "retry_jitter_factor": 0.3,
-    "retry_condition_fn": _transient,
-}
+from tasks.retries import IO_RETRIES
 
 
 @task(name="new-training-workdir")
@@ -45,7 +30,7 @@ def new_workdir() -> str:
     return str(folder)
 
 
-@task(name="snapshot-ratings", **_io)
+@task(name="snapshot-ratings", **IO_RETRIES)
 def snapshot_ratings(workdir: str) -> dict[str, Any]:
     """Read ratings and books from PostgreSQL into ``<workdir>/snapshot``; return counts."""
     engine = db.get_engine(get_settings())
@@ -56,7 +41,7 @@ def snapshot_ratings(workdir: str) -> dict[str, Any]:
     return {"path": str(path), "ratings": len(ratings), "books": len(books)}
 
 
-@task(name="read-champion-recipe", **_io)
+@task(name="read-champion-recipe", **IO_RETRIES)
 def read_champion_recipe() -> dict[str, Any] | None:
     """The current champion's version and parameters (None without a readable champion)."""
     registry = Registry.from_settings(get_settings())
@@ -95,7 +80,7 @@ def fit_and_evaluate(
     }
 
 
-@task(name="publish-candidate", **_io)
+@task(name="publish-candidate", **IO_RETRIES)
 def publish_candidate(model_dir: str, version: str) -> dict[str, Any]:
     """Upload the version folder to the artifact store (data files first, manifest last)."""
     manifest = Registry.from_settings(get_settings()).add_version(Path(model_dir), version)

@@ -12,7 +12,8 @@ from prefect.states import Failed
 from bookrec import cloudwatch
 from bookrec.cloudwatch import MetricsError
 from bookrec.settings import get_settings
-from tasks.ops import _retry_unless_malformed, publish_pipeline_metrics
+from tasks.ops import publish_pipeline_metrics
+from tasks.retries import retry_transient
 
 INGEST_REPORT = {
     "files": {
@@ -73,8 +74,8 @@ def test_malformed_ingest_report_names_the_field():
 
 
 def test_task_retries_service_errors_but_not_malformed_metrics():
-    assert _retry_unless_malformed(None, None, Failed(data=ConnectionError("reset"))) is True
-    assert _retry_unless_malformed(None, None, Failed(data=MetricsError("nan"))) is False
+    assert retry_transient(None, None, Failed(data=ConnectionError("reset"))) is True
+    assert retry_transient(None, None, Failed(data=MetricsError("nan"))) is False
 
 
 def test_task_publishes_to_cloudwatch(moto_server: str, monkeypatch: pytest.MonkeyPatch):

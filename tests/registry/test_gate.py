@@ -227,3 +227,24 @@ def test_require_approval_asks_even_for_a_clear_win() -> None:
     result = _asked(_m(0.2), _m(0.1), require=True)
     assert result.decision == "awaiting_approval" and "requested" in result.reason
     assert _asked(_m(0.05), _m(0.1), require=True).decision == "rejected"
+
+
+def test_judge_composes_the_checks_into_a_json_verdict() -> None:
+    t = Thresholds()
+    cand = {"version": "v2", "data_fingerprint": "d", "params": {"seed": 1}, "metrics": _m(0.12)}
+    champ = {"version": "v1", "data_fingerprint": "d", "params": {"seed": 1}, "metrics": _m(0.10)}
+    verdict = gate.judge(cand, champ, _smoke(), t)
+    assert verdict["decision"] == "promoted" and verdict["concerns"] == []
+    assert [c["check"] for c in verdict["checks"]] == [
+        "ndcg@20", "coverage@20", "holdout", "serving", "latency", "memory", "load time"]
+    assert "same snapshot and split" in verdict["checks"][2]["detail"]
+    assert verdict["thresholds"] == t.to_json()
+    assert verdict["champion_metrics"] == champ["metrics"]
+    assert {r["metric"] for r in verdict["table"]} >= {"ndcg@20", "coverage@20"}
+    first = gate.judge(cand, None, _smoke(ok=False, error="boom"), t)
+    assert first["decision"] == "rejected" and "smoke test failed: boom" in first["reason"]
+    assert "holdout" not in [c["check"] for c in first["checks"]]
+    asked = gate.judge(cand, champ, _smoke(), t, require_approval=True)
+    assert asked["decision"] == "awaiting_approval"
+    assert asked["concerns"] == [
+        {"check": "requested", "detail": "approval was requested (--require-approval)"}]

@@ -1,5 +1,6 @@
 """Impressions: every list the API returns is queued on the request path and written to
-PostgreSQL in batches by a background thread, as ``ApiLogWriter`` does for the request log.
+PostgreSQL in batches by a background thread (``serving.batchwriter``, as for the request
+log).
 
 The request path appends one tuple holding a reference to the response body it already has
 (cached or not) and counts a metrics sample: no parsing, no encoding, no I/O. The thread
@@ -25,8 +26,8 @@ from sqlalchemy.engine import Engine
 
 from bookrec import online
 from bookrec.settings import Settings
+from serving.batchwriter import BatchWriter
 from serving.metrics import Metrics
-from serving.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -41,29 +42,26 @@ _INSERT = (
 )
 
 
-class ImpressionWriter:
+class ImpressionWriter(BatchWriter):
     """Queues shown lists and writes them (and late attributions) in the background."""
+
+    noun = "lists"
 
     def __init__(self, settings: Settings, metrics: Metrics, engine: Callable[[], Engine] | None):
         """``engine`` is a callable returning the engine (None: count, but store nothing)."""
+        super().__init__("impression-writer", settings, engine, max_queue=MAX_QUEUE,
+                         dropped=metrics.impressions_dropped)
         self.metrics = metrics
-        self.batch_size = max(1, settings.api_log_batch_size)
         self.window_s = settings.attribution_window_days * 86400.0
-        self._engine = engine
-        self._queue: deque[tuple] = deque()
         self._pending: deque[tuple[float, int]] = deque()  # (posted, event id) unattributed
         self._lock = threading.Lock()
-        self._writer = Periodic("impression-writer", settings.api_log_flush_interval_s, self.flush)
 
     def record(
         self, request_id: str, user_id: int | None, version: str, kind: str, body: bytes
     ) -> None:
         """Remember that ``body`` (a list response) was shown (never blocks)."""
-        if len(self._queue) >= MAX_QUEUE:
-            self.metrics.impressions_dropped.inc()
-            return
-        self._queue.append((time.time(), request_id, user_id, version, kind, body))
-        self.metrics.impression(version, kind)
+        if self._offer((time.time(), request_id, user_id, version, kind, body)):
+            self.metrics.impression(version, kind)
 
     def await_attribution(self, event_id: int) -> None:
         """Retry attributing a rating event for a while (its list may still be queued)."""
@@ -71,38 +69,9 @@ class ImpressionWriter:
             if len(self._pending) < MAX_PENDING_ATTRIBUTIONS:
                 self._pending.append((time.monotonic(), event_id))
 
-    def start(self) -> None:
-        """Start the background writer."""
-        self._writer.start()
-
-    def stop(self) -> None:
-        """Write what is queued and stop the writer."""
-        self._writer.stop()
-
-    def _drain(self) -> list[tuple]:
-        batch = []
-        while len(batch) < self.batch_size:
-            try:
-                batch.append(self._queue.popleft())
-            except IndexError:
-                break
-        return batch
-
     def flush(self) -> int:
         """Write every queued list now, then retry pending attributions; rows written."""
-        written = 0
-        while batch := self._drain():
-            if self._engine is None:
-                continue
-            try:
-                self._insert(batch)
-            except Exception as exc:  # noqa: BLE001 - any database failure drops the batch
-                dropped = len(batch) + len(self._queue)
-                self._queue.clear()  # do not wait on a failing database batch after batch
-                self.metrics.impressions_dropped.inc(dropped)
-                log.warning("impressions: dropped %d lists (%s)", dropped, type(exc).__name__)
-                break
-            written += len(batch)
+        written = super().flush()
         if self._pending and self._engine is not None:
             self._retry_attributions()
         return written
@@ -122,16 +91,7 @@ class ImpressionWriter:
                     "isbns": [item["isbn"] for item in items],
                 }
             )
-        raw = self._engine().raw_connection()
-        try:
-            with raw.cursor() as cur:
-                cur.execute(_INSERT, (orjson.dumps(records).decode(),))
-            raw.commit()
-        except Exception:
-            raw.rollback()
-            raise
-        finally:
-            raw.close()
+        self._execute(_INSERT, orjson.dumps(records).decode())
 
     def _retry_attributions(self) -> None:
         """Attribute this worker's recent unattributed ratings to the list they name; when

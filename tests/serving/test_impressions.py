@@ -276,12 +276,10 @@ def test_impressions_and_rating_events_are_retained_like_api_logs(serving_settin
 
 
 def test_the_queue_is_bounded_and_a_down_database_drops_and_counts(monkeypatch):
-    import serving.impressions as impressions
-
     metrics = Metrics()
     down = sa.create_engine("postgresql+psycopg2://postgres@127.0.0.1:1/none")
     writer = ImpressionWriter(Settings(), metrics, lambda: down)
-    monkeypatch.setattr(impressions, "MAX_QUEUE", 3)
+    monkeypatch.setattr(writer, "max_queue", 3)
     body = b'{"items": [{"isbn": "0306406152"}]}'
     for n in range(5):
         writer.record(f"r{n}", None, "v", "popular", body)

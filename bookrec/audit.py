@@ -3,7 +3,10 @@
 The table (migration 0002) refuses UPDATE and DELETE with a trigger, so this module
 only inserts and reads. Since migration 0009 a row also says who or what decided
 (``decided_by``: "gate", an approver, "timeout") and in which Prefect flow run; the
-champion's history is read back from the rows that moved the pointer.
+champion's history is read back from the rows that moved the pointer. Since migration 0013
+a rollout (issue 17) records ``rolling_out`` when it starts and, when it ends, ``promoted``
+(the champion moved) or ``rollout_rolled_back`` (the champion stayed), with the online
+figures the rule judged in ``online_figures``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Engine
 
-DECISIONS = ("promoted", "rejected", "rolled back", "refused", "awaiting_approval")
+DECISIONS = ("promoted", "rejected", "rolled back", "refused", "awaiting_approval",
+             "rolling_out", "rollout_rolled_back")
 CHAMPION_MOVES = ("promoted", "rolled back")
 HISTORY_MAX = 1000
 
@@ -35,6 +39,7 @@ _promotions = sa.table(
     sa.column("actor", sa.Text),
     sa.column("decided_by", sa.Text),
     sa.column("flow_run_id", sa.Text),
+    sa.column("online_figures", pg.JSONB),
 )
 
 
@@ -55,6 +60,7 @@ class Decision:
     actor: str
     decided_by: str | None = None
     flow_run_id: str | None = None
+    online_figures: dict[str, Any] | None = None
 
 
 def record_decision(
@@ -71,6 +77,7 @@ def record_decision(
     thresholds: dict[str, Any] | None = None,
     decided_by: str | None = None,
     flow_run_id: str | None = None,
+    online_figures: dict[str, Any] | None = None,
 ) -> int:
     """Append one decision and return its id; an unknown decision is refused before SQL."""
     if decision not in DECISIONS:
@@ -89,6 +96,7 @@ def record_decision(
             actor=actor,
             decided_by=decided_by,
             flow_run_id=flow_run_id,
+            online_figures=online_figures,
         )
         .returning(_promotions.c.id)
     )

@@ -9,7 +9,11 @@ load-time budgets. A candidate that passes every check can still be a close call
 human should see (``approval_concerns``): its primary metric within ``approval_band`` of
 the champion's, a reader segment (cold, regular, heavy) regressing by more than
 ``max_segment_drop`` while the whole passes, or an explicit request. Then the decision is
-``awaiting_approval``. Nothing here does I/O; the promote flow gathers the inputs.
+``awaiting_approval``. A candidate that passes with no concern while online judgement is
+asked for (``bookrec promote --rollout``, ``BOOKREC_ROLLOUT_DEFAULT``) gets the fourth
+outcome, ``rolling_out``: the promote flow starts the ``rollout`` flow instead of moving
+the champion, and live readers decide (``bookrec.rollout_rule``). Nothing here does I/O;
+the promote flow gathers the inputs.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 PROMOTED = "promoted"
 REJECTED = "rejected"
 ASK = "awaiting_approval"
+ROLLOUT = "rolling_out"
 SEGMENTS = ("cold", "regular", "heavy")  # by training interactions: 1-4, 5-99, >= 100
 
 
@@ -84,7 +89,7 @@ class Check:
 class GateResult:
     """The decision with every check behind it."""
 
-    decision: str  # promoted | rejected | awaiting_approval
+    decision: str  # promoted | rejected | awaiting_approval | rolling_out
     reason: str
     checks: tuple[Check, ...]
     concerns: tuple[Check, ...] = ()
@@ -285,8 +290,10 @@ def approval_concerns(
     return concerns
 
 
-def decide(checks: list[Check], concerns: list[Check] | tuple[Check, ...] = ()) -> GateResult:
-    """Reject if a check failed; else ask a human if there are ``concerns``; else promote.
+def decide(checks: list[Check], concerns: list[Check] | tuple[Check, ...] = (),
+           *, roll_out: bool = False) -> GateResult:
+    """Reject if a check failed; else ask a human if there are ``concerns``; else roll out
+    (when ``roll_out``: live readers decide) or promote.
 
     The reason lists the failures, the concerns, or the passes.
     """
@@ -296,6 +303,9 @@ def decide(checks: list[Check], concerns: list[Check] | tuple[Check, ...] = ()) 
     if concerns:
         return GateResult(ASK, "; ".join(c.detail for c in concerns), tuple(checks),
                           tuple(concerns))
+    if roll_out:
+        return GateResult(ROLLOUT, "offline checks passed; online judgement asked: "
+                          + "; ".join(c.detail for c in checks), tuple(checks))
     return GateResult(PROMOTED, "; ".join(c.detail for c in checks), tuple(checks))
 
 
@@ -306,10 +316,12 @@ def judge(
     thresholds: Thresholds,
     *,
     require_approval: bool = False,
+    roll_out: bool = False,
 ) -> dict[str, Any]:
-    """Run the metric and serving checks on a candidate: the decision (promoted, rejected or
-    awaiting_approval), reason, checks, concerns, comparison table, the thresholds and the
-    metrics compared (plain JSON, for the audit row and the Prefect artifacts)."""
+    """Run the metric and serving checks on a candidate: the decision (promoted, rejected,
+    awaiting_approval, or rolling_out when ``roll_out`` asks for online judgement), reason,
+    checks, concerns, comparison table, the thresholds and the metrics compared (plain
+    JSON, for the audit row and the Prefect artifacts)."""
     candidate_metrics = candidate_manifest.get("metrics") or {}
     champion_metrics, source = champion_on_candidate_holdout(candidate_manifest, champion_manifest)
     checks = check_metrics(candidate_metrics, champion_metrics, thresholds)
@@ -318,7 +330,7 @@ def judge(
     checks += check_smoke(smoke_report, thresholds)
     concerns = approval_concerns(candidate_metrics, champion_metrics, thresholds,
                                  require_approval=require_approval)
-    result = decide(checks, concerns)
+    result = decide(checks, concerns, roll_out=roll_out)
     return {
         "decision": result.decision,
         "reason": result.reason,

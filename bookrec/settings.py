@@ -46,6 +46,13 @@ class Settings(BaseSettings):
         10.0, gt=0, description="How often a waiting approval run checks for an answer"
     )
 
+    # Rollouts (issue 17): a gate pass starts the rollout flow instead of promoting, with
+    # these parameters, e.g. "interleave=0.5" or "interleave=0.4,canary=0.1,bake_minutes=20"
+    # (bookrec.rollout_rule.parse_spec); unset or "off": promote on offline metrics alone.
+    rollout_default: str | None = Field(
+        None, description="Rollout spec the promotion gate uses instead of promoting"
+    )
+
     # Redis: unset means an in-process cache and no pub/sub.
     redis_url: str | None = None
     redis_socket_timeout_s: float = 0.05
@@ -113,7 +120,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "database_url", "artifacts_uri", "redis_url", "s3_endpoint_url", "prefect_api_url",
-        "alert_webhook", mode="before",
+        "alert_webhook", "rollout_default", mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -19,7 +19,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-_COMMAND_MODULES = ("db", "ingest", "train", "registry", "serve", "ops", "apikeys", "online", "run")
+_COMMAND_MODULES = ("db", "ingest", "train", "registry", "serve", "ops", "apikeys", "online", "run",
+                    "rollout")
 
 # Domain errors that are the user's or the data's, not a bug: (module, class name). They
 # are matched only if their module was imported (an error of a class never imported

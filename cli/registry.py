@@ -28,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="version to gate (default: the newest unpromoted candidate)")
     promote.add_argument("--require-approval", action="store_true",
                          help="ask a human even if the gate would promote on its own")
+    promote.add_argument("--rollout", nargs="?", const="on", default=None, metavar="SPEC",
+                         help="if the gate passes, roll out to live readers instead of "
+                              "promoting (SPEC e.g. interleave=0.5,bake_minutes=20; "
+                              "'off' overrides BOOKREC_ROLLOUT_DEFAULT)")
     promote.add_argument("--json", action="store_true", help="print the decision as JSON")
     promote.set_defaults(handler=_promote, prefect=True,
                         preload=("flows.promote",))
@@ -99,6 +103,8 @@ def _run(flow: Any, version: str | None, key: str, as_json: bool, **params: Any)
     if result.get("approval"):
         out["approval"] = {k: result["approval"].get(k)
                            for k in ("flow_run_id", "url", "deadline")}
+    if result.get("rollout"):
+        out["rollout"] = {k: result["rollout"].get(k) for k in ("flow_run_id", "url", "spec")}
     failed = reload["status"] == "failed"
     if failed:
         out["error"] = f"champion is {out['champion']}, but serving did not reload: " + (
@@ -112,6 +118,9 @@ def _run(flow: Any, version: str | None, key: str, as_json: bool, **params: Any)
             a = out["approval"]
             print(f"  answer by {a['deadline']} in {a['url'] or a['flow_run_id']} or with "
                   f"`bookrec approve {out[key]}` / `bookrec reject {out[key]} --reason ...`")
+        if out.get("rollout"):
+            print(f"  rolling out in flow run {out['rollout']['url'] or out['rollout']['flow_run_id']}"
+                  "; follow it with `bookrec rollout --status`")
         if not failed:
             print(f"  reload: {reload['summary']}")
     if failed:
@@ -140,7 +149,7 @@ def _promote(args: argparse.Namespace) -> int:
     from flows.promote import promote_flow
 
     return _run(promote_flow, args.version, "candidate", args.json,
-                require_approval=args.require_approval)
+                require_approval=args.require_approval, rollout=args.rollout)
 
 
 def _rollback(args: argparse.Namespace) -> int:

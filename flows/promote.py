@@ -6,9 +6,13 @@ compare-and-swap, emits ``bookrec.model.promoted`` and runs the reload flow; a f
 marks the candidate rejected (it stays in the store). A close call (or
 ``require_approval``) starts the ``approval`` flow run, which waits for a human, and
 returns at once with ``awaiting_approval``: the champion does not move until approval.
-Every outcome is one row of the ``promotions`` audit table and Prefect artifacts. A
-refusal (no candidate, incomplete version, lost race) fails the run with
-``PromotionRefused``.
+When online judgement is asked for (the ``rollout`` parameter, e.g. ``"interleave=0.5"``,
+or the ``BOOKREC_ROLLOUT_DEFAULT`` setting when the parameter is not given; ``"off"``
+overrides the setting), a candidate that passes with no concern gets the outcome
+``rolling_out``: the flow starts a ``rollout`` flow run (its deployment, or a detached
+process) and returns; live readers decide there. Every outcome is one row of the
+``promotions`` audit table and Prefect artifacts. A refusal (no candidate, incomplete
+version, lost race, a rollout already running) fails the run with ``PromotionRefused``.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from bookrec import rollout_rule
 from bookrec.artifacts import ArtifactError
-from bookrec.gate import ASK
+from bookrec.gate import ASK, ROLLOUT
 from bookrec.registry import RegistryError
+from bookrec.settings import get_settings
 from tasks.approval import (
     expire_overdue_approvals,
     mark_awaiting,
@@ -75,20 +81,54 @@ def ask_for_approval(
     return approval
 
 
+def roll_out(
+    candidate: str, before: str | None, verdict: dict[str, Any], spec: dict[str, Any],
+    actor: str,
+) -> dict[str, Any]:
+    """Start the ``rollout`` run for ``candidate`` (refused if one runs), record the gate's
+    ``rolling_out`` decision with that run's id, publish it; the run's id and address."""
+    from tasks.rollout import running_rollout, start_rollout_run
+
+    running = running_rollout()
+    if running is not None:
+        refuse(candidate, before, f"rollout {running['id']} of {running['candidate']} is "
+               "running; a second one cannot start (`bookrec rollout --status`)", actor)
+    started = start_rollout_run({"version": candidate, **spec, "smoke": False,
+                                 "record_start": False})
+    record_decision(
+        candidate=candidate, decision=ROLLOUT, reason=verdict["reason"], actor=actor,
+        champion_before=before, champion_after=before,
+        candidate_metrics=verdict["candidate_metrics"],
+        champion_metrics=verdict["champion_metrics"], thresholds=verdict["thresholds"],
+        decided_by="gate", flow_run_id=started["flow_run_id"],
+        online_figures={"spec": spec, "rollout_run": started},
+    )
+    return {**started, "spec": spec}
+
+
 @flow(name="promote")
-def promote_flow(version: str | None = None, require_approval: bool = False) -> dict[str, Any]:
+def promote_flow(version: str | None = None, require_approval: bool = False,
+                 rollout: str | None = None) -> dict[str, Any]:
     """Gate ``version`` (default: the newest unpromoted candidate) and promote or reject it,
-    or ask a human (a close call, a regressing reader segment, or ``require_approval``).
+    or ask a human (a close call, a regressing reader segment, or ``require_approval``),
+    or roll it out to live readers (``rollout``: a spec such as ``"interleave=0.5"``;
+    default ``BOOKREC_ROLLOUT_DEFAULT``; ``"off"``: never).
 
     Returns ``{"candidate", "decision", "reason", "champion"}`` (plus ``reload`` and
     ``status_write``: "written", or why the new champion's status object was not; or
-    ``approval``: the waiting run's id, UI address and deadline).
+    ``approval``: the waiting run's id, UI address and deadline; or ``rollout``: the
+    rollout run's id and address).
     """
     logger = get_run_logger()
     actor = current_actor()
     expire_overdue_approvals()
     champion = read_champion()
     before = champion["pointer"]["version"] if champion["pointer"] else None
+    try:
+        spec = rollout_rule.parse_spec(
+            rollout if rollout is not None else get_settings().rollout_default)
+    except rollout_rule.RuleConfigError as exc:
+        refuse(version, before, str(exc), actor)
     if version is not None and version == before:
         refuse(version, before, f"{version} is already the champion", actor)
     try:
@@ -100,7 +140,16 @@ def promote_flow(version: str | None = None, require_approval: bool = False) -> 
     champion_manifest = read_manifest(before)
     fetched = fetch_version(candidate)
     report = smoke_test(fetched)
-    verdict = judge_candidate(candidate_manifest, champion_manifest, report, require_approval)
+    verdict = judge_candidate(candidate_manifest, champion_manifest, report, require_approval,
+                              roll_out=spec is not None and before is not None)
+    if verdict["decision"] == ROLLOUT:
+        started = roll_out(candidate, before, verdict, spec, actor)
+        result = {"candidate": candidate, "decision": ROLLOUT, "reason": verdict["reason"],
+                  "champion": before}
+        publish_decision("promote", candidate, result, verdict)
+        logger.info("candidate %s rolls out in flow run %s (%s)", candidate,
+                    started["flow_run_id"], started["url"])
+        return {**result, "rollout": started, "reload": None}
     if verdict["decision"] == ASK:
         approval = ask_for_approval(candidate, champion, fetched, report, verdict, actor)
         logger.info("candidate %s awaits approval in flow run %s (%s): %s", candidate,

@@ -137,11 +137,13 @@ def judge_candidate(
     champion_manifest: dict[str, Any] | None,
     smoke_report: dict[str, Any],
     require_approval: bool = False,
+    roll_out: bool = False,
 ) -> dict[str, Any]:
-    """The gate's verdict (``bookrec.gate.judge``) under the configured thresholds."""
+    """The gate's verdict (``bookrec.gate.judge``) under the configured thresholds;
+    ``roll_out`` asks for online judgement (the ``rolling_out`` outcome) on a clean pass."""
     thresholds = gate.Thresholds.from_mapping(get_settings().gate_thresholds)
     return gate.judge(candidate_manifest, champion_manifest, smoke_report, thresholds,
-                      require_approval=require_approval)
+                      require_approval=require_approval, roll_out=roll_out)
 
 
 @task(name="move-champion-pointer", **IO_RETRIES)
@@ -207,10 +209,12 @@ def record_decision(
     thresholds: dict[str, Any] | None = None,
     decided_by: str | None = None,
     flow_run_id: str | None = None,
+    online_figures: dict[str, Any] | None = None,
 ) -> int:
     """Append the decision to the ``promotions`` audit table; returns the row id.
 
-    ``flow_run_id`` defaults to the current Prefect flow run.
+    ``flow_run_id`` defaults to the current Prefect flow run; ``online_figures`` is a
+    rollout's (the figures its rule judged).
     """
     from prefect.runtime import flow_run
 
@@ -228,6 +232,7 @@ def record_decision(
         thresholds=thresholds,
         decided_by=decided_by,
         flow_run_id=flow_run_id or flow_run.id,
+        online_figures=online_figures,
     )
 
 

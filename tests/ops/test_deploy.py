@@ -48,9 +48,9 @@ def deployed(prefect_harness, tmp_path_factory):
         yield client
 
 
-def test_eight_local_deployments_run_in_the_checkout(deployed):
-    names = {"ingest", "train", "promote", "approval", "rollback", "reload", "nightly",
-             "housekeeping"}
+def test_nine_local_deployments_run_in_the_checkout(deployed):
+    names = {"ingest", "train", "promote", "approval", "rollback", "rollout", "reload",
+             "nightly", "housekeeping"}
     for flow in names:
         deployment = deployed.read_deployment_by_name(f"{flow}/local")
         assert deployment.work_pool_name == "local-process"
@@ -73,7 +73,7 @@ def test_nightly_schedule_concurrency_and_typed_parameters(deployed):
     assert nightly.concurrency_options.collision_strategy.value == "CANCEL_NEW"
     props = nightly.parameter_openapi_schema["properties"]
     assert set(props) == {"source", "layout", "baselines"}  # the UI run form
-    for flow in ("ingest", "train", "promote", "approval", "rollback", "reload"):
+    for flow in ("ingest", "train", "promote", "approval", "rollback", "rollout", "reload"):
         assert not deployed.read_deployment_by_name(f"{flow}/local").schedules
     housekeeping = deployed.read_deployment_by_name("housekeeping/local")
     (schedule,) = housekeeping.schedules

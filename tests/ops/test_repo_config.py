@@ -24,6 +24,7 @@ FLOWS = {
     "promote": "flows/promote.py:promote_flow",
     "approval": "flows/approval.py:approval_flow",
     "rollback": "flows/rollback.py:rollback_flow",
+    "rollout": "flows/rollout.py:rollout_flow",
     "reload": "flows/reload.py:reload_flow",
     "nightly": "flows/nightly.py:nightly_flow",
     "housekeeping": "flows/housekeeping.py:housekeeping_flow",

@@ -171,7 +171,8 @@ def flow_env(
     monkeypatch.setenv("BOOKREC_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("BOOKREC_S3_ENDPOINT_URL", endpoint)
     monkeypatch.setenv("BOOKREC_SERVING_URLS", f"http://127.0.0.1:{_free_port()}")
-    for name in ("BOOKREC_GATE_THRESHOLDS", "BOOKREC_ADMIN_TOKEN", "BOOKREC_REDIS_URL"):
+    for name in ("BOOKREC_GATE_THRESHOLDS", "BOOKREC_ADMIN_TOKEN", "BOOKREC_REDIS_URL",
+                 "BOOKREC_ROLLOUT_DEFAULT"):
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
     yield get_settings()

@@ -24,6 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--k", type=int, default=10, help="hit rate@k: the first k places")
     parser.add_argument("--json", action="store_true", help="print a JSON list")
+    parser.add_argument(
+        "--rollout",
+        nargs="?",
+        const="current",
+        metavar="ID",
+        help="instead, the figures per variant of a rollout (the running one without ID): "
+        "requests, errors, p50/p95 latency, impressions, readers, hits, hit rate",
+    )
     parser.set_defaults(handler=_online)
 
 
@@ -50,6 +58,8 @@ def _online(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise CommandError("--k: must be at least 1", exit_code=2)
+    if args.rollout is not None:
+        return _rollout(args)
     since = parse_since(args.since)
     rows = online.report(db.get_engine(get_settings()), since, k=args.k)
     if args.json:
@@ -68,5 +78,64 @@ def _online(args: argparse.Namespace) -> int:
         print(
             f"{r.model_version:<28} {r.impressions:>11} {r.readers:>8} "
             f"{r.attributed_ratings:>10} {r.hit_rate:>9.4f} {pos:>8}"
+        )
+    return 0
+
+
+_VARIANT_ROWS = (
+    "champion",
+    "canary",
+    "interleave",
+    "interleave_champion",
+    "interleave_candidate",
+)
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    """Print a rollout's figures per variant (``bookrec.rollout.figures``)."""
+    from bookrec import db, rollout
+    from bookrec.registry import Registry, RegistryError
+    from bookrec.settings import get_settings
+
+    settings = get_settings()
+    registry = Registry.from_settings(settings)
+    try:
+        record = (
+            registry.current_rollout() if args.rollout == "current" else registry.rollout(args.rollout)
+        )
+    except RegistryError as exc:
+        raise CommandError(str(exc), exit_code=2) from None
+    if record is None:
+        what = "no rollout is running" if args.rollout == "current" else "no such rollout"
+        raise CommandError(what, exit_code=1)
+    figs = rollout.figures(db.get_engine(settings), record)
+    public = {k: v for k, v in record.items() if k != "salt"}
+    if args.json:
+        print(json.dumps({"rollout": {**public, "variants": figs["variants"],
+                                      "since": figs["since"], "until": figs["until"]}}))
+        return 0
+    state = f"ended {record['ended_at']} ({record['decision']})" if record.get("ended_at") \
+        else "running"
+    print(
+        f"rollout {record['id']}: candidate {record['candidate']} against {record['champion']}, "
+        f"interleave {record['interleave']:.0%}, canary {record['canary']:.0%}, since "
+        f"{record['started_at']}, {state}"
+    )
+    print(
+        f"{'variant':<22} {'requests':>8} {'errors':>7} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'lists':>7} {'readers':>7} {'hits':>6} {'hit rate':>9}"
+    )
+    for name in _VARIANT_ROWS:
+        row = figs["variants"][name]
+
+        def ms(value) -> str:
+            return f"{value:.1f}" if value is not None else "-"
+
+        requests = row.get("requests")
+        print(
+            f"{name:<22} {requests if requests is not None else '':>8} "
+            f"{row.get('errors', ''):>7} {ms(row.get('p50_ms')) if requests is not None else '':>8} "
+            f"{ms(row.get('p95_ms')) if requests is not None else '':>8} {row['impressions']:>7} "
+            f"{row['readers']:>7} {row['hits']:>6} {row['hit_rate']:>9.4f}"
         )
     return 0

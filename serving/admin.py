@@ -92,7 +92,9 @@ def reload_model():
 )
 def model_info():
     """Version, manifest summary, champion pointer and the last reload outcome of the worker
-    that answers, and ``workers``: the version every live worker of this server serves."""
+    that answers, and ``workers``: the version every live worker of this server serves.
+    During a rollout, ``rollout`` is the rollout this worker serves (null: none) and
+    ``workers_rollouts`` the rollout id each live worker holds a candidate for."""
     svc = services()
     holder = svc.holder
     model = holder.model
@@ -106,8 +108,18 @@ def model_info():
         "manifest": {k: manifest.get(k) for k in _MANIFEST_KEYS if k in manifest},
         "last_reload": holder.last_result,
         "workers": svc.metrics.worker_versions(),
+        "rollout": _rollout_info(holder.variants),
+        "workers_rollouts": svc.metrics.worker_rollouts(),
     }
     return json_response(dumps(payload))
+
+
+def _rollout_info(variants) -> dict | None:
+    """The rollout this worker serves variants of (without its salt), or None."""
+    if variants is None:
+        return None
+    record = {k: v for k, v in variants.rollout.items() if k != "salt"}
+    return {**record, "candidate_loaded": variants.candidate.version}
 
 
 @bp.get("/models/history")

@@ -39,6 +39,8 @@ _COLUMNS = (
     ("source", "source", "text"),
     ("user_id", "user_id", "bigint"),
     ("client", "client", "text"),
+    ("variant", "variant", "text"),
+    ("rollout_id", "rollout_id", "text"),
 )
 _INSERT = (
     f"INSERT INTO api_logs ({', '.join(c for _, c, _ in _COLUMNS)}) "

@@ -138,7 +138,12 @@ def _start_request() -> None:
     ctx.started = now()
     incoming = req.environ.get("HTTP_X_REQUEST_ID", "")  # the header, without EnvironHeaders
     ctx.request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else _new_request_id()
-    ctx.model = current_app.extensions["bookrec"].holder.model
+    holder = current_app.extensions["bookrec"].holder
+    ctx.model = holder.model
+    ctx.variants = holder.variants  # the rollout and its candidate, or None
+    ctx.variant = None  # set by a view that assigned the reader to a variant
+    ctx.rollout_id = None
+    ctx.version_label = None  # set when the answer is not one model's (interleaving)
     ctx.source = None
     ctx.user_id = None
 
@@ -151,16 +156,21 @@ def _finish_request(response: Response) -> Response:
     started = getattr(ctx, "started", None)  # None: refused before _start_request ran
     model = ctx.model if started is not None else svc.holder.model
     version = model.version if model is not None else "none"
+    variant = getattr(ctx, "variant", None)
+    if variant is not None:
+        version = ctx.version_label or version
     request_id = getattr(ctx, "request_id", None) or _new_request_id()
     headers = response.headers
     headers["X-Model-Version"] = version
     headers["X-Request-Id"] = request_id
+    if variant is not None:
+        headers["X-Variant"] = variant
     rule = req.url_rule
     route = rule.rule if rule is not None else "<unmatched>"
     elapsed = now() - started if started is not None else 0.0
     status = response.status_code
     method = req.method
-    svc.metrics.observe_request(route, method, status, elapsed)
+    svc.metrics.observe_request(route, method, status, elapsed, variant)
     if status == 429:
         # Refusals are counted (bookrec_rate_limited_total and the request counter), not
         # logged one by one: a flood must not grow the logs it is refused from.
@@ -177,6 +187,8 @@ def _finish_request(response: Response) -> Response:
             "source": getattr(ctx, "source", None),
             "user_id": getattr(ctx, "user_id", None),
             "client": req.remote_addr,
+            "variant": variant,
+            "rollout_id": getattr(ctx, "rollout_id", None),
         }
     )
     return response

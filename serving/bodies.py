@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bookrec.models.works import work_key
+from bookrec.rollout import team_draft
 from serving.catalog import CatalogUnavailable
 from serving.services import Services, dumps, rec_to_dict
 
@@ -44,6 +46,24 @@ def similar_body(model: Any, isbn: str, k: int, catalog: Any = None) -> tuple[by
     return dumps(payload), cacheable
 
 
+def _history(svc: Services, user_id: int, count: bool) -> tuple[dict[str, int], bool]:
+    """The reader's ratings in PostgreSQL and whether an answer built on them may be cached
+    (not when PostgreSQL is down: then the training history alone is used)."""
+    try:
+        return svc.catalog.user_ratings(user_id), True
+    except CatalogUnavailable:
+        if count:
+            svc.metrics.fallbacks.labels(reason="postgres_down").inc()
+        return {}, False
+
+
+def _known(svc: Services, models: tuple[Any, ...], history: dict, user_id: int, count: bool):
+    known = bool(history) or any(bool(m.knows_user(user_id)) for m in models)
+    if not known and count:
+        svc.metrics.fallbacks.labels(reason="unknown_user").inc()
+    return known
+
+
 def user(
     svc: Services, model: Any, user_id: int, k: int, count: bool = True
 ) -> tuple[bytes, bool, str]:
@@ -54,17 +74,8 @@ def user(
     model (``recommend_history``). Without PostgreSQL the training history alone is used
     and the answer is not cached. ``count`` says whether the fallbacks are counted in the
     metrics (not for pre-warming)."""
-    history: dict[str, int] = {}
-    cacheable = True
-    try:
-        history = svc.catalog.user_ratings(user_id)
-    except CatalogUnavailable:
-        if count:
-            svc.metrics.fallbacks.labels(reason="postgres_down").inc()
-        cacheable = False
-    known = bool(history) or bool(model.knows_user(user_id))
-    if not known and count:
-        svc.metrics.fallbacks.labels(reason="unknown_user").inc()
+    history, cacheable = _history(svc, user_id, count)
+    known = _known(svc, (model,), history, user_id, count)
     recs = model.recommend_history(history, k=k, user_id=user_id)
     payload = {
         "model_version": model.version,
@@ -72,5 +83,45 @@ def user(
         "k": k,
         "known_user": known,
         "items": [rec_to_dict(r) for r in recs],
+    }
+    return dumps(payload), cacheable, "model" if known else "popular"
+
+
+def _work(rec: Any) -> str:
+    """The work key of a recommended book (editions of one book share it)."""
+    return work_key(rec.title, rec.author)
+
+
+def interleaved(
+    svc: Services, champion: Any, candidate: Any, rollout: dict, user_id: int, k: int
+) -> tuple[bytes, bool, str]:
+    """A user's team-draft interleaved list of ``champion`` (team 0) and ``candidate``
+    (team 1): (body, cacheable, source).
+
+    Both lists are folded in from the same ratings (read once) with the same exclusions;
+    the draft's coin is seeded by the rollout's salt and the reader, so a reader sees the
+    same interleaving of the same two lists. ``teams`` in the body gives the team of each
+    position (impressions record it; attribution credits the team of the rated book)."""
+    history, cacheable = _history(svc, user_id, True)
+    known = _known(svc, (champion, candidate), history, user_id, True)
+    lists = [m.recommend_history(history, k=k, user_id=user_id) for m in (champion, candidate)]
+    by_isbn = [{r.isbn: r for r in recs} for recs in lists]
+    works = {r.isbn: _work(r) for recs in lists for r in recs}
+    drafted = team_draft(
+        [r.isbn for r in lists[0]],
+        [r.isbn for r in lists[1]],
+        k,
+        f"{rollout['salt']}:{user_id}",
+        work=works,
+    )
+    payload = {
+        "model_version": champion.version,
+        "variant": "interleave",
+        "model_versions": {"champion": champion.version, "candidate": candidate.version},
+        "user_id": user_id,
+        "k": k,
+        "known_user": known,
+        "items": [rec_to_dict(by_isbn[team][isbn]) for isbn, team in drafted],
+        "teams": [team for _, team in drafted],
     }
     return dumps(payload), cacheable, "model" if known else "popular"

@@ -35,10 +35,12 @@ MAX_QUEUE = 50_000
 RETRY_ATTRIBUTION_S = 30.0  # how long a posted rating waits for its list to be written
 MAX_PENDING_ATTRIBUTIONS = 10_000
 _INSERT = (
-    "INSERT INTO impressions (shown_at, request_id, user_id, model_version, kind, isbns) "
-    "SELECT shown_at, request_id, user_id, model_version, kind, isbns "
-    "FROM json_to_recordset(%s::json) AS r(shown_at timestamptz, request_id text, "
-    "user_id integer, model_version text, kind text, isbns text[])"
+    "INSERT INTO impressions (shown_at, request_id, user_id, model_version, kind, isbns, "
+    "variant, rollout_id, teams) "
+    "SELECT shown_at, request_id, user_id, model_version, kind, isbns, variant, rollout_id, "
+    "teams FROM json_to_recordset(%s::json) AS r(shown_at timestamptz, request_id text, "
+    "user_id integer, model_version text, kind text, isbns text[], variant text, "
+    "rollout_id text, teams smallint[])"
 )
 
 
@@ -57,11 +59,21 @@ class ImpressionWriter(BatchWriter):
         self._lock = threading.Lock()
 
     def record(
-        self, request_id: str, user_id: int | None, version: str, kind: str, body: bytes
+        self,
+        request_id: str,
+        user_id: int | None,
+        version: str,
+        kind: str,
+        body: bytes,
+        variant: str | None = None,
+        rollout_id: str | None = None,
     ) -> None:
-        """Remember that ``body`` (a list response) was shown (never blocks)."""
-        if self._offer((time.time(), request_id, user_id, version, kind, body)):
-            self.metrics.impression(version, kind)
+        """Remember that ``body`` (a list response) was shown (never blocks); during a
+        rollout with the reader's variant and the rollout (an interleaved body carries the
+        team of each position in ``teams``)."""
+        if self._offer((time.time(), request_id, user_id, version, kind, body, variant,
+                        rollout_id)):
+            self.metrics.impression(version, kind, variant)
 
     def await_attribution(self, event_id: int) -> None:
         """Retry attributing a rating event for a while (its list may still be queued)."""
@@ -78,8 +90,9 @@ class ImpressionWriter(BatchWriter):
 
     def _insert(self, batch: list[tuple]) -> None:
         records = []
-        for ts, request_id, user_id, version, kind, body in batch:
-            items = orjson.loads(body).get("items") or []
+        for ts, request_id, user_id, version, kind, body, variant, rollout_id in batch:
+            payload = orjson.loads(body)
+            items = payload.get("items") or []
             shown = datetime.fromtimestamp(ts, UTC)
             records.append(
                 {
@@ -89,6 +102,9 @@ class ImpressionWriter(BatchWriter):
                     "model_version": version,
                     "kind": kind,
                     "isbns": [item["isbn"] for item in items],
+                    "variant": variant,
+                    "rollout_id": rollout_id,
+                    "teams": payload.get("teams"),
                 }
             )
         self._execute(_INSERT, orjson.dumps(records).decode())
@@ -113,7 +129,7 @@ class ImpressionWriter(BatchWriter):
             log.warning("impressions: attribution retry failed (%s)", type(exc).__name__)
             return
         for found_one in found.values():
-            self.metrics.attributed_ratings.labels(model_version=found_one.model_version).inc()
+            self.metrics.attributed(found_one)
         if found:
             with self._lock:
                 self._pending = deque(p for p in self._pending if p[1] not in found)

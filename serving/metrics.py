@@ -117,14 +117,42 @@ class Metrics:
             ["model_version"],
             registry=reg,
         )
+        self.rollout_info = Gauge(
+            "bookrec_rollout_info",
+            "1 for the rollout whose candidate a worker holds",
+            ["rollout_id"],
+            multiprocess_mode="liveall",
+            registry=reg,
+        )
+        self.variant_requests = Counter(
+            "bookrec_variant_requests_total",
+            "Recommendation requests during a rollout by variant and status class (2xx, 4xx, 5xx)",
+            ["variant", "status"],
+            registry=reg,
+        )
+        self.variant_impressions = Counter(
+            "bookrec_variant_impressions_total",
+            "Reader lists shown during a rollout by variant",
+            ["variant"],
+            registry=reg,
+        )
+        self.variant_attributed = Counter(
+            "bookrec_variant_attributed_ratings_total",
+            "Ratings attributed to a rollout's lists by variant and the model credited "
+            "(champion or candidate)",
+            ["variant", "credited"],
+            registry=reg,
+        )
         self._pending: deque[tuple] = deque()  # samples not yet folded in (append is atomic)
         self._flush_lock = threading.Lock()
         self._folder = Periodic("metrics-flush", flush_interval_s, self.flush)
 
     # -- per-request samples ---------------------------------------------------------------
-    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count one request and its latency."""
-        self._pending.append((route, method, status, seconds))
+    def observe_request(
+        self, route: str, method: str, status: int, seconds: float, variant: str | None = None
+    ) -> None:
+        """Count one request and its latency (and, during a rollout, its variant)."""
+        self._pending.append((route, method, status, seconds, variant))
         if not self._folder.started or len(self._pending) >= MAX_PENDING_SAMPLES:
             self.flush()
 
@@ -134,9 +162,9 @@ class Metrics:
         if not self._folder.started or len(self._pending) >= MAX_PENDING_SAMPLES:
             self.flush()
 
-    def impression(self, version: str, kind: str) -> None:
-        """Count one list shown."""
-        self._pending.append((version, kind, None))
+    def impression(self, version: str, kind: str, variant: str | None = None) -> None:
+        """Count one list shown (and its variant during a rollout)."""
+        self._pending.append((version, kind, variant))
         if not self._folder.started or len(self._pending) >= MAX_PENDING_SAMPLES:
             self.flush()
 
@@ -145,6 +173,7 @@ class Metrics:
         however many requests it covers."""
         with self._flush_lock:
             requests: Tally = Tally()
+            by_variant: Tally = Tally()
             cache: Tally = Tally()
             shown: Tally = Tally()
             latency: dict[str, list] = {}
@@ -158,8 +187,10 @@ class Metrics:
                 if len(sample) == 3:
                     shown[sample] += 1
                     continue
-                route, method, status, seconds = sample
+                route, method, status, seconds, variant = sample
                 requests[route, method, status] += 1
+                if variant is not None:
+                    by_variant[variant, f"{status // 100}xx"] += 1
                 agg = latency.get(route)
                 if agg is None:
                     agg = latency[route] = [[0] * (len(bounds) + 1), 0.0]
@@ -175,8 +206,12 @@ class Metrics:
                         bucket.inc(n)
             for (kind, hit), n in cache.items():
                 (self.cache_hits if hit else self.cache_misses).labels(kind=kind).inc(n)
-            for (version, kind, _), n in shown.items():
+            for (variant, status), n in by_variant.items():
+                self.variant_requests.labels(variant=variant, status=status).inc(n)
+            for (version, kind, variant), n in shown.items():
                 self.impressions.labels(model_version=version, kind=kind).inc(n)
+                if variant is not None:
+                    self.variant_impressions.labels(variant=variant).inc(n)
 
     def start(self) -> None:
         """Queue the per-request samples and fold them in once a second from now on."""
@@ -192,9 +227,25 @@ class Metrics:
             self.model_version.labels(version=old).set(0)
         self.model_version.labels(version=new).set(1)
 
-    def worker_versions(self) -> dict[str, str]:
-        """pid -> the model version each live worker serves (every worker of this server in
-        multiprocess mode, from the shared files; else this process alone)."""
+    def set_rollout(self, new: str | None, old: str | None) -> None:
+        """Mark the rollout whose candidate this worker holds (``new``; None: none)."""
+        if old and old != new:
+            self.rollout_info.labels(rollout_id=old).set(0)
+        if new:
+            self.rollout_info.labels(rollout_id=new).set(1)
+
+    def attributed(self, attribution) -> None:
+        """Count an attributed rating (an ``online.Attribution``) by version, and by variant
+        and credited model during a rollout."""
+        self.attributed_ratings.labels(model_version=attribution.model_version).inc()
+        if attribution.variant is not None:
+            credited = "champion"
+            if attribution.credited_team == 1 or attribution.variant == "canary":
+                credited = "candidate"
+            self.variant_attributed.labels(variant=attribution.variant, credited=credited).inc()
+
+    def _live_samples(self, name: str, label: str) -> dict[str, str]:
+        """pid -> the ``label`` of the sample of gauge ``name`` set to 1 in each live worker."""
         if self.multiprocess:
             from prometheus_client import multiprocess
 
@@ -205,12 +256,22 @@ class Metrics:
             metrics = self.registry.collect()
         found: dict[str, str] = {}
         for metric in metrics:
-            if metric.name != "bookrec_model_version_info":
+            if metric.name != name:
                 continue
             for sample in metric.samples:
                 if sample.value == 1:
-                    found[sample.labels.get("pid", str(os.getpid()))] = sample.labels["version"]
+                    found[sample.labels.get("pid", str(os.getpid()))] = sample.labels[label]
         return found
+
+    def worker_rollouts(self) -> dict[str, str]:
+        """pid -> the rollout id whose candidate each live worker holds (workers holding
+        none are absent)."""
+        return self._live_samples("bookrec_rollout_info", "rollout_id")
+
+    def worker_versions(self) -> dict[str, str]:
+        """pid -> the model version each live worker serves (every worker of this server in
+        multiprocess mode, from the shared files; else this process alone)."""
+        return self._live_samples("bookrec_model_version_info", "version")
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format body and its content type, merged across workers if needed

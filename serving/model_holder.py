@@ -7,6 +7,14 @@ a new champion is downloaded into a local folder shared by all workers (so the
 memory-mapped arrays are shared pages), verified against the pointer's manifest
 checksum, loaded with the serving loader, warmed, and only then swapped in by
 assigning one attribute. A failed load keeps the old model and is logged.
+
+A rollout (``rollouts/current.json``, ``bookrec.rollout``) is learnt the same way, in the
+same check: while one runs the worker also holds the candidate, loaded and verified like a
+champion, in ``variants`` (the rollout record and the candidate model, swapped together as
+one reference); when it ends the reference is dropped. Files of the candidate identical to
+the champion's (the catalogue, training histories, text features when both were fitted on
+the same data) are hard links to one file in the local folder, so their pages are mapped
+once for both models and every worker.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +61,61 @@ def _remove(folder: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def _share_identical_files(folder: Path) -> int:
+    """Replace files of ``folder`` by hard links to identical files (same sha256 in their
+    manifests) of the other local versions beside it; the number of files linked.
+
+    The page cache then holds one copy of each shared array for every model and worker
+    that maps it. Called under the local folder's lock; a replaced file keeps its inode for
+    any process that still maps it."""
+    import json
+
+    def files_of(version_dir: Path) -> dict[str, str]:
+        try:
+            manifest = json.loads((version_dir / MANIFEST).read_text())
+            return {name: sha for name, sha in manifest["files"].items() if isinstance(sha, str)}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
+    by_name: dict[tuple[str, str], Path] = {}
+    by_sha: dict[str, Path] = {}
+    for other in sorted(folder.parent.iterdir()):
+        if other == folder or not other.is_dir() or other.name.startswith("."):
+            continue
+        for name, sha in files_of(other).items():
+            by_name.setdefault((name, sha), other / name)
+            by_sha.setdefault(sha, other / name)
+    linked = 0
+    for name, sha in files_of(folder).items():
+        source = by_name.get((name, sha)) or by_sha.get(sha)
+        target = folder / name
+        try:
+            if source is None or os.path.samefile(source, target):
+                continue
+            if source.stat().st_size != target.stat().st_size:
+                continue
+            tmp = folder / f".{name}.{os.getpid()}.link"
+            os.link(source, tmp)
+            os.replace(tmp, target)
+            linked += 1
+        except OSError:
+            continue  # another file system, or the other folder was pruned: keep the copy
+    return linked
+
+
+@dataclass(frozen=True)
+class Variants:
+    """A running rollout and the candidate model it serves beside the champion."""
+
+    rollout: dict[str, Any]
+    candidate: Any
+
+    @property
+    def rollout_id(self) -> str:
+        """The rollout's id."""
+        return self.rollout["id"]
+
+
 class ModelHolder:
     """Holds the current model; ``model`` is read by requests, replaced by the loader thread."""
 
@@ -61,6 +125,7 @@ class ModelHolder:
         self.metrics = metrics
         self.model: Any = None
         self.champion: dict[str, Any] | None = None
+        self.variants: Variants | None = None  # while a rollout runs, else None
         self.loaded_at: float | None = None
         self.last_result: dict[str, Any] = {"status": "not_loaded"}
         self.local_root = settings.home_dir / "serving" / "models"
@@ -109,7 +174,16 @@ class ModelHolder:
                 elif previous == champion["version"]:
                     result.update(status="unchanged", version=previous)
                 else:
-                    model = self._load(champion)
+                    variants = self.variants
+                    if (
+                        variants is not None
+                        and variants.candidate.version == champion["version"]
+                        and variants.rollout.get("candidate_manifest_sha256")
+                        == champion.get("manifest_sha256")
+                    ):
+                        model = variants.candidate  # a rollout's candidate promoted: held already
+                    else:
+                        model = self._load(champion)
                     if previous is not None and self.prewarm is not None:
                         result["prewarmed"] = self._prewarm(model, previous)
                     if previous is not None and self.settings.reload_stagger_s > 0:
@@ -131,9 +205,51 @@ class ModelHolder:
                 error = f"{type(exc).__name__}: {exc}"
                 result.update(status="failed", version=previous, error=error)
                 log.error("model reload failed, keeping %s: %s", previous, result["error"])
+            result["rollout"] = self._check_rollout()
             result["seconds"] = round(time.perf_counter() - started, 3)
             self.last_result = result
             return result
+
+    def _check_rollout(self) -> dict[str, Any]:
+        """Follow ``rollouts/current.json``: load the candidate of a new rollout, drop it
+        when the rollout ends. A failed load leaves this worker serving the champion alone
+        (``variants`` None) and is retried on the next check."""
+        current = self.variants
+        try:
+            rollout = self.registry().current_rollout()
+            if rollout is None:
+                if current is not None:
+                    self.variants = None
+                    self.metrics.set_rollout(None, current.rollout_id)
+                    log.info("rollout %s ended: candidate dropped", current.rollout_id)
+                    return {"status": "ended", "id": None, "ended": current.rollout_id}
+                return {"status": "none", "id": None}
+            if current is not None and current.rollout_id == rollout["id"]:
+                return {"status": "unchanged", "id": rollout["id"],
+                        "candidate": current.candidate.version}
+            if current is not None and current.candidate.version == rollout["candidate"]:
+                candidate = current.candidate
+            elif self.model is not None and self.model.version == rollout["candidate"]:
+                candidate = self.model  # promoted already; the rollout is about to end
+            else:
+                candidate = self._load(
+                    {
+                        "version": rollout["candidate"],
+                        "manifest_sha256": rollout.get("candidate_manifest_sha256"),
+                    }
+                )
+            self.variants = Variants(rollout, candidate)  # one reference: record and model
+            self.metrics.set_rollout(rollout["id"], current.rollout_id if current else None)
+            log.info("rollout %s: candidate %s loaded", rollout["id"], candidate.version)
+            return {"status": "loaded", "id": rollout["id"], "candidate": candidate.version}
+        except Exception as exc:  # noqa: BLE001 - the champion keeps serving everybody
+            if current is not None:
+                self.variants = None
+                self.metrics.set_rollout(None, current.rollout_id)
+            self.metrics.reloads.labels(outcome="failure").inc()
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("rollout check failed, serving the champion alone: %s", error)
+            return {"status": "failed", "id": None, "error": error}
 
     def _prewarm(self, model: Any, previous: str) -> int:
         """Run the pre-warming hook; its failure is logged and does not stop the reload."""
@@ -187,6 +303,9 @@ class ModelHolder:
                         version, self.local_root, expected_manifest_sha256=expected_sha
                     )
                 )
+                linked = _share_identical_files(dest)
+                if linked:
+                    log.info("%s: %d files shared with other local versions", version, linked)
         if expected_sha and manifest_sha256(dest) != expected_sha:
             raise RuntimeError(f"{dest}: manifest checksum differs from the champion pointer")
         return dest
@@ -199,8 +318,10 @@ class ModelHolder:
                 key=lambda p: p.stat().st_mtime,
                 reverse=True,
             )
+            variants = self.variants
+            keep = {self.version, variants.candidate.version if variants else None}
             for old in folders[KEEP_LOCAL_VERSIONS:]:
-                if old.name != self.version:
+                if old.name not in keep:
                     shutil.rmtree(old, ignore_errors=True)
 
     def after_fork(self) -> None:
@@ -209,6 +330,8 @@ class ModelHolder:
         self._check_lock = threading.Lock()
         if self.version is not None:
             self.metrics.set_model_version(self.version, None)
+        if self.variants is not None:
+            self.metrics.set_rollout(self.variants.rollout_id, None)
 
     # -- background ------------------------------------------------------------------------
     def start(self) -> None:

@@ -77,6 +77,21 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "isbn": {"type": "string"},
             "known_user": {"type": "boolean"},
             "items": {"type": "array", "items": {"$ref": "#/components/schemas/Recommendation"}},
+            "variant": {
+                "type": "string",
+                "enum": ["interleave"],
+                "description": "Set on an interleaved list of a rollout (champion and candidate)",
+            },
+            "model_versions": {
+                "type": "object",
+                "description": "An interleaved list's two models: champion and candidate",
+                "properties": {"champion": {"type": "string"}, "candidate": {"type": "string"}},
+            },
+            "teams": {
+                "type": "array",
+                "items": {"type": "integer", "enum": [0, 1]},
+                "description": "An interleaved list's model of each item: 0 champion, 1 candidate",
+            },
         },
     },
     "Book": {

@@ -60,7 +60,7 @@ def record_rating(user_id: str):
             headers={"Retry-After": "5"},
         ) from None
     if attribution.model_version is not None:
-        svc.metrics.attributed_ratings.labels(model_version=attribution.model_version).inc()
+        svc.metrics.attributed(attribution)
     else:  # its list may still be in a worker's queue: try again for a while
         svc.impressions.await_attribution(attribution.event_id)
     g.source = "database"

@@ -5,12 +5,20 @@ request from the store all workers and instances share: their generation in Redi
 by ``POST /v1/users/<id>/ratings``), or, without Redis (or while it fails), the count and
 newest ``updated_at`` of their ratings in PostgreSQL. A posted rating therefore changes
 the key, and no worker's copy of the old list is served again.
+
+While a rollout runs (``bookrec.rollout``) the reader is assigned a variant by a stable
+hash: "champion" is answered as without a rollout, "canary" by the candidate alone,
+"interleave" by a team-draft interleaving of both. Each variant's lists are cached under
+their own model version ("<champion>+<candidate>" and the rollout for interleaved lists),
+and every key carries the freshness token, so a reader never gets another variant's list
+and still reads their writes.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, g, request
 
+from bookrec.rollout import CANARY, INTERLEAVE, assign
 from serving import bodies
 from serving import validation as v
 from serving.cache import Cache
@@ -51,18 +59,40 @@ def user_recommendations(user_id: str):
     k = v.parse_k(request.args.get("k"))
     model = require_model()
     svc = services()
-    g.user_id = uid
-    g.source = "cache"
+    ctx = g._get_current_object()
+    ctx.user_id = uid
+    ctx.source = "cache"
+    variants = ctx.variants
+    variant = None
+    if variants is not None and variants.candidate.version != model.version:
+        variant = assign(uid, variants.rollout)
+        ctx.variant = variant
+        ctx.rollout_id = variants.rollout_id
+    if variant == CANARY:
+        model = ctx.model = variants.candidate  # headers, logs and impressions name it
+    key_version, key_extra = model.version, ()
 
-    def compute() -> tuple[bytes, bool]:
-        body, cacheable, g.source = bodies.user(svc, model, uid, k)
-        return body, cacheable
+    if variant == INTERLEAVE:
+        candidate = variants.candidate
+        key_version = ctx.version_label = f"{model.version}+{candidate.version}"
+        key_extra = (variants.rollout_id,)
+
+        def compute() -> tuple[bytes, bool]:
+            body, cacheable, ctx.source = bodies.interleaved(
+                svc, model, candidate, variants.rollout, uid, k
+            )
+            return body, cacheable
+    else:
+
+        def compute() -> tuple[bytes, bool]:
+            body, cacheable, ctx.source = bodies.user(svc, model, uid, k)
+            return body, cacheable
 
     token = freshness_token(svc, uid)
     if token is None:
         body = compute()[0]
     else:
-        key = Cache.key(model.version, "user", uid, k, token)
+        key = Cache.key(key_version, "user", uid, k, token, *key_extra)
         body = svc.cache.get_or_compute("user", key, compute)
     shown("user", body, uid)
     return json_response(body)

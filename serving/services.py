@@ -73,10 +73,13 @@ def services() -> Services:
 
 
 def shown(kind: str, body: bytes, user_id: int | None = None) -> None:
-    """Record that this request showed a list (an impression, written in the background)."""
+    """Record that this request showed a list (an impression, written in the background),
+    with the reader's variant and the rollout while one runs."""
     ctx = g._get_current_object()
+    variant = getattr(ctx, "variant", None)
+    version = (ctx.version_label if variant is not None else None) or ctx.model.version
     current_app.extensions["bookrec"].impressions.record(
-        ctx.request_id, user_id, ctx.model.version, kind, body
+        ctx.request_id, user_id, version, kind, body, variant, getattr(ctx, "rollout_id", None)
     )
 
 

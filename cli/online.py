@@ -67,6 +67,7 @@ def _online(args: argparse.Namespace) -> int:
         return 0
     if not rows:
         print(f"no impressions since {since.isoformat()}")
+        _running_rollout()
         return 0
     print(f"since {since.isoformat()}, hit rate@{args.k}")
     print(
@@ -79,7 +80,26 @@ def _online(args: argparse.Namespace) -> int:
             f"{r.model_version:<28} {r.impressions:>11} {r.readers:>8} "
             f"{r.attributed_ratings:>10} {r.hit_rate:>9.4f} {pos:>8}"
         )
+    _running_rollout()
     return 0
+
+
+def _running_rollout() -> None:
+    """After the per-version table: the running rollout's figures per variant, if any."""
+    from bookrec import db, rollout
+    from bookrec.registry import Registry, RegistryError
+    from bookrec.settings import get_settings
+    from bookrec.store import StoreError
+
+    settings = get_settings()
+    try:
+        record = Registry.from_settings(settings).current_rollout()
+    except (RegistryError, StoreError) as exc:
+        print(f"\nrollout: the registry cannot be read ({exc})")
+        return
+    if record is not None:
+        print()
+        _print_rollout(record, rollout.figures(db.get_engine(settings), record))
 
 
 _VARIANT_ROWS = (
@@ -114,6 +134,12 @@ def _rollout(args: argparse.Namespace) -> int:
         print(json.dumps({"rollout": {**public, "variants": figs["variants"],
                                       "since": figs["since"], "until": figs["until"]}}))
         return 0
+    _print_rollout(record, figs)
+    return 0
+
+
+def _print_rollout(record: dict, figs: dict) -> None:
+    """The per-variant table of a rollout."""
     state = f"ended {record['ended_at']} ({record['decision']})" if record.get("ended_at") \
         else "running"
     print(
@@ -138,4 +164,3 @@ def _rollout(args: argparse.Namespace) -> int:
             f"{ms(row.get('p95_ms')) if requests is not None else '':>8} {row['impressions']:>7} "
             f"{row['readers']:>7} {row['hits']:>6} {row['hit_rate']:>9.4f}"
         )
-    return 0

@@ -231,6 +231,9 @@ def test_a_rating_credits_the_model_that_contributed_the_book(
     assert main(["online", "--rollout", record["id"]]) == 0
     text = capsys.readouterr().out
     assert "interleave_candidate" in text and record["id"] in text
+    assert main(["online", "--since", "1h"]) == 0  # the per-version table, then the rollout's
+    text = capsys.readouterr().out
+    assert f"{champion}+{candidate}" in text and "interleave_champion" in text
 
 
 def test_ending_the_rollout_returns_every_reader_to_the_champion(

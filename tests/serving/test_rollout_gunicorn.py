@@ -87,7 +87,7 @@ def _answers(url: str, rounds: int) -> list[tuple[int, str | None, str, str]]:
 
 
 def test_rollout_start_and_end_reach_every_worker_under_load(
-    start_gunicorn, serving_settings, model_set, redis_server
+    start_gunicorn, serving_settings, model_set, redis_server, key_headers
 ):
     champion, candidate = model_set.versions
     settings = serving_settings.model_copy(
@@ -128,6 +128,21 @@ def test_rollout_start_and_end_reach_every_worker_under_load(
         assert {v for v, _ in set().union(*by_reader.values())} == {
             "champion", "canary", "interleave"
         }
+
+        # Read your writes in each variant (Redis cache, both workers).
+        for variant in ("canary", "interleave"):
+            user = next(u for u in READERS if ro.assign(u, record) == variant)
+            url = f"{server.url}/v1/users/{user}/recommendations?k=5"
+            top = requests.get(url, timeout=10).json()["items"][0]["isbn"]
+            posted = requests.post(
+                f"{server.url}/v1/users/{user}/ratings", json={"isbn": top, "rating": 9},
+                headers=key_headers, timeout=10,
+            )
+            assert posted.status_code == 201
+            for _ in range(12):  # fresh connections: both workers answer some
+                r = requests.get(url, timeout=10, headers={"Connection": "close"})
+                assert r.headers["X-Variant"] == variant
+                assert top not in {i["isbn"] for i in r.json()["items"]}
 
         mark = len(load.answers)
         registry.end_rollout(record["id"], "rolled_back", "test")

@@ -240,9 +240,12 @@ def test_ending_the_rollout_returns_every_reader_to_the_champion(
     app, client, serving_settings, model_set
 ):
     champion, candidate = model_set.versions
+    before = client.get("/v1/users/5/recommendations?k=4").get_json()  # cached: champion's
     record = _start(serving_settings, model_set, client, interleave=0.0, canary=1.0)
     response = client.get("/v1/users/5/recommendations?k=4")
     assert response.get_json()["model_version"] == candidate
+    isbns = [i["isbn"] for i in response.get_json()["items"]]
+    assert isbns == _expected(app, "canary", 5, 4)[0] != [i["isbn"] for i in before["items"]]
     holder = app.extensions["bookrec"].holder
     assert holder.variants.candidate.version == candidate
     Registry.from_settings(serving_settings).end_rollout(record["id"], "rolled_back", "test")
@@ -250,7 +253,7 @@ def test_ending_the_rollout_returns_every_reader_to_the_champion(
     assert answer["rollout"] == {"status": "ended", "id": None, "ended": record["id"]}
     assert holder.variants is None
     response = client.get("/v1/users/5/recommendations?k=4")
-    assert response.get_json()["model_version"] == champion
+    assert response.get_json() == before  # the champion's list again, not the canary's
     assert "X-Variant" not in response.headers
     info = client.get("/admin/model", headers=ADMIN).get_json()
     assert info["rollout"] is None and info["workers_rollouts"] == {}

@@ -7,8 +7,9 @@ its URL, a free port), promotes two versions of a model into a fresh store, then
 
 - ``bookrec rollback --json`` as a subprocess, the command users run (goal: <= 3 s wall
   with a server up): finding the server, the admin token and the API from the home, the
-  flow run on that server, Python start-up and imports included; rolled back and forth
-  ``--repeat`` times;
+  flow run on that server, Python start-up included; rolled back and forth ``--repeat``
+  times cold (``BOOKREC_WARM=0``: the command imports Prefect and the flows) and then
+  warm (forked by the flow runner that ``up`` leaves running, ``cli/warm.py``);
 - ``rollback_flow()`` in this process: verify the store, download and check every sha256
   (reused from the local cache when it still verifies), load and answer the golden
   queries in a separate process, move the pointer, record the decision, emit the event,
@@ -153,26 +154,63 @@ def main() -> None:
         bookrec = str(Path(sys.executable).parent / "bookrec")
         python_s, _ = _wall([sys.executable, "-c", "pass"], env)
         help_s, _ = _wall([bookrec, "--help"], env)
-        command_s = []
-        for n in range(args.repeat):
-            target = "bench-b" if n % 2 == 0 else "bench-a"
-            seconds, proc = _wall([bookrec, "rollback", target, "--json"], env)
-            out = json.loads(proc.stdout or "{}")
-            if proc.returncode != 0 or out.get("champion") != target:
-                raise RuntimeError(f"bookrec rollback failed: {proc.stdout} {proc.stderr}")
-            command_s.append(seconds)
+        # Cold: the command imports Prefect and the flows itself (BOOKREC_WARM=0). Warm: the
+        # flow runner that `up` (or the first flow command) leaves running forks the command.
+        timings: dict[str, list[float]] = {"cold": [], "warm": []}
+        n = 0
+        for mode in ("cold", "warm"):
+            if mode == "warm":
+                _start_runner(settings, env)
+            for _ in range(args.repeat):
+                target = "bench-b" if n % 2 == 0 else "bench-a"
+                n += 1
+                run_env = {**env, "BOOKREC_WARM": "0"} if mode == "cold" else env
+                seconds, proc = _wall([bookrec, "rollback", target, "--json"], run_env)
+                out = json.loads(proc.stdout or "{}")
+                if proc.returncode != 0 or out.get("champion") != target:
+                    raise RuntimeError(f"bookrec rollback failed: {proc.stdout} {proc.stderr}")
+                timings[mode].append(seconds)
+        forked = ops._services(settings)["flow-runner"].log_file.read_text().count(" exit ")
+        if forked != args.repeat:
+            raise RuntimeError(f"the flow runner ran {forked} of {args.repeat} warm commands")
     finally:
-        ops._services(settings)["prefect-server"].stop()
+        for name in ("flow-runner", "prefect-server"):
+            ops._services(settings)[name].stop()
     print(f"baseline  python -c pass                {python_s:6.2f} s")
     print(f"baseline  bookrec --help                {help_s:6.2f} s")
     print(f"baseline  empty Prefect flow run        {empty_s:6.2f} s")
     print(f"baseline  load_model in-process         {load_s:6.2f} s")
     print(f"rollback  rollback_flow() wall          {rollback_s:6.2f} s")
-    print("rollback  `bookrec rollback` wall       "
-          + " / ".join(f"{s:.2f}" for s in command_s)
-          + f" s   (goal <= 3 s with a server up; median {sorted(command_s)[len(command_s) // 2]:.2f})")
+    for mode, what in (("cold", "imports Prefect itself, BOOKREC_WARM=0"),
+                       ("warm", "forked by the flow runner")):
+        runs = timings[mode]
+        print(f"rollback  `bookrec rollback` wall, {what}: "
+              + " / ".join(f"{s:.2f}" for s in runs)
+              + f" s (median {sorted(runs)[len(runs) // 2]:.2f}; goal <= 3 s with a server up)")
     print(f"load average during the run: {os.getloadavg()}")
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _start_runner(settings, env: dict[str, str]) -> None:
+    """Start the warm flow runner the way a flow command leaves it, and wait until it listens."""
+    from cli import main, prefect_server, warm
+
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        main._prefect_defaults()
+        prefect_server.quiet_logs(settings)  # as a quiet command sets it before importing Prefect
+        main._find_local_system(argparse.Namespace(verbose=False, preload=()))
+        warm.ensure_started(settings)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    deadline = time.monotonic() + 120
+    while not warm.socket_path(settings.home_dir).exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the flow runner did not start within 120 s")
+        time.sleep(0.1)
 
 
 def _free_port() -> int:

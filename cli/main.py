@@ -55,23 +55,84 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen handler; errors become one line and exit code 1/2."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from_command_line = argv is None
+    args = build_parser().parse_args(argv)
+
+    def run() -> int:
+        _prefect_defaults()
+        if getattr(args, "prefect", False):
+            _find_local_system(args)
+            if from_command_line:
+                return _run_warm(args)
+        return _handle(args)
+
     with _scoped_environ():
-        try:
-            _prefect_defaults()
-            if getattr(args, "prefect", False):
-                _find_local_system(args)
-            return int(args.handler(args) or 0)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        except CommandError as exc:
-            return _fail(args, str(exc), exc.exit_code, exc.payload)
-        except Exception as exc:
-            if not _expected(exc):
-                raise
-            return _fail(args, str(exc) or type(exc).__name__, 1, {})
+        return _guarded(args, run)
+
+
+def _guarded(args: argparse.Namespace, run) -> int:
+    """``run()``, with expected errors turned into one line (and a JSON object)."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except CommandError as exc:
+        return _fail(args, str(exc), exc.exit_code, exc.payload)
+    except Exception as exc:
+        if not _expected(exc):
+            raise
+        return _fail(args, str(exc) or type(exc).__name__, 1, {})
+
+
+def _handle(args: argparse.Namespace) -> int:
+    """The verb's handler. Short flow commands (``heartbeats=False``) run without Prefect's
+    flow heartbeat thread: it exists to mark runs that stop reporting as crashed after
+    minutes, and joining it costs up to a second at the end of every flow run."""
+    if getattr(args, "heartbeats", True):
+        return int(args.handler(args) or 0)
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return int(args.handler(args) or 0)
+
+
+def _run_warm(args: argparse.Namespace) -> int:
+    """A flow command typed by a user: run it in the warm flow runner when one serves this
+    home with the same settings (``cli/warm.py``), else here, leaving a runner started for
+    the next command when the Prefect server is the local one."""
+    from bookrec.settings import get_settings
+    from cli import warm
+
+    home = get_settings().home_dir
+    code = warm.run(sys.argv[1:], home)
+    if code is not None:
+        return code
+    if (not getattr(args, "verbose", False) and os.environ.get("BOOKREC_WARM", "1") != "0"
+            and _local_server(home)):
+        with contextlib.suppress(OSError):
+            warm.ensure_started(get_settings())
+    return _handle(args)
+
+
+def _local_server(home) -> bool:
+    """True when the Prefect server in use is the one recorded in ``<home>/run``."""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        recorded = json.loads((home / "run" / "prefect-server.pid").read_text())["url"]
+        return recorded == os.environ.get("PREFECT_API_URL")
+    return False
+
+
+def run_here(argv: list[str]) -> int:
+    """Run a command in this process with the environment as it is (the warm runner's
+    forked child, whose environment the client already prepared)."""
+    args = build_parser().parse_args(argv)
+
+    def run() -> int:
+        _prefect_defaults()
+        return _handle(args)
+
+    return _guarded(args, run)
 
 
 def _fail(args: argparse.Namespace, message: str, code: int, payload: dict[str, Any]) -> int:

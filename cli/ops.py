@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 WORK_POOL = "local-process"
 # Stop order for `down`: the API first (it holds no state), the database last.
-SERVICES = ("api", "worker", "prefect-server")
+SERVICES = ("api", "worker", "flow-runner", "prefect-server")
 
 
 def default_source() -> Path:
@@ -615,7 +615,8 @@ Stop everything:  bash scripts/down.sh   (or: bookrec down)""",
 def _services(settings) -> dict[str, _Service]:
     """The background services, keyed by name."""
     run_dir, log_dir = settings.home_dir / "run", settings.log_dir
-    markers = {"api": "gunicorn", "worker": "worker", "prefect-server": "server"}
+    markers = {"api": "gunicorn", "worker": "worker", "flow-runner": "cli.warm",
+               "prefect-server": "server"}
     return {name: _Service(name, run_dir, log_dir, markers[name]) for name in SERVICES}
 
 

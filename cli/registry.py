@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "promoting (SPEC e.g. interleave=0.5,bake_minutes=20; "
                               "'off' overrides BOOKREC_ROLLOUT_DEFAULT)")
     promote.add_argument("--json", action="store_true", help="print the decision as JSON")
-    promote.set_defaults(handler=_promote, prefect=True,
+    promote.set_defaults(handler=_promote, prefect=True, heartbeats=False,
                         preload=("flows.promote",))
 
     for verb, what in (("approve", "promote"), ("reject", "reject")):
@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="restore the champion that served at TIME (ISO 8601; UTC "
                                "unless it names a zone)")
     rollback.add_argument("--json", action="store_true", help="print the outcome as JSON")
-    rollback.set_defaults(handler=_rollback, prefect=True,
+    rollback.set_defaults(handler=_rollback, prefect=True, heartbeats=False,
                         preload=("flows.rollback",))
 
 

@@ -1,8 +1,9 @@
 """The rollback flow: point the champion back at a version that was promoted before.
 
 Retrains nothing: it verifies the target's checksums (and that its manifest is the one
-recorded at its promotion), loads it with the serving loader in a separate process and
-checks that it answers the golden queries exactly as it did when it was promoted, then
+recorded at its promotion), loads it with the serving loader (in this process: it passed
+the isolated smoke test when it was promoted) and checks that it answers the golden
+queries exactly as it did then, then
 moves the pointer by compare-and-swap, records 'rolled back', emits
 ``bookrec.model.promoted`` and runs the reload flow. Any failed check refuses the
 rollback and leaves the champion unchanged.
@@ -51,7 +52,7 @@ def rollback_flow(version: str | None = None) -> dict[str, Any]:
     fetched = fetch_version(name, target["manifest_sha256"])
     if fetched["error"]:
         refuse(name, before, f"{name} failed verification: {fetched['error']}", actor, key="target")
-    report = smoke_test(fetched)
+    report = smoke_test(fetched, isolated=False)  # it passed the isolated test when promoted
     if not report.get("ok"):
         refuse(name, before, f"{name} does not load: {report.get('error')}", actor, key="target")
     recorded = target["answers_sha256"]

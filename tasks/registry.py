@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import socket
+from pathlib import Path
 from typing import Any, NoReturn
 
 from prefect import task
@@ -122,11 +123,16 @@ def fetch_version(version: str, expected_manifest_sha256: str | None = None) -> 
 
 
 @task(name="smoke-test")
-def smoke_test(fetched: dict[str, Any]) -> dict[str, Any]:
-    """Load the fetched version with the serving loader in a separate process (golden queries)."""
+def smoke_test(fetched: dict[str, Any], isolated: bool = True) -> dict[str, Any]:
+    """Load the fetched version with the serving loader and answer the golden queries: in a
+    separate process (a new candidate may crash or exhaust memory), or here for a version
+    that passed the same test when it was promoted (``isolated=False``, the rollback)."""
     if fetched.get("path") is None:
         return {"ok": False, "error": f"verification failed: {fetched.get('error')}"}
-    report = smoke.run_smoke(fetched["path"])
+    if isolated:
+        report = smoke.run_smoke(fetched["path"])
+    else:
+        report = smoke.smoke(Path(fetched["path"]), smoke.DEFAULT_GOLDEN)
     report["golden_sha256"] = smoke.answers_sha256(smoke.DEFAULT_GOLDEN)
     return report
 

@@ -27,7 +27,7 @@ def _env(home: Path, database_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BOOKREC_", "PREFECT_"))}
     env.update({"BOOKREC_HOME": str(home), "BOOKREC_DATABASE_URL": database_url,
                 "BOOKREC_ARTIFACTS_URI": str(home / "artifacts"),
-                "BOOKREC_SERVING_URLS": "", **extra})
+                "BOOKREC_SERVING_URLS": "", "BOOKREC_WARM": "0", **extra})
     return env
 
 
@@ -119,7 +119,8 @@ def test_expected_errors_are_one_line_and_a_json_object(up_home, database_url, c
 
     proc = _bookrec(["rollback", "nonsense", "--verbose"], env)  # --verbose: Prefect's lines too
     assert proc.returncode == 1 and proc.stderr.count("\n") > 1
-    assert proc.stderr.rstrip().splitlines()[-1].startswith("bookrec rollback: error: ")
+    # (the error line, then possibly Prefect's events worker draining at exit on a busy machine)
+    assert any(line.startswith("bookrec rollback: error: ") for line in proc.stderr.splitlines())
 
 
 def test_bookrec_run_finds_the_server_and_names_missing_deployments(up_home, database_url):

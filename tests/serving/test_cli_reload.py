@@ -39,7 +39,8 @@ def test_rollback_reloads_the_up_api_with_the_up_token(
     (home / "admin-token").write_text(ADMIN_TOKEN + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BOOKREC_", "PREFECT_"))}
     env.update({"BOOKREC_HOME": str(home), "BOOKREC_DATABASE_URL": serving_settings.database_url,
-                "BOOKREC_ARTIFACTS_URI": serving_settings.resolved_artifacts_uri})
+                "BOOKREC_ARTIFACTS_URI": serving_settings.resolved_artifacts_uri,
+                "BOOKREC_WARM": "0"})
 
     proc = _bookrec(["rollback", "--json"], env)
     assert proc.returncode == 0 and proc.stderr == ""

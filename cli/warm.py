@@ -38,7 +38,7 @@ MARKER = "cli.warm"
 # What every flow verb imports: the flows and Prefect's client side.
 PRELOAD = (
     "prefect", "prefect.flow_runs", "prefect.deployments", "flows.ingest", "flows.train",
-    "flows.promote", "flows.rollback", "flows.reload", "flows.nightly", "flows.approval",
+    "flows.promote", "flows.rollback", "flows.reload", "flows.nightly", "flows.approval", "flows.rollout",
     "bookrec.models.persist", "cli.main",
 )
 _CODE_DIRS = ("cli", "flows", "tasks", "bookrec", "serving")

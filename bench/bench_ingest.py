@@ -13,6 +13,8 @@ database on the same PostgreSQL server, on the same files:
 - command: what users run, ``bookrec ingest DATA --json`` as a subprocess, with a Prefect
   server already up the way ``bookrec up`` leaves it (pid file in the command's home);
   the flow run, its tasks and artifacts land on that server;
+- command_warm: the same with the warm flow runner that the first flow command leaves
+  beside the server (``cli/warm.py``): the command is forked by it, Prefect already imported;
 - command_cold: the same command with no Prefect server running: it starts the local
   server on first use (and leaves it running; stopped here afterwards).
 
@@ -187,10 +189,36 @@ def run_command(data: Path, url: str, repeat: int) -> dict:
     port = _free_port()
     env = {**prefect_server.server_env(settings), "PREFECT_HOME": str(home / "prefect")}
     prefect_server.start_local_server(settings, port, env)
-    try:
-        return _time_command(data, _command_env(home, url, port), repeat)
+    try:  # BOOKREC_WARM=0: the command imports Prefect itself (see command_warm)
+        return _time_command(data, {**_command_env(home, url, port), "BOOKREC_WARM": "0"}, repeat)
     finally:
         ops._services(settings)["prefect-server"].stop()
+
+
+def run_command_warm(data: Path, url: str, repeat: int) -> dict:
+    """``bookrec ingest`` with a Prefect server up and the warm flow runner (``cli/warm.py``)
+    that the first flow command leaves beside it: the command is forked by the runner."""
+    import tempfile
+
+    from bookrec.settings import Settings
+    from cli import ops, prefect_server, warm
+
+    home = Path(tempfile.mkdtemp(prefix="bench-ingest-warm-"))
+    settings = Settings(home=home)
+    port = _free_port()
+    env = {**prefect_server.server_env(settings), "PREFECT_HOME": str(home / "prefect")}
+    prefect_server.start_local_server(settings, port, env)
+    try:
+        command_env = _command_env(home, url, port)
+        warm.start_for(command_env)
+        result = _time_command(data, command_env, repeat)
+        log = ops._services(settings)[warm.SERVICE].log_file.read_text()
+        if log.count(" exit 0 ") != repeat:
+            raise RuntimeError(f"the flow runner did not run every command: {log[-2000:]}")
+        return result
+    finally:
+        for name in (warm.SERVICE, "prefect-server"):
+            ops._services(settings)[name].stop()
 
 
 def run_command_cold(data: Path, url: str, repeat: int) -> dict:
@@ -207,7 +235,8 @@ def run_command_cold(data: Path, url: str, repeat: int) -> dict:
 
 
 PATHS = {"bookrec": run_bookrec, "naive": run_naive, "floor": run_floor,
-         "floor_read": run_floor_read, "command": run_command, "command_cold": run_command_cold}
+         "floor_read": run_floor_read, "command": run_command, "command_warm": run_command_warm,
+         "command_cold": run_command_cold}
 
 
 def _child(path: str, data: str, url: str, repeat: int) -> None:
@@ -232,7 +261,7 @@ def main() -> None:
         ),
         help="maintenance database of the server to use; scratch databases are made there",
     )
-    parser.add_argument("--paths", default="floor,floor_read,bookrec,naive,command,command_cold")
+    parser.add_argument("--paths", default="floor,floor_read,bookrec,naive,command,command_warm,command_cold")
     parser.add_argument("--repeat", type=int, default=2, help="bookrec runs (2nd+ are re-ingests)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -290,7 +319,7 @@ def main() -> None:
         if "floor_read" in results:
             print(f"bookrec / floor_read (pandas read + COPY): "
                   f"{ours / results['floor_read']['seconds']:.2f}x (goal <= 2.5x)")
-    for path in ("command", "command_cold"):
+    for path in ("command", "command_warm", "command_cold"):
         if path not in results:
             continue
         r = results[path]

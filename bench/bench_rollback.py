@@ -160,7 +160,9 @@ def main() -> None:
         n = 0
         for mode in ("cold", "warm"):
             if mode == "warm":
-                _start_runner(settings, env)
+                from cli import warm
+
+                warm.start_for(env)
             for _ in range(args.repeat):
                 target = "bench-b" if n % 2 == 0 else "bench-a"
                 n += 1
@@ -189,28 +191,6 @@ def main() -> None:
               + f" s (median {sorted(runs)[len(runs) // 2]:.2f}; goal <= 3 s with a server up)")
     print(f"load average during the run: {os.getloadavg()}")
     shutil.rmtree(work, ignore_errors=True)
-
-
-def _start_runner(settings, env: dict[str, str]) -> None:
-    """Start the warm flow runner the way a flow command leaves it, and wait until it listens."""
-    from cli import main, prefect_server, warm
-
-    saved = dict(os.environ)
-    try:
-        os.environ.clear()
-        os.environ.update(env)
-        main._prefect_defaults()
-        prefect_server.quiet_logs(settings)  # as a quiet command sets it before importing Prefect
-        main._find_local_system(argparse.Namespace(verbose=False, preload=()))
-        warm.ensure_started(settings)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    deadline = time.monotonic() + 120
-    while not warm.socket_path(settings.home_dir).exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError("the flow runner did not start within 120 s")
-        time.sleep(0.1)
 
 
 def _free_port() -> int:

@@ -38,8 +38,8 @@ MARKER = "cli.warm"
 # What every flow verb imports: the flows and Prefect's client side.
 PRELOAD = (
     "prefect", "prefect.flow_runs", "prefect.deployments", "flows.ingest", "flows.train",
-    "flows.promote", "flows.rollback", "flows.reload", "flows.nightly", "flows.approval", "flows.rollout",
-    "bookrec.models.persist", "cli.main",
+    "flows.promote", "flows.rollback", "flows.reload", "flows.nightly", "flows.approval",
+    "flows.rollout", "bookrec.models.persist", "cli.main",
 )
 _CODE_DIRS = ("cli", "flows", "tasks", "bookrec", "serving")
 _ROOT = Path(__file__).resolve().parent.parent
@@ -266,6 +266,38 @@ def ensure_started(settings) -> None:
     env = dict(os.environ)
     env.pop("BOOKREC_WARM", None)
     service.start([sys.executable, "-m", MARKER], env, ops.ROOT)
+
+
+def start_for(env: dict[str, str], timeout: float = 120.0) -> Path:
+    """Start the runner a quiet flow command run with ``env`` would leave, and wait until it
+    listens (benchmarks and tests; a user's first flow command does the same). Its socket."""
+    import argparse
+
+    from bookrec.settings import get_settings
+    from cli import main as cli_main
+    from cli import prefect_server
+
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        get_settings.cache_clear()
+        settings = get_settings()
+        cli_main._prefect_defaults()
+        prefect_server.quiet_logs(settings)  # a quiet command sets it before importing Prefect
+        cli_main._find_local_system(argparse.Namespace(verbose=False, preload=()))
+        ensure_started(settings)
+        path = socket_path(settings.home_dir)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the flow runner did not start within {timeout:.0f} s")
+        time.sleep(0.1)
+    return path
 
 
 def main() -> int:

@@ -121,6 +121,7 @@ def test_local_deployment_names_come_from_prefect_yaml():
         "promote/local",
         "reload/local",
         "rollback/local",
+        "rollout/local",
         "train/local",
     ]
 

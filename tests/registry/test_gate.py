@@ -90,7 +90,13 @@ def test_smoke_budgets_both_sides() -> None:
     t = Thresholds.from_mapping({"max_p99_ms": 10.0, "max_rss_mb": 300.0, "max_load_s": 0.5})
     assert gate.decide(gate.check_smoke(_smoke(), t)).decision == "promoted"
     slow = gate.decide(gate.check_smoke(_smoke(latency_ms={"p99": 10.1}), t))
-    assert slow.decision == "rejected" and "p99 10.1 ms, budget 10 ms" in slow.reason
+    assert slow.decision == "rejected" and "p99 10.1 ms of CPU (wall 10.1 ms), budget 10 ms" in (
+        slow.reason)
+    # with CPU times in the report, the budget is on them: a busy machine's wall time is not
+    busy = _smoke(latency_ms={"p99": 400.0}, cpu_ms={"p50": 2.0, "p99": 9.0})
+    assert gate.decide(gate.check_smoke(busy, t)).decision == "promoted"
+    costly = _smoke(latency_ms={"p99": 9.5}, cpu_ms={"p50": 2.0, "p99": 10.5})
+    assert gate.decide(gate.check_smoke(costly, t)).decision == "rejected"
     fat = gate.decide(gate.check_smoke(_smoke(peak_rss_mb=301.0), t))
     assert fat.decision == "rejected" and "peak RSS 301 MB" in fat.reason
     late = gate.decide(gate.check_smoke(_smoke(load_s=0.6), t))

@@ -96,6 +96,7 @@ def test_answers_that_change_between_passes_are_refused(save_hybrid) -> None:
     )
     assert fields["latency_ms"]["cold_max"] > 0
     assert fields["latency_ms"]["p50"] <= fields["latency_ms"]["p99"] <= fields["latency_ms"]["max"]
+    assert 0 <= fields["cpu_ms"]["p50"] <= fields["cpu_ms"]["p99"]
 
     calls = {"n": 0}
     recommend = model.recommend

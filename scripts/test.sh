@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the test suite: create .venv from requirements-dev.txt when it is missing or stale,
 # then pytest (the default selection skips the `slow` and `bench` markers; pass `-m slow`
-# for the long end-to-end runs). Tests need PostgreSQL and Redis on 127.0.0.1 (5432, 6379);
+# for the long end-to-end runs). Tests need PostgreSQL and Redis on 127.0.0.1 (5432, 6379)
+# and Chromium with chromedriver (the page test);
 # .ci/run starts them when they are not running. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."

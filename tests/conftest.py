@@ -4,7 +4,6 @@ Redis on loopback, and Prefect's test harness. Nothing here mocks a service that
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -15,25 +14,13 @@ import sqlalchemy as sa
 
 from bookrec import db
 from bookrec.settings import Settings
+from tests.utils.ports import free_port, port_open
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "book-crossing"
 SAMPLE_DIR = REPO / "data" / "sample"
 
 DATA_TABLES = ("quarantine", "ingest_runs", "ratings", "users", "books")
-
-
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +31,7 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if configured:
         yield configured
         return
-    if _port_open("127.0.0.1", 5432):
+    if port_open("127.0.0.1", 5432):
         yield "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
         return
     settings = Settings(home=tmp_path_factory.mktemp("embedded-pg"))
@@ -144,12 +131,27 @@ def s3_bucket(moto_server: str) -> str:
     return name
 
 
+def worker_redis_url() -> str:
+    """This test process's Redis database: ``BOOKREC_TEST_REDIS_URL`` (default db 15 on the
+    local server). Under pytest-xdist, worker N takes the N-th of its comma-separated URLs,
+    or, past the list, the first URL's database number minus N (15, 14, ... by default), so
+    that parallel workers never flush each other's database."""
+    urls = os.environ.get("BOOKREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15").split(",")
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    if worker < len(urls):
+        return urls[worker].strip()
+    base, _, db = urls[0].strip().rpartition("/")
+    if not db.isdigit() or int(db) < worker:
+        raise RuntimeError(f"BOOKREC_TEST_REDIS_URL: no Redis database for xdist worker {worker}")
+    return f"{base}/{int(db) - worker}"
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A Redis database on the local server, flushed before and after the test."""
     import redis
 
-    url = os.environ.get("BOOKREC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    url = worker_redis_url()
     client = redis.Redis.from_url(url)
     try:
         client.ping()

@@ -18,8 +18,9 @@ import pytest
 from bookrec import audit
 from bookrec.registry import Registry
 from bookrec.settings import Settings
-from tests.conftest import REPO, SAMPLE_DIR, free_port
-from tests.registry.conftest import make_version_folder
+from tests.conftest import REPO, SAMPLE_DIR
+from tests.utils.ports import free_port
+from tests.utils.versions import make_version_folder
 
 
 def _env(home: Path, database_url: str, **extra: str) -> dict[str, str]:

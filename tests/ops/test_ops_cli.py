@@ -16,7 +16,8 @@ import pytest
 
 from bookrec.settings import Settings
 from cli import ops
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
+from tests.utils.ports import free_port
 
 
 def _service(tmp_path: Path, marker: str = "sleep") -> ops._Service:

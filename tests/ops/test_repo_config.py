@@ -63,17 +63,6 @@ def test_workflows_match_githubs_schema():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_schema_check_rejects_a_malformed_workflow(tmp_path):
-    bad = tmp_path / "bad.yml"
-    bad.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-24.04\n    step: []\n")
-    proc = subprocess.run(
-        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows", str(bad)],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode != 0
-
-
 def test_ci_runs_lint_and_tests_with_service_containers_on_every_push():
     ci = yaml.safe_load((REPO / ".github/workflows/ci.yml").read_text())
     triggers = ci[True]  # YAML 1.1 reads the key `on` as True
@@ -107,13 +96,6 @@ def test_dockerfile_passes_hadolint():
         [str(BIN / "hadolint"), str(REPO / "Dockerfile")], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def test_hadolint_flags_a_bad_dockerfile(tmp_path):
-    bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM python:latest\nRUN pip install flask\nCMD python app.py\n")
-    proc = subprocess.run([str(BIN / "hadolint"), str(bad)], capture_output=True, text=True)
-    assert proc.returncode != 0 and "DL3007" in proc.stdout  # :latest
 
 
 def test_dockerfile_shape():

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SAMPLE_DIR, free_port
+from tests.conftest import REPO, SAMPLE_DIR
+from tests.utils.ports import free_port
 
 pytestmark = pytest.mark.slow
 BOOKREC = [sys.executable, "-m", "cli.main"]

@@ -20,7 +20,8 @@ from bookrec.settings import Settings
 from cli import ops, warm
 from tests.conftest import REPO
 from tests.ops.test_cli_prefect import _flow_runs
-from tests.registry.conftest import fitted_models, model_metrics, save_hybrid  # noqa: F401 - fixtures
+from tests.registry.conftest import fitted_models, save_hybrid  # noqa: F401 - fixtures
+from tests.utils.versions import model_metrics
 
 
 def _env(home: Path, database_url: str, **extra: str) -> dict[str, str]:

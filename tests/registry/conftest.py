@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from bookrec import artifacts
 from bookrec.registry import Registry
 from bookrec.settings import Settings, get_settings
 from bookrec.store import ArtifactStore, StoreError, open_store
-
-
-def make_version_folder(
-    root: Path, name: str, *, seed: int = 0, metrics: dict[str, Any] | None = None,
-    n_files: int = 2, size: int = 64,
-) -> Path:
-    """A small artifact folder in the real format: .npy arrays, JSON, manifest last."""
-    folder = root / name
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n_files):
-        artifacts.save_array(folder, f"array_{i}", rng.random(size, dtype=np.float32))
-    isbns = [f"{seed:04d}{i:06d}" for i in range(5)]
-    artifacts.save_json(folder, "ids", {"seed": seed, "isbns": isbns})
-    artifacts.write_manifest(
-        folder, kind="test", params={"seed": seed}, data_fingerprint={"rows": size},
-        metrics=metrics or {},
-    )
-    return folder
+from tests.utils.frames import tiny_frames
+from tests.utils.ports import free_port
+from tests.utils.versions import make_version_folder
 
 
 @pytest.fixture
@@ -70,40 +51,6 @@ def registry(store: ArtifactStore) -> Registry:
     return Registry(store)
 
 
-GOLDEN_USERS = [11676, 198711, 153662, 98391, 35859]
-GOLDEN_ISBNS = ["0971880107", "0316666343", "0385504209", "0060928336", "0312195516"]
-
-
-def tiny_frames(seed: int = 0, n_users: int = 60, n_books: int = 40):
-    """A small ratings/books snapshot that contains the default golden users and ISBNs."""
-    import pandas as pd
-
-    from bookrec import columns as C
-
-    rng = np.random.default_rng(seed)
-    isbns = GOLDEN_ISBNS + [f"{i:09d}X" for i in range(n_books - len(GOLDEN_ISBNS))]
-    topics = ["cats", "dogs", "space", "war"]
-    books = pd.DataFrame({
-        C.ISBN: isbns,
-        C.TITLE: [f"Book {i} about {topics[i % 4]}" for i in range(n_books)],
-        C.AUTHOR: [f"Author {i % 7}" for i in range(n_books)],
-        C.YEAR: [1990 + i for i in range(n_books)],
-        C.PUBLISHER: ["Pub"] * n_books,
-        C.IMAGE_S: [""] * n_books,
-        C.IMAGE_M: [f"http://img.example/{i}.jpg" for i in range(n_books)],
-        C.IMAGE_L: [""] * n_books,
-    })
-    users = GOLDEN_USERS + list(range(1, n_users - len(GOLDEN_USERS) + 1))
-    weights = np.linspace(2, 1, n_books)
-    weights /= weights.sum()
-    rows = [
-        (u, isbns[i], int(rng.integers(0, 11)))
-        for u in users
-        for i in rng.choice(n_books, size=12, replace=False, p=weights)
-    ]
-    return pd.DataFrame(rows, columns=C.RATING_COLUMNS), books
-
-
 @pytest.fixture(scope="session")
 def fitted_models():
     """Two small real hybrids fitted on different snapshots (they answer differently)."""
@@ -126,22 +73,6 @@ def save_hybrid(fitted_models, tmp_path: Path) -> Callable[..., Path]:
         return folder
 
     return save
-
-
-def model_metrics(ndcg: float, *, coverage: float = 0.2, popular: float = 0.05) -> dict[str, Any]:
-    """Manifest metrics in the training flow's shape, with a most-popular baseline."""
-    return {
-        "ndcg@20": ndcg,
-        "recall@20": ndcg * 1.5,
-        "coverage@20": coverage,
-        "baselines": {"most_popular": {"ndcg@20": popular, "coverage@20": 0.01}},
-    }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(params=["local"])
@@ -170,7 +101,7 @@ def flow_env(
     monkeypatch.setenv("BOOKREC_ARTIFACTS_URI", store_uri)
     monkeypatch.setenv("BOOKREC_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("BOOKREC_S3_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("BOOKREC_SERVING_URLS", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("BOOKREC_SERVING_URLS", f"http://127.0.0.1:{free_port()}")
     for name in ("BOOKREC_GATE_THRESHOLDS", "BOOKREC_ADMIN_TOKEN", "BOOKREC_REDIS_URL",
                  "BOOKREC_ROLLOUT_DEFAULT"):
         monkeypatch.delenv(name, raising=False)
@@ -223,7 +154,7 @@ class _SerialMotoServer:
 @pytest.fixture(scope="session")
 def serial_moto_server(moto_server: str) -> Iterator[str]:
     """Endpoint of a one-request-at-a-time moto server (needs moto_server's AWS env)."""
-    server = _SerialMotoServer(_free_port())
+    server = _SerialMotoServer(free_port())
     server.start()
     yield f"http://127.0.0.1:{server.port}"
     server.stop()

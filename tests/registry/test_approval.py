@@ -17,7 +17,7 @@ from bookrec.registry import Registry
 from bookrec.settings import get_settings
 from cli.main import main
 from flows.promote import promote_flow
-from tests.registry.conftest import model_metrics
+from tests.utils.versions import model_metrics
 
 
 @pytest.fixture

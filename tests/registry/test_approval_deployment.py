@@ -18,8 +18,8 @@ from bookrec.registry import Registry
 from cli.main import main
 from flows.promote import promote_flow
 from tests.conftest import REPO
-from tests.registry.conftest import model_metrics
 from tests.registry.test_approval import wait_for
+from tests.utils.versions import model_metrics
 
 pytestmark = pytest.mark.slow  # a worker that starts flow runs in fresh processes: ~1-2 min
 

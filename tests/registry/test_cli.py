@@ -9,7 +9,7 @@ import pytest
 from bookrec.registry import Registry
 from bookrec.settings import get_settings
 from cli.main import main
-from tests.registry.conftest import model_metrics
+from tests.utils.versions import model_metrics
 
 
 @pytest.fixture(autouse=True)

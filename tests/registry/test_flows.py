@@ -17,7 +17,8 @@ from bookrec.smoke import run_smoke
 from flows.promote import promote_flow
 from flows.rollback import rollback_flow
 from tasks.registry import PromotionRefused
-from tests.registry.conftest import FaultOnce, make_version_folder, model_metrics
+from tests.registry.conftest import FaultOnce
+from tests.utils.versions import make_version_folder, model_metrics
 
 
 def _decisions(engine: sa.engine.Engine) -> list[tuple[str, str, str | None, str | None]]:

@@ -14,7 +14,7 @@ from bookrec.registry import Registry
 from cli.main import main
 from flows.promote import promote_flow
 from flows.rollback import rollback_flow
-from tests.registry.conftest import model_metrics
+from tests.utils.versions import model_metrics
 
 
 def _json(capsys: pytest.CaptureFixture[str]) -> object:

@@ -26,7 +26,8 @@ from bookrec.registry import (
 )
 from bookrec.settings import Settings
 from bookrec.store import StoreError
-from tests.registry.conftest import FaultOnce, make_version_folder
+from tests.registry.conftest import FaultOnce
+from tests.utils.versions import make_version_folder
 
 REPO = Path(__file__).resolve().parents[2]
 

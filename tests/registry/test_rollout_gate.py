@@ -14,7 +14,7 @@ from bookrec.registry import Registry
 from bookrec.settings import get_settings
 from flows.promote import promote_flow
 from tasks.registry import PromotionRefused
-from tests.registry.conftest import model_metrics
+from tests.utils.versions import model_metrics
 
 
 def test_decide_rolls_out_only_a_clean_pass():

@@ -19,7 +19,7 @@ from bookrec.registry import (
     RolloutRunning,
     VersionNotFound,
 )
-from tests.registry.conftest import make_version_folder
+from tests.utils.versions import make_version_folder
 
 
 @pytest.fixture

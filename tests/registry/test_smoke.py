@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bookrec import smoke
-from tests.registry.conftest import GOLDEN_ISBNS, GOLDEN_USERS, make_version_folder, model_metrics
+from tests.utils.frames import GOLDEN_ISBNS, GOLDEN_USERS
+from tests.utils.versions import make_version_folder, model_metrics
 
 
 def test_smoke_answers_the_golden_queries(save_hybrid) -> None:

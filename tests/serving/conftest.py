@@ -33,15 +33,10 @@ if sys.path[:1] != [str(REPO)]:
 if getattr(sys.modules.get("serving"), "__file__", "") is None:
     del sys.modules["serving"]
 import serving  # noqa: E402,F401 - the real package, imported before anything shadows it
-
-sys.path.insert(1, str(Path(__file__).resolve().parent))  # this folder's helper modules
-from serving_data import (  # noqa: E402
-    ADMIN_TOKEN,
-    book_frame,
-    free_port,
-    rating_frame,
-    settings_env,
-)
+from tests.utils.frames import book_frame, rating_frame  # noqa: E402
+from tests.utils.ports import free_port  # noqa: E402
+from tests.utils.serving import ADMIN_TOKEN, settings_env  # noqa: E402
+from tests.utils.tools import require_tool  # noqa: E402
 
 
 @dataclass
@@ -105,6 +100,7 @@ def serving_settings(database_url: str, engine, tmp_path: Path, model_set: Model
         admin_token=ADMIN_TOKEN,
         rate_limit="100000 per minute",
         model_poll_interval_s=0.5,
+        reload_stagger_s=0.0,  # the stagger tests set their own
         api_log_flush_interval_s=0.2,
     )
     make_registry(settings, model_set, champion=model_set.versions[0])
@@ -256,7 +252,7 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[[], str]]:
     port = free_port()
     folder = tmp_path / "redis"
     folder.mkdir()
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    binary = require_tool("redis-server", "install Debian's redis-server")
     proc = subprocess.Popen(
         [
             binary,

@@ -12,19 +12,7 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import strategies as st
 
-
-def isbn10(body: str) -> str:
-    """A 9-digit body with its ISBN-10 check digit."""
-    total = sum((10 - i) * int(d) for i, d in enumerate(body))
-    check = (11 - total % 11) % 11
-    return body + ("X" if check == 10 else str(check))
-
-
-def isbn13(body: str) -> str:
-    """A 12-digit body (978/979 prefix) with its ISBN-13 check digit."""
-    total = sum(int(d) * (1 if i % 2 == 0 else 3) for i, d in enumerate(body))
-    return body + str((10 - total % 10) % 10)
-
+from tests.utils.isbn import isbn10, isbn13
 
 ISBNS = st.one_of(
     st.from_regex(r"\A[0-9]{9}\Z").map(isbn10),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bookrec import audit
-from tests.serving.serving_data import ADMIN_TOKEN
+from tests.utils.serving import ADMIN_TOKEN
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

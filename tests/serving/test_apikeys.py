@@ -9,10 +9,10 @@ import time
 
 import requests
 import sqlalchemy as sa
-from serving_data import genre_isbns
 
 from bookrec.apikeys import create_key, find_key, revoke_key
 from cli.main import main
+from tests.utils.frames import genre_isbns
 
 
 def _counts(engine) -> tuple[int, int]:

@@ -7,11 +7,11 @@ import json
 import logging
 
 import sqlalchemy as sa
-from serving_data import metric_total
 
 from bookrec.settings import Settings
 from serving.apilog import ApiLogWriter
 from serving.metrics import Metrics
+from tests.utils.serving import metric_total
 
 
 def test_an_unencodable_log_field_is_replaced_not_raised(monkeypatch, caplog):

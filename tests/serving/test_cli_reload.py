@@ -12,10 +12,10 @@ import subprocess
 import sys
 
 import requests
-from serving_data import ADMIN_TOKEN
 
 from bookrec.registry import Registry
 from tests.conftest import REPO
+from tests.utils.serving import ADMIN_TOKEN
 
 
 def _bookrec(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import redis
 import requests
-from serving_data import genre_isbns, rating_frame
+
+from tests.utils.frames import genre_isbns, rating_frame
 
 GETS = 12
 

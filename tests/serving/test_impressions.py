@@ -9,13 +9,14 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 import requests
 import sqlalchemy as sa
-from serving_data import genre_isbns, metric_total
 
 from bookrec import online, partitions
 from bookrec.settings import Settings
 from cli.main import main
 from serving.impressions import ImpressionWriter
 from serving.metrics import Metrics
+from tests.utils.frames import genre_isbns
+from tests.utils.serving import metric_total
 
 
 def _flush(client) -> None:

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from serving_data import ADMIN_TOKEN, isbn10
 
 from bookrec.models.hybrid import HybridRecommender
 from bookrec.models.persist import save_model
 from bookrec.models.works import work_key
 from bookrec.registry import Registry
 from bookrec.settings import Settings
+from tests.utils.isbn import isbn10
+from tests.utils.serving import ADMIN_TOKEN
 
 VOCABULARY = ("tfidf_terms_blob", "tfidf_terms_offsets", "tfidf_idf")
 NEW = isbn10(555_000_001)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import threading
 
 import sqlalchemy as sa
-from serving_data import genre_isbns
 
 from bench.replay import Replayer, TokenBucket
+from tests.utils.frames import genre_isbns
 
 
 def test_replayed_readers_rate_what_they_were_shown_and_nothing_fails(

@@ -9,12 +9,12 @@ import threading
 from collections import defaultdict
 
 import requests
-from serving_data import ADMIN_TOKEN
-from test_serving_gunicorn import wait_for, worker_versions
 
 from bookrec import rollout as ro
 from bookrec.registry import Registry
 from tasks.reload import publish_signal
+from tests.serving.test_serving_gunicorn import wait_for, worker_versions
+from tests.utils.serving import ADMIN_TOKEN
 
 READERS = list(range(1, 41))
 

@@ -10,11 +10,11 @@ from collections import Counter
 
 import pytest
 import sqlalchemy as sa
-from serving_data import ADMIN_TOKEN, metric_total
 
 from bookrec import rollout as ro
 from bookrec.registry import Registry
 from cli.main import main
+from tests.utils.serving import ADMIN_TOKEN, metric_total
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 READERS = range(1, 61)

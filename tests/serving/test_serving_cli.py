@@ -9,9 +9,11 @@ import sys
 import time
 
 import requests
-from serving_data import REPO, free_port, settings_env
 
 from cli.main import main
+from tests.conftest import REPO
+from tests.utils.ports import free_port
+from tests.utils.serving import settings_env
 
 
 def test_bookrec_serve_runs_gunicorn_with_the_project_config(serving_settings, tmp_path):

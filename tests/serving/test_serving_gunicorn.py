@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 import requests
-from serving_data import ADMIN_TOKEN, metric_total
 
 from bookrec.registry import Registry
 from tasks.reload import call_instance, publish_signal
+from tests.utils.serving import ADMIN_TOKEN, metric_total
 
 WORKERS = 3
 

@@ -13,11 +13,11 @@ import time
 import pytest
 import requests
 import sqlalchemy as sa
-from serving_data import ADMIN_TOKEN, metric_total
 
 from bookrec.registry import RegistryError, check_version
 from serving.metrics import MAX_PENDING_SAMPLES, Metrics
 from serving.periodic import Periodic
+from tests.utils.serving import ADMIN_TOKEN, metric_total
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 BAD_CHECK_DIGIT = ("0306406153", "9780306406158", "9785612962444")  # ...152 / ...157 are right
@@ -323,7 +323,7 @@ def test_gunicorn_keeps_idle_connections_longer_than_the_load_balancer(tmp_path)
     import subprocess
     import sys
 
-    from serving_data import REPO
+    from tests.conftest import REPO
 
     template = (REPO / "deployments" / "aws" / "template.yaml").read_text()
     alb_idle = int(re.search(r"idle_timeout\.timeout_seconds, Value: \"(\d+)\"", template)[1])

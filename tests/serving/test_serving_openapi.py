@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import requests
-from serving_data import ADMIN_TOKEN
+
+from tests.utils.serving import ADMIN_TOKEN
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 
 
 def test_openapi_document_is_generated_from_the_routes(start_gunicorn, serving_settings):
@@ -32,7 +34,7 @@ def test_schemathesis_all_checks_pass(start_gunicorn, serving_settings, tmp_path
     env = dict(
         os.environ,
         SCHEMATHESIS_HOOKS="st_hooks",
-        PYTHONPATH=str(HERE),
+        PYTHONPATH=os.pathsep.join([str(HERE), str(REPO)]),  # st_hooks uses tests.utils
         BOOKREC_ST_ADMIN_TOKEN=ADMIN_TOKEN,
         BOOKREC_ST_API_KEY=key_headers["Authorization"].removeprefix("Bearer "),
     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.utils.tools import require_tool
 
 pytestmark = pytest.mark.browser
 
@@ -14,36 +15,48 @@ SCREENSHOT = Path("/tmp/bookrec-page.png")
 
 
 @pytest.fixture
-def browser(tmp_path: Path):
-    """A headless Chromium with a fresh profile; quit afterwards."""
-    if not Path(CHROMEDRIVER).exists():
-        pytest.fail(f"{CHROMEDRIVER} is missing (install Debian's chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+def open_browser(tmp_path: Path):
+    """Opens a headless Chromium with a fresh profile when the test calls it (so a missing
+    browser or driver fails or skips the test itself, see ``require_tool``); quit afterwards."""
+    drivers = []
 
-    options = webdriver.ChromeOptions()
-    binary = shutil.which("chromium") or "/usr/bin/chromium"
-    options.binary_location = binary
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        "--window-size=1200,1400",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(20)
-    yield driver
-    driver.quit()
+    def open_() -> object:
+        driver_path = require_tool(
+            "chromedriver", "install Debian's chromium-driver", CHROMEDRIVER
+        )
+        binary = require_tool("chromium", "install Debian's chromium")
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = binary
+        for flag in (
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            "--window-size=1200,1400",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        ):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(service=Service(driver_path), options=options)
+        drivers.append(driver)
+        driver.set_page_load_timeout(20)
+        return driver
+
+    yield open_
+    for driver in drivers:
+        driver.quit()
 
 
-def test_search_details_similar_and_user_recommendations(browser, start_gunicorn, serving_settings):
+def test_search_details_similar_and_user_recommendations(
+    open_browser, start_gunicorn, serving_settings
+):
+    browser = open_browser()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait

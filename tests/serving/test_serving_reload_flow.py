@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import requests
 from pydantic import SecretStr
-from serving_data import ADMIN_TOKEN
 
 from bookrec.registry import Registry
 from bookrec.settings import get_settings
 from tasks.reload import InstanceRefused, call_instance, publish_signal, serving_urls
+from tests.utils.serving import ADMIN_TOKEN
 
 
 @pytest.fixture

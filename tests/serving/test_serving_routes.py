@@ -6,11 +6,13 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from serving_data import ADMIN_TOKEN, genre_isbns, isbn13_of, metric_total, rating_frame
 
 from bookrec.registry import Registry
 from bookrec.settings import Settings
 from serving import bodies
+from tests.utils.frames import genre_isbns, rating_frame
+from tests.utils.isbn import isbn13_of
+from tests.utils.serving import ADMIN_TOKEN, metric_total
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

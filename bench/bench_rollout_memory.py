@@ -2,12 +2,13 @@
 
 Run:  .venv/bin/python bench/bench_rollout_memory.py --champion DIR --candidate DIR
           [--workers 4] [--requests 3000] [--work /tmp/bookrec-rollout-mem]
-      .venv/bin/python bench/bench_rollout_memory.py --fit-full [--max-items 5000]
+      .venv/bin/python bench/bench_rollout_memory.py --fit-full [--half-data] [--max-items 5000]
 
 ``--fit-full`` fits two hybrids on the full Book-Crossing data (Kaggle CSVs, cached under
 --work): the champion with the default parameters and a candidate with another L2 and
-dropout, as a nightly retrain with a new recipe would be; otherwise give two saved model
-folders. The issue's goal: with 4 workers, the memory while a rollout runs is at most 2.2x
+dropout, as a nightly retrain with a new recipe would be (with ``--half-data``: the default
+recipe on the ratings of half the readers, so that fewer arrays are the same); otherwise
+give two saved model folders. The issue's goal: with 4 workers, the memory while a rollout runs is at most 2.2x
 one copy of the model.
 
 Steps, all on the project's gunicorn configuration with --workers workers, a fresh
@@ -56,8 +57,9 @@ from bench_serving import Server, model_rss_mb  # noqa: E402
 from bookrec import db  # noqa: E402
 
 
-def fit_full(work: Path, max_items: int) -> tuple[Path, Path]:
-    """Fit (or reuse) the full-data champion and candidate; their folders."""
+def fit_full(work: Path, max_items: int, half_data: bool) -> tuple[Path, Path]:
+    """Fit (or reuse) the full-data champion and candidate; their folders. The candidate
+    differs by its L2 and dropout, or with ``half_data`` by its data (half the readers)."""
     from fulldata import load_csv
 
     from bookrec.models.dataset import build_dataset
@@ -67,19 +69,22 @@ def fit_full(work: Path, max_items: int) -> tuple[Path, Path]:
     folders = {
         "champion": (work / f"full-{max_items}-champion", {"max_items": max_items}),
         "candidate": (
-            work / f"full-{max_items}-candidate",
-            {"max_items": max_items, "l2": 200.0, "dropout": 0.1},
+            work / f"full-{max_items}-{half_data and 'half' or 'candidate'}",
+            {"max_items": max_items} if half_data
+            else {"max_items": max_items, "l2": 200.0, "dropout": 0.1},
         ),
     }
     missing = [k for k, (f, _) in folders.items() if not (f / "manifest.json").is_file()]
     if missing:
         ratings, books = load_csv()
-        dataset = build_dataset(ratings, books)
         for name in missing:
             folder, params = folders[name]
+            data = ratings
+            if name == "candidate" and half_data:  # the ratings of every other reader
+                data = ratings[ratings["user_id"] % 2 == 0]
             shutil.rmtree(folder, ignore_errors=True)
             started = time.perf_counter()
-            model = fit_hybrid(dataset, params)
+            model = fit_hybrid(build_dataset(data, books), params)
             print(f"{name}: fit in {time.perf_counter() - started:.0f} s", flush=True)
             save_model(model, folder, extra={"version": f"mem-{name}"})
     return folders["champion"][0], folders["candidate"][0]
@@ -123,6 +128,8 @@ def main() -> None:
     parser.add_argument("--champion", type=Path)
     parser.add_argument("--candidate", type=Path)
     parser.add_argument("--fit-full", action="store_true")
+    parser.add_argument("--half-data", action="store_true",
+                        help="with --fit-full: a candidate fitted on half the readers")
     parser.add_argument("--max-items", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--requests", type=int, default=3000)
@@ -131,7 +138,7 @@ def main() -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     if args.fit_full:
-        args.champion, args.candidate = fit_full(work, args.max_items)
+        args.champion, args.candidate = fit_full(work, args.max_items, args.half_data)
     if not (args.champion and args.candidate):
         parser.error("give --champion and --candidate, or --fit-full")
 

@@ -134,7 +134,8 @@ def test_up_runs_the_pipeline_and_serves_the_promoted_model(up_env):
 
     # Running up again reuses every process and does not retrain.
     pids = _pids(home)
-    assert set(pids) == {"api", "worker", "prefect-server"}
+    # (the warm flow runner was left by the first flow command above: `run`)
+    assert set(pids) == {"api", "worker", "prefect-server", "flow-runner"}
     started = time.monotonic()
     again = _run(["up", *ports], env, timeout=300)
     assert again.returncode == 0, again.stderr

@@ -18,6 +18,13 @@ from serving.metrics import Metrics
 TODAY = datetime.now(UTC).date()
 
 
+@pytest.fixture(autouse=True)
+def _today() -> None:
+    """Each test's own today: a session that crosses midnight UTC must not see yesterday."""
+    global TODAY
+    TODAY = datetime.now(UTC).date()
+
+
 def _at(day: date, hour: int = 12) -> datetime:
     return datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=hour)
 

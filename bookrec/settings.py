@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         2.0, ge=0, description="Each worker swaps to a new model after a random 0..N s delay"
     )
     cache_ttl_s: int = 300
+    search_refresh_s: float = Field(
+        30.0,
+        gt=0,
+        description="Each API worker checks the books table this often and rebuilds its "
+        "search index when the table changed (a new book is found within this time)",
+    )
     rate_limit: str = "600 per minute"
     trusted_proxies: int = Field(
         0,

@@ -29,6 +29,7 @@ from serving.jsonbody import BoundedChunkedBody, RequestJSONProvider
 from serving.metrics import Metrics
 from serving.model_holder import ModelHolder
 from serving.ratelimit import init_rate_limits
+from serving.search_index import SearchIndexHolder
 from serving.services import Services
 from serving.validation import REQUEST_ID
 
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
         apilog=ApiLogWriter(settings, metrics, catalog.engine),
         apikeys=ApiKeys(settings.api_key_cache_ttl_s, catalog.engine),
         impressions=ImpressionWriter(settings, metrics, catalog.engine),
+        search=SearchIndexHolder(catalog.engine, settings.search_refresh_s, metrics),
     )
     app.extensions["bookrec"] = svc
     init_rate_limits(app, settings, metrics, svc.apikeys)

@@ -133,14 +133,18 @@ def book_details(isbn: str):
 )
 def search_books():
     """Up to 20 books whose title and author hold every word of the text (the last as a
-    prefix): titles starting with the text first, then by word-match rank."""
+    prefix): titles starting with the text first, then by word-match rank.
+
+    Found by the worker's in-memory index once it is built (the rows are then read from
+    PostgreSQL by ISBN), by PostgreSQL's full-text index before that."""
     text = v.parse_query(request.args.get("q"))
     svc = services()
     g.source = "cache"
 
     def compute() -> tuple[bytes, bool]:
+        index = svc.search.index  # None until built: the full-text query in PostgreSQL
         try:
-            rows = svc.catalog.search(text)
+            rows = svc.catalog.search(text, index=index)
         except QueryFailed:  # e.g. the search statement timeout: this request only
             raise v.ApiError(
                 503,
@@ -157,7 +161,8 @@ def search_books():
                 "search needs PostgreSQL, which is not answering",
                 headers={"Retry-After": "5"},
             ) from None
-        g.source = "database"
+        g.source = "database" if index is None else "index"
+        svc.metrics.searches.labels(path=g.source).inc()
         items = [_book_json(r, "database") for r in rows]
         return dumps({"q": text, "count": len(items), "items": items}), True
 

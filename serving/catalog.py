@@ -8,11 +8,14 @@ The breaker (PostgreSQL skipped for a second) opens on connection-level failures
 a lost or refused connection, or a schema that is missing. A statement that times out,
 or any other error of one statement, fails that request alone (``QueryFailed``).
 
-Search is full text on title and author (migration 0011's stored ``search_doc`` vector and
-its GIN index): every word must
-match, the last one as a prefix; at most ``SEARCH_CANDIDATES`` matches are ranked (titles
-starting with the text, then word-match rank, then shorter titles), so a common word costs
-a bounded amount of work, and search has its own, shorter statement timeout.
+Search: every word of the text must be a word of the title or author, the last one as a
+prefix; at most ``SEARCH_CANDIDATES`` matches are ranked (titles starting with the text,
+then word-match rank, then shorter titles), so a common word costs a bounded amount of
+work. Given the worker's in-memory index (``bookrec.search``, kept by
+``serving.search_index``), the index finds and orders the books and PostgreSQL only reads
+those rows by primary key; without it (not built yet, or its build failed) the full-text
+query runs in PostgreSQL (migration 0011's stored ``search_doc`` vector and its GIN index).
+Either way search has its own, shorter statement timeout.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from bookrec import columns as C
 from bookrec import db, online
+from bookrec.search import SearchIndex
 from bookrec.settings import Settings
 from serving.cache import Breaker
 
@@ -62,6 +66,16 @@ def _search_statement(timeout_ms: int) -> sa.TextClause:
         f"SET LOCAL statement_timeout = {int(timeout_ms)}; SET LOCAL enable_seqscan = off; "
         f"{_SEARCH_SELECT}"
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _rows_statement(timeout_ms: int) -> sa.TextClause:
+    """The rows of the ISBNs the index chose, with the search's statement timeout."""
+    return sa.text(
+        f"SET LOCAL statement_timeout = {int(timeout_ms)}; "
+        f"SELECT {_BOOK_COLUMNS} FROM books WHERE {C.ISBN} = ANY(:isbns)"
+    )
+
 
 _UPSERT_RATING = sa.text(
     "INSERT INTO ratings (user_id, isbn, rating, source, updated_at) "
@@ -178,8 +192,19 @@ class Catalog:
         rows = self._run(_GET_BOOK, {"isbn": isbn})
         return dict(rows[0]) if rows else None
 
-    def search(self, text: str, limit: int = SEARCH_LIMIT) -> list[dict[str, Any]]:
-        """Books whose title and author hold every word of ``text`` (the last as a prefix)."""
+    def search(
+        self, text: str, limit: int = SEARCH_LIMIT, index: SearchIndex | None = None
+    ) -> list[dict[str, Any]]:
+        """Books whose title and author hold every word of ``text`` (the last as a prefix):
+        found by ``index`` when given, else by the full-text query."""
+        if index is not None:
+            isbns = index.search(text, limit, SEARCH_CANDIDATES)
+            if not isbns:
+                return []
+            rows = self._run(_rows_statement(SEARCH_STATEMENT_TIMEOUT_MS), {"isbns": isbns})
+            by_isbn = {r[C.ISBN]: r for r in rows}
+            # A book deleted since the index was built is left out.
+            return [dict(by_isbn[i]) for i in isbns if i in by_isbn]
         query = tsquery(text)
         if not query:
             return []

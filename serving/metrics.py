@@ -87,6 +87,25 @@ class Metrics:
             multiprocess_mode="liveall",
             registry=reg,
         )
+        self.searches = Counter(
+            "bookrec_searches_total",
+            "Searches computed (not cached) by what found the books: index (the worker's "
+            "in-memory index) or database (PostgreSQL full text, before the index is built)",
+            ["path"],
+            registry=reg,
+        )
+        self.search_index_bytes = Gauge(
+            "bookrec_search_index_bytes",
+            "Bytes of a worker's in-memory search index (0: not built)",
+            multiprocess_mode="liveall",
+            registry=reg,
+        )
+        self.search_index_books = Gauge(
+            "bookrec_search_index_books",
+            "Books in a worker's in-memory search index",
+            multiprocess_mode="liveall",
+            registry=reg,
+        )
         self.api_log_written = Counter(
             "bookrec_api_log_records_written_total",
             "API log records inserted into PostgreSQL",

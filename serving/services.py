@@ -18,6 +18,7 @@ from serving.catalog import Catalog
 from serving.impressions import ImpressionWriter
 from serving.metrics import Metrics
 from serving.model_holder import ModelHolder
+from serving.search_index import SearchIndexHolder
 from serving.validation import ApiError
 
 
@@ -33,6 +34,7 @@ class Services:
     apilog: ApiLogWriter
     apikeys: ApiKeys
     impressions: ImpressionWriter
+    search: SearchIndexHolder
     background: bool = False
 
     def __post_init__(self) -> None:
@@ -41,10 +43,12 @@ class Services:
         self.holder.prewarm = lambda model, previous: prewarm(self, model, previous)
 
     def start_background(self) -> None:
-        """Start the model loader, pub/sub listener, API-log, impression and metrics threads."""
+        """Start the model loader, pub/sub listener, API-log, impression, metrics and search
+        index threads."""
         self.background = True
         self.metrics.start()
         self.holder.start()
+        self.search.start()
         self.apilog.start()
         self.impressions.start()
 
@@ -61,6 +65,7 @@ class Services:
     def close(self) -> None:
         """Stop background threads, flush logs and close connections."""
         self.holder.stop()
+        self.search.stop()
         self.apilog.stop()
         self.impressions.stop()
         self.metrics.stop()

@@ -1,0 +1,119 @@
+"""Each worker's in-memory search index (``bookrec.search``), built and kept fresh in the
+background.
+
+A thread (at low CPU priority, like the model loader) builds the index from PostgreSQL
+right after the worker starts, then every ``search_refresh_s`` seconds reads a stamp of
+the books table (row count, newest ``updated_at`` and the table's oid: an insert, an
+update, a delete or a swapped-in table changes it) and rebuilds when the stamp changed.
+Until the first build succeeds, and whenever ``index`` is None, search takes the
+full-text path in PostgreSQL; a failed rebuild keeps the index it had and is logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from bookrec import search
+
+log = logging.getLogger(__name__)
+
+BUILDER_NICE = 10
+BUILD_STATEMENT_TIMEOUT_MS = 120_000
+_STAMP = sa.text(
+    "SELECT count(*), coalesce(max(updated_at), 'epoch'), 'books'::regclass::oid::bigint FROM books"
+)
+# Physical order: the order the full-text path's bitmap scan visits the rows, so that both
+# rank the same first matches when a text matches more than they rank.
+_ROWS = sa.text("SELECT isbn, title, author FROM books ORDER BY ctid")
+
+
+class SearchIndexHolder:
+    """The current index (``index``: read by requests, replaced whole by the thread)."""
+
+    def __init__(self, engine: Callable[[], Engine], refresh_s: float, metrics: Any = None):
+        """Nothing is read here; call ``refresh()`` or ``start()``."""
+        self.engine = engine
+        self.metrics = metrics
+        self.refresh_s = refresh_s
+        self.index: search.SearchIndex | None = None
+        self.last_result: dict[str, Any] = {"status": "not_built"}
+        self.builds = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def stamp(self, conn: sa.Connection) -> str:
+        """What changes when the books table changes."""
+        count, newest, oid = conn.execute(_STAMP).one()
+        return f"{oid}:{count}:{newest.timestamp():.6f}"
+
+    def refresh(self) -> dict[str, Any]:
+        """Rebuild the index if the books table changed since it was built (or it has not
+        been built); the outcome is also kept in ``last_result``."""
+        with self._lock:
+            started = time.perf_counter()
+            result: dict[str, Any] = {"pid": os.getpid()}
+            try:
+                with self.engine().connect() as conn:
+                    conn.execute(
+                        sa.text(f"SET LOCAL statement_timeout = {BUILD_STATEMENT_TIMEOUT_MS}")
+                    )
+                    stamp = self.stamp(conn)
+                    current = self.index
+                    if current is not None and current.stamp == stamp:
+                        result.update(status="unchanged")
+                    else:
+                        rows = conn.execution_options(stream_results=True, yield_per=5000)
+                        index = search.build(rows.execute(_ROWS), stamp=stamp)
+                        self.index = index  # the swap: one reference, atomic for readers
+                        self.builds += 1
+                        if self.metrics is not None:
+                            self.metrics.search_index_bytes.set(index.nbytes)
+                            self.metrics.search_index_books.set(index.n_books)
+                        result.update(status="built", **index.describe())
+                        log.info("search index built: %s", index.describe())
+            except Exception as exc:  # noqa: BLE001 - search falls back to PostgreSQL
+                result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+                log.warning("search index not built (search uses PostgreSQL): %s", exc)
+            result["seconds"] = round(time.perf_counter() - started, 3)
+            self.last_result = result
+            return result
+
+    # -- background ------------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        """True while the refresh thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread: a build now, then a stamp check every ``refresh_s`` seconds."""
+        if self.started:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="search-index", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (a build under way finishes first, up to 10 s)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError):
+            # This thread only: building yields the CPU to requests.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BUILDER_NICE)
+        while not self._stop.is_set():
+            self.refresh()
+            if self._stop.wait(self.refresh_s):
+                break

@@ -20,6 +20,7 @@ Either way search has its own, shorter statement timeout.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import threading
@@ -68,12 +69,13 @@ def _search_statement(timeout_ms: int) -> sa.TextClause:
     )
 
 
-@functools.lru_cache(maxsize=4)
-def _rows_statement(timeout_ms: int) -> sa.TextClause:
-    """The rows of the ISBNs the index chose, with the search's statement timeout."""
-    return sa.text(
+def _rows_sql(timeout_ms: int) -> str:
+    """The rows of the ISBNs the index chose, with the search's statement timeout (sent as
+    one message in autocommit mode: PostgreSQL runs it as one implicit transaction, in which
+    ``SET LOCAL`` holds for the SELECT only)."""
+    return (
         f"SET LOCAL statement_timeout = {int(timeout_ms)}; "
-        f"SELECT {_BOOK_COLUMNS} FROM books WHERE {C.ISBN} = ANY(:isbns)"
+        f"SELECT {_BOOK_COLUMNS} FROM books WHERE {C.ISBN} = ANY(%(isbns)s)"
     )
 
 
@@ -133,6 +135,10 @@ class Catalog:
         self.breaker = Breaker(cooldown_s=1.0)
         self._engine: Engine | None = None
         self._lock = threading.Lock()
+        # Search row reads: one autocommit connection per request thread, outside the pool.
+        self._local = threading.local()
+        self._thread_conns: list[Any] = []
+        self._inherited: list[Any] = []
 
     def engine(self) -> Engine:
         """The pooled engine with serving timeouts (the URL comes from the settings)."""
@@ -153,6 +159,82 @@ class Catalog:
         """Forget pooled connections inherited from the parent process (never close them)."""
         if self._engine is not None:
             self._engine.dispose(close=False)
+        # Closing (or even freeing) the parent's connections here would end its sessions.
+        self._inherited.extend(self._thread_conns)
+        self._thread_conns = []
+        self._local = threading.local()
+
+    def close(self) -> None:
+        """Close the search threads' connections."""
+        with self._lock:
+            conns, self._thread_conns = self._thread_conns, []
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _thread_connection(self) -> tuple[Any, bool]:
+        """This thread's autocommit connection (opened on first use), and whether it is one
+        that served before (it may have been closed by the server while idle)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and not conn.closed:
+            return conn, True
+        engine = self.engine()
+        cargs, cparams = engine.dialect.create_connect_args(engine.url)
+        import psycopg2
+
+        conn = psycopg2.connect(*cargs, **cparams)
+        conn.autocommit = True
+        self._local.conn = conn
+        with self._lock:
+            self._thread_conns.append(conn)
+        return conn, False
+
+    def _forget_thread_connection(self, conn: Any) -> None:
+        self._local.conn = None
+        with self._lock, contextlib.suppress(ValueError):
+            self._thread_conns.remove(conn)
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def _search_rows(self, isbns: list[str]) -> list[dict[str, Any]]:
+        """The rows of ``isbns`` on this thread's connection: one round trip, no pool
+        checkout, ping or rollback (measured here: 0.3 ms of client and server CPU against
+        0.6 ms through the pool). Failures map as in ``_transaction``: a statement timeout
+        or another statement error fails this request (``QueryFailed``); a connection that
+        cannot be made or is lost trips the breaker, except that a connection which had
+        served before and is found dead is replaced once, as the pool's ping would."""
+        import psycopg2
+        from psycopg2 import errors
+
+        if self.breaker.open:
+            raise CatalogUnavailable("PostgreSQL is unavailable (recent failure)")
+        sql = _rows_sql(SEARCH_STATEMENT_TIMEOUT_MS)
+        for attempt in (1, 2):
+            conn = None
+            try:
+                conn, reused = self._thread_connection()
+                with conn.cursor() as cur:
+                    cur.execute(sql, {"isbns": isbns})
+                    names = [d.name for d in cur.description]
+                    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+            except errors.QueryCanceled as exc:  # statement_timeout: this query only
+                raise QueryFailed(str(exc).splitlines()[0]) from exc
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                if conn is not None:
+                    self._forget_thread_connection(conn)
+                if attempt == 1 and conn is not None and reused:
+                    continue  # a connection that died while idle: once more on a new one
+                self.breaker.trip()
+                raise CatalogUnavailable(str(exc).splitlines()[0]) from exc
+            except psycopg2.ProgrammingError as exc:
+                self.breaker.trip()
+                first = str(exc).splitlines()[0]
+                raise CatalogUnavailable(
+                    f"{first} (is the schema applied? `bookrec db upgrade`)"
+                ) from exc
+            except psycopg2.Error as exc:
+                raise QueryFailed(str(exc).splitlines()[0]) from exc
+        raise AssertionError("unreachable")
 
     def _run(self, statement: sa.TextClause, params: dict[str, Any]):
         return self._transaction(
@@ -201,7 +283,7 @@ class Catalog:
             isbns = index.search(text, limit, SEARCH_CANDIDATES)
             if not isbns:
                 return []
-            rows = self._run(_rows_statement(SEARCH_STATEMENT_TIMEOUT_MS), {"isbns": isbns})
+            rows = self._search_rows(isbns)
             by_isbn = {r[C.ISBN]: r for r in rows}
             # A book deleted since the index was built is left out.
             return [dict(by_isbn[i]) for i in isbns if i in by_isbn]

@@ -66,6 +66,7 @@ class Services:
         """Stop background threads, flush logs and close connections."""
         self.holder.stop()
         self.search.stop()
+        self.catalog.close()
         self.apilog.stop()
         self.impressions.stop()
         self.metrics.stop()

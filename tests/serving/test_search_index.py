@@ -105,6 +105,7 @@ def catalogue(engine, database_url):
     holder = SearchIndexHolder(catalog.engine, refresh_s=60)
     assert holder.refresh()["status"] == "built"
     yield catalog, holder
+    catalog.close()
     catalog.engine().dispose()
 
 
@@ -315,3 +316,15 @@ def test_gunicorn_workers_build_their_index_and_find_a_new_book_within_the_inter
         p: metric_total(metrics(), "bookrec_searches_total", path=p) for p in ("index", "database")
     }
     assert after["index"] - before["index"] == 40 and after["database"] == before["database"]
+
+
+def test_a_search_connection_the_server_closed_is_replaced_without_the_breaker(catalogue, engine):
+    catalog, holder = catalogue
+    first = catalog.search("dragon", index=holder.index)
+    backend = catalog._local.conn.get_backend_pid()  # this thread's connection
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": backend}).scalar()
+    time.sleep(0.2)
+    assert catalog.search("dragon", index=holder.index) == first  # on a new connection
+    assert catalog._local.conn.get_backend_pid() != backend
+    assert not catalog.breaker.open

@@ -378,10 +378,12 @@ def build(rows: Iterable[tuple[str, str | None, str | None]], stamp: str = "") -
     """The index of ``rows`` (isbn, title, author), numbered in the order given."""
     ids: dict[str, int] = {}
     tok_chunks: list[np.ndarray] = []
-    lengths: list[int] = []
-    title_parts: list[bytes] = []
-    title_lens: list[int] = []
-    isbn_list: list[bytes] = []
+    # Per chunk: arrays and one joined byte string, not a Python object per book.
+    length_chunks: list[np.ndarray] = []
+    title_chunks: list[bytes] = []
+    title_size_chunks: list[np.ndarray] = []
+    title_len_chunks: list[np.ndarray] = []
+    isbn_chunks: list[np.ndarray] = []
     rows = iter(rows)
     while chunk := list(itertools.islice(rows, _BUILD_CHUNK)):
         # C-level loops (map) over a chunk: per-row Python code would cost several seconds
@@ -391,16 +393,24 @@ def build(rows: Iterable[tuple[str, str | None, str | None]], stamp: str = "") -
         titles = [t or "" for t in title_col]
         texts = map("{} {}".format, titles, (a or "" for a in author_col))
         per_book = list(map(WORD.findall, map(str.casefold, texts)))
-        lengths.extend(map(len, per_book))
+        length_chunks.append(np.fromiter(map(len, per_book), np.int64, len(per_book)))
         flat = list(itertools.chain.from_iterable(per_book))
         del per_book
         for word in set(flat).difference(ids):
             ids[word] = len(ids)
         tok_chunks.append(np.fromiter(map(ids.__getitem__, flat), np.int32, len(flat)))
         del flat
-        title_parts.extend(map(str.encode, titles))
-        title_lens.extend(map(len, titles))
-        isbn_list.extend(map(str.encode, isbn_col))
+        encoded = list(map(str.encode, titles))
+        title_chunks.append(b"".join(encoded))
+        title_size_chunks.append(np.fromiter(map(len, encoded), np.int64, len(encoded)))
+        del encoded
+        title_len_chunks.append(np.fromiter(map(len, titles), np.int64, len(titles)))
+        isbn_chunks.append(np.array(list(map(str.encode, isbn_col)), dtype=bytes))
+
+    def joined(chunks: list[np.ndarray], dtype: type | str = np.int64) -> np.ndarray:
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
+
+    lengths = joined(length_chunks)
     n_books = len(lengths)
     raw = np.concatenate(tok_chunks) if tok_chunks else np.zeros(0, np.int32)
     del tok_chunks
@@ -431,12 +441,12 @@ def build(rows: Iterable[tuple[str, str | None, str | None]], stamp: str = "") -
     np.cumsum(np.bincount(post_word, minlength=len(vocab_offsets) - 1), out=post_ptr[1:])
     del post_word
     title_offsets = np.zeros(n_books + 1, dtype=np.int64)
-    np.cumsum([len(t) for t in title_parts], out=title_offsets[1:])
-    title_blob = b"".join(title_parts)
-    del title_parts
-    width = max((len(i) for i in isbn_list), default=1)
-    isbns = np.array(isbn_list, dtype=f"S{width}")
-    del isbn_list
+    np.cumsum(joined(title_size_chunks), out=title_offsets[1:])
+    title_blob = b"".join(title_chunks)
+    del title_chunks, title_size_chunks
+    isbns = joined(isbn_chunks, "S1")  # the widest chunk's width
+    del isbn_chunks
+    title_lens = joined(title_len_chunks)
     small = np.int32 if max(len(title_blob), len(vocab_blob), len(tokens)) < 2**31 else np.int64
     return SearchIndex(
         vocab_blob,
@@ -447,7 +457,7 @@ def build(rows: Iterable[tuple[str, str | None, str | None]], stamp: str = "") -
         tokens,
         title_blob,
         title_offsets.astype(small),
-        np.minimum(np.array(title_lens, dtype=np.int64), 65535).astype(np.uint16),
+        np.minimum(title_lens, 65535).astype(np.uint16),
         isbns,
         stamp,
     )

@@ -36,6 +36,16 @@ _STAMP = sa.text(
 _ROWS = sa.text("SELECT isbn, title, author FROM books ORDER BY ctid")
 
 
+def _release_free_memory() -> None:
+    """Hand the heap the build freed back to the system (glibc keeps it otherwise: measured
+    on the full catalogue, RSS +88 MB after a build without this, +38 MB with it, for an
+    index of 35 MB)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class SearchIndexHolder:
     """The current index (``index``: read by requests, replaced whole by the thread)."""
 
@@ -81,6 +91,8 @@ class SearchIndexHolder:
                             self.metrics.search_index_books.set(index.n_books)
                         result.update(status="built", **index.describe())
                         log.info("search index built: %s", index.describe())
+                        del rows, index
+                        _release_free_memory()
             except Exception as exc:  # noqa: BLE001 - search falls back to PostgreSQL
                 result.update(status="failed", error=f"{type(exc).__name__}: {exc}")
                 log.warning("search index not built (search uses PostgreSQL): %s", exc)

@@ -109,7 +109,10 @@ def test_other_settings_or_changed_code_run_cold(runner_home, database_url, clea
     pid = service.pid()
     source = REPO / "cli" / "warm.py"
     stat = source.stat()
-    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    # Newer than every project file (a checkout writes files in no set order, so another
+    # may be newer than this one: then this file's own mtime + 1 ms changes nothing).
+    newest = int(warm.code_stamp().split(":")[1])
+    os.utime(source, ns=(stat.st_atime_ns, max(stat.st_mtime_ns, newest) + 1_000_000))
     try:
         changed = _bookrec(["rollback", "--json"], env)
     finally:

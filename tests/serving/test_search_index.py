@@ -9,12 +9,13 @@ import time
 import pytest
 import requests
 import sqlalchemy as sa
-from serving_data import isbn10, metric_total
 
 from bookrec import search
 from bookrec.settings import Settings
 from serving.catalog import Catalog, QueryFailed
 from serving.search_index import SearchIndexHolder
+from tests.utils.isbn import isbn10
+from tests.utils.serving import metric_total
 
 # Plain words (no hyphens, dots or 'ß', which PostgreSQL's parser splits differently, see
 # bookrec.search), some sharing prefixes, some frequent enough that a text matches more

@@ -2,6 +2,9 @@
 
 Run:  .venv/bin/python bench/bench_serving.py [--duration 8] [--workers N] [--threads 4]
           [--memory-workers 4] [--max-items 5000]
+      A/B of the cached paths against the same API with another worker class, code tree or
+      environment (e.g. --compare-worker-class gthread, --compare-tree ../base,
+      --compare-env BOOKREC_RATE_LIMIT_SYNC_S=0), alone with --compare-only.
 
 What it does, all in one run and on the same gunicorn configuration (serving/gunicorn_conf.py;
 by default one worker per CPU):
@@ -56,7 +59,6 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from bookrec import db  # noqa: E402
 from bookrec.settings import Settings  # noqa: E402
-from serving.gunicorn_worker import workers_per_cpu  # noqa: E402
 
 CONF = REPO / "serving" / "gunicorn_conf.py"
 VERSIONS = ("bench-a", "bench-b")
@@ -158,31 +160,42 @@ def drop_database(admin_url: str, url: str) -> None:
 class Server:
     """gunicorn with the project's config, serving ``app`` (default: the bookrec API)."""
 
-    def __init__(self, env: dict[str, str], workers: int | None, app: str | None, log: Path):
+    def __init__(
+        self,
+        env: dict[str, str],
+        workers: int | None,
+        app: str | None,
+        log: Path,
+        repo: Path = REPO,
+        extra_args: tuple[str, ...] = (),
+    ):
+        """``repo``: the checkout whose code and gunicorn config to run (another one for an
+        A/B comparison); ``extra_args`` go to gunicorn after the config."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKREC_")}
         full_env.update(env)
         full_env["PROMETHEUS_MULTIPROC_DIR"] = str(log.with_suffix(".prom"))
-        full_env["PYTHONPATH"] = f"{REPO}:{REPO / 'bench'}"
+        full_env["PYTHONPATH"] = f"{repo}:{REPO / 'bench'}"
         argv = [
             sys.executable,
             "-m",
             "gunicorn",
             "-c",
-            str(CONF),
+            str(repo / "serving" / "gunicorn_conf.py"),
             "--bind",
             f"127.0.0.1:{self.port}",
+            *extra_args,
         ]
         if workers is not None:
             argv += ["--workers", str(workers)]
         else:  # the configuration's default: one per CPU
-            workers = workers_per_cpu()
+            workers = len(os.sched_getaffinity(0))
         if app:
             argv.append(app)
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            argv, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
+            argv, cwd=repo, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
         )
         self.workers = workers
 
@@ -427,6 +440,98 @@ def model_rss_mb(folder: Path) -> float:
     return float(out.strip().splitlines()[-1])
 
 
+def cpu_seconds(server: Server) -> float:
+    """User + system CPU seconds used so far by the server's master and workers."""
+    master = psutil.Process(server.proc.pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [master, *master.children()])
+
+
+def redis_cpu_seconds(client) -> float:
+    """CPU seconds used so far by the Redis server."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def compare_servers(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    work: Path,
+    api: Server,
+    cached_paths: dict[str, list[str]],
+    servers: list[Server],
+    rclient,
+) -> dict:
+    """A/B: the API as configured ("this") against the same API with another worker class,
+    code tree or environment ("other"), on the same data, Redis and database; each cached
+    path in ROUNDS interleaved rounds (ABBA), ``--duration`` seconds per server in all.
+    Besides req/s and pooled p99, the CPU the server's processes (and the Redis server)
+    spent per request in its rounds: on a loaded machine throughput follows the other load,
+    CPU per request much less."""
+    extra_env = dict(item.split("=", 1) for item in args.compare_env)
+    extra_args = ("--worker-class", args.compare_worker_class) if args.compare_worker_class else ()
+    other = Server(
+        {**env, **extra_env},
+        args.workers,
+        None,
+        work / "other.log",
+        repo=(args.compare_tree or REPO).resolve(),
+        extra_args=extra_args,
+    )
+    servers.append(other)
+    other.wait("/readyz")
+    time.sleep(2.0)  # every worker has loaded the model
+    described = {
+        "worker_class": args.compare_worker_class,
+        "tree": str(args.compare_tree) if args.compare_tree else None,
+        "env": extra_env,
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "paths": {},
+    }
+    print(f"A/B against {described}")
+    every = [p for paths in cached_paths.values() for p in paths]
+    wrk(other.url, every, WARMUP_S)
+    wrk(api.url, every, WARMUP_S)
+    step = args.duration / ROUNDS
+    for name, paths in cached_paths.items():
+        runs: dict[str, list[dict]] = {"this": [], "other": []}
+        cpu = {"this": 0.0, "other": 0.0}
+        redis_cpu = {"this": 0.0, "other": 0.0}
+        for i in range(ROUNDS):
+            for which in ("other", "this") if i % 2 == 0 else ("this", "other"):
+                server = api if which == "this" else other
+                before, redis_before = cpu_seconds(server), redis_cpu_seconds(rclient)
+                runs[which].append(wrk(server.url, paths, step, tail=True))
+                cpu[which] += cpu_seconds(server) - before
+                redis_cpu[which] += redis_cpu_seconds(rclient) - redis_before
+        row = {}
+        for which, rs in runs.items():
+            requests_done = sum(r["requests"] for r in rs)
+            row[which] = {
+                "rps": round(sum(r["rps"] for r in rs) / len(rs), 1),
+                "p99_ms": round(pooled_p99_ms(rs), 2),
+                "requests": requests_done,
+                "non_2xx": sum(r["non_2xx"] for r in rs),
+                "server_cpu_us_per_request": round(cpu[which] / requests_done * 1e6, 1),
+                "redis_cpu_us_per_request": round(redis_cpu[which] / requests_done * 1e6, 1),
+            }
+        this, that = row["this"], row["other"]
+        row["this_over_other_requests"] = round(this["requests"] / that["requests"], 3)
+        described["paths"][name] = row
+        print(
+            f"{name}: this {this['rps']:.0f} req/s, p99 {this['p99_ms']:.1f} ms, "
+            f"{this['server_cpu_us_per_request']:.0f} us server + "
+            f"{this['redis_cpu_us_per_request']:.0f} us Redis CPU/request; other "
+            f"{that['rps']:.0f} req/s, p99 {that['p99_ms']:.1f} ms, "
+            f"{that['server_cpu_us_per_request']:.0f} + {that['redis_cpu_us_per_request']:.0f} "
+            f"us; requests this/other {row['this_over_other_requests']:.3f}; non-2xx "
+            f"{this['non_2xx']}/{that['non_2xx']}"
+        )
+    described["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    other.stop()
+    servers.remove(other)
+    return described
+
+
 # -- main ----------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -441,7 +546,33 @@ def main() -> None:
     parser.add_argument("--max-items", type=int, default=5000, help="CF items of the model")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bookrec-bench")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
+    parser.add_argument(
+        "--compare-worker-class",
+        metavar="CLASS",
+        help="A/B: also run the API with this gunicorn worker class (e.g. gthread) and "
+        "compare each cached path on both servers, interleaved",
+    )
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        metavar="PATH",
+        help="A/B: the other server runs the code of this checkout (e.g. a worktree of an "
+        "earlier commit)",
+    )
+    parser.add_argument(
+        "--compare-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="A/B: extra environment of the other server (repeatable)",
+    )
+    parser.add_argument(
+        "--compare-only", action="store_true", help="stop after the A/B comparison"
+    )
     args = parser.parse_args()
+    compare = bool(args.compare_worker_class or args.compare_tree or args.compare_env)
+    if args.compare_only and not compare:
+        parser.error("--compare-only needs --compare-worker-class, --compare-tree or --compare-env")
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
 
@@ -525,6 +656,14 @@ def main() -> None:
         checked = [requests.get(api.url + p, timeout=30) for p in searches[-20:]]  # unmeasured
         assert all(r.status_code in (200, 503) for r in checked), [r.text for r in checked]
         print(f"search check: {[r.status_code for r in checked].count(200)} of 20 answered 200")
+
+        if compare:
+            results["compare"] = compare_servers(
+                args, env, work, api, cached_paths, servers, rclient
+            )
+            if args.compare_only:
+                print(json.dumps(results, indent=1))
+                return
 
         # Warm-up, not counted: each worker's first requests (threads spawned, Redis and
         # PostgreSQL connections opened, first cache fills) would otherwise land in the

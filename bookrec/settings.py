@@ -80,6 +80,12 @@ class Settings(BaseSettings):
         "search index when the table changed (a new book is found within this time)",
     )
     rate_limit: str = "600 per minute"
+    rate_limit_sync_s: float = Field(
+        0.05,
+        ge=0,
+        description="With Redis, each worker settles a client's hits with Redis at most this "
+        "often (0: one Redis call per request)",
+    )
     trusted_proxies: int = Field(
         0,
         ge=0,

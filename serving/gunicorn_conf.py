@@ -20,9 +20,8 @@ _OWN_METRICS_FOLDER: list[str] = []  # a folder this config made (removed on exi
 def _metrics_folder() -> str:
     """An empty multiprocess metrics folder, set in the environment before anything imports
     prometheus_client: it picks its value class (shared files or private memory) once, on
-    import, so a module imported earlier (even ``serving.gunicorn_worker``, which imports
-    the ``serving`` package) would leave every worker counting in private memory and
-    ``/metrics`` empty. Files of an earlier run would be counted, so the folder is emptied."""
+    import, so a module imported earlier (anything from the ``serving`` package) would
+    leave every worker counting in private memory and ``/metrics`` empty. Files of an earlier run would be counted, so the folder is emptied."""
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not folder:
         folder = tempfile.mkdtemp(prefix="bookrec-prom-")
@@ -34,8 +33,13 @@ def _metrics_folder() -> str:
 
 
 _metrics_folder()
-# Only now the project's modules (see _metrics_folder).
-from serving.gunicorn_worker import workers_per_cpu  # noqa: E402
+
+
+def workers_per_cpu() -> int:
+    """The default number of workers: one per CPU this process may run on (each worker runs
+    Python under one GIL, so more workers than CPUs only take turns)."""
+    return len(os.sched_getaffinity(0))
+
 
 # One BLAS/OpenMP thread per worker: the workers are the parallelism, and each extra BLAS
 # thread costs a stack and buffers in every worker. Read when NumPy loads, so set here,
@@ -46,10 +50,9 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 wsgi_app = "serving.app:create_worker_app()"
 bind = os.environ.get("BOOKREC_BIND", "127.0.0.1:8000")
 # One worker per CPU (on this 2-core machine 4 workers gave the same throughput as 2 and a
-# longer tail). Threads cover the waits on Redis and PostgreSQL; the worker class spreads
-# keep-alive connections evenly over the workers (see its module).
+# longer tail). Threads cover the waits on Redis and PostgreSQL.
 workers = int(os.environ.get("BOOKREC_WORKERS") or workers_per_cpu())
-worker_class = "serving.gunicorn_worker.BalancedThreadWorker"
+worker_class = "gthread"
 threads = int(os.environ.get("BOOKREC_THREADS", "4"))
 preload_app = False
 # Longer than the load balancer's idle timeout (60 s in the AWS template): the balancer,

@@ -1,22 +1,25 @@
-"""Per-client rate limits with ``limits``: Redis storage when configured, else memory.
+"""Per-client rate limits with the ``limits`` library, through its public API only.
 
-The stock in-memory storage of ``limits`` starts a timer thread to expire keys every
-10 ms, which costs a thread start on most requests; ``SweepingMemoryStorage`` expires
-keys on read (as the stock one also does) and sweeps stale keys inline once a minute.
-No rate-limit headers on every response (they cost storage reads); a 429 carries
+Without Redis, ``limits``' own fixed-window strategy on its in-memory storage. With Redis,
+the counts are shared by every worker and instance, but a worker does not ask Redis on every
+request: ``SharedCounts`` counts a client's hits locally and settles them with Redis (one
+``FixedWindowRateLimiter.hit`` with ``cost`` = the hits since the last settlement, then
+``get_window_stats`` for the global count) at most every ``BOOKREC_RATE_LIMIT_SYNC_S``
+(default 50 ms) per client. A client can so exceed its limit by what the other workers
+admitted in one interval, a rounding error for per-minute limits (a daemon thread settles
+the hits of clients that went quiet on a worker); a Redis call on every
+request cost ~120 us of worker CPU, half a cached request (measured in
+bench/bench_serving.py, see docs/serving.md). ``BOOKREC_RATE_LIMIT_SYNC_S=0`` asks Redis on
+every request. When Redis errors, the check falls back to the in-memory limiter for a second
+(``fallbacks{reason="redis_down"}``) and never fails the request.
+
+No rate-limit headers on every response (they would cost storage reads); a 429 carries
 ``Retry-After``, the seconds until the client's window resets.
-
-With Redis, ``BatchedRedisStorage`` keeps the counts shared by every worker and instance
-without a round trip per request: each worker counts hits locally and settles them with
-Redis (one ``INCRBY`` script returning the window's global count and TTL) at most every
-``SYNC_INTERVAL_S`` per client key. A client can so exceed its limit by what the other
-workers admitted in the last interval, which for per-minute limits is a rounding error;
-in exchange the limiter costs one Redis call per client per interval instead of per
-request (measured in bench/bench_serving.py).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import threading
 import time
@@ -24,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, request
-from limits.storage import MemoryStorage, RedisStorage
+from limits import RateLimitItem
+from limits.strategies import FixedWindowRateLimiter
 
 from bookrec.apikeys import KeyRecord
 from bookrec.settings import Settings
@@ -34,157 +38,12 @@ from serving.metrics import Metrics
 from serving.validation import ApiError
 
 UNLIMITED_ENDPOINTS = ("health.livez", "health.readyz", "health.metrics", "static")
-_SWEEP_EVERY_S = 60.0
-SYNC_INTERVAL_S = 0.05
-_MAX_CLIENT_KEYS = 100_000  # remembered storage keys; forgotten all at once beyond this
-_BATCHED_PREFIX = "bookrec-"
-_FORGET_EXPIRED_ABOVE = 40_000  # windows kept before expired ones are swept on a new key
-
-# INCRBY the window's counter, start its expiry on the first hit, and return the global
-# count with the milliseconds left in the window.
-_INCR_EXPIRE_TTL = """
-local current = redis.call("incrby", KEYS[1], tonumber(ARGV[2]))
-if tonumber(current) == tonumber(ARGV[2]) then
-    redis.call("expire", KEYS[1], ARGV[1])
-end
-return {current, redis.call("pttl", KEYS[1])}
-"""
+NAMESPACE = "api"  # the first identifier of every limit's storage key
+_SWEEP_ABOVE = 40_000  # windows remembered before expired ones are swept on a new client
+_MAX_WINDOWS = 100_000  # beyond this (after a sweep) all are forgotten at once
 
 
-class SweepingMemoryStorage(MemoryStorage):
-    """``memory://`` without the per-request timer thread (scheme ``bookrec-memory://``)."""
-
-    STORAGE_SCHEME = ["bookrec-memory"]
-
-    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options: Any):
-        """Same as the stock memory storage; remembers when it last swept."""
-        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
-        self._last_sweep = time.monotonic()
-
-    def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802 - overrides a private hook
-        """Sweep expired keys inline, at most once a minute, instead of in a new thread."""
-        now = time.monotonic()
-        if now - self._last_sweep >= _SWEEP_EVERY_S:
-            self._last_sweep = now
-            self._MemoryStorage__expire_events()
-
-
-@dataclass
-class _Window:
-    """What this worker knows of one client's current window."""
-
-    base: int  # the global count at the last settlement (our settled hits included)
-    pending: int  # hits admitted here since then
-    expires: float  # monotonic end of the window
-    synced: float  # monotonic time of the last settlement
-
-
-class BatchedRedisStorage(RedisStorage):
-    """Redis storage whose fixed-window counters are settled in batches (see module doc).
-
-    Takes a plain Redis URL; its own schemes ``bookrec-redis://`` and ``bookrec-rediss://``
-    keep the ``limits`` storage registry's ``redis://`` on the stock class. ``incr`` and
-    ``get`` are batched, ``clear`` and ``reset`` also forget the local windows; expiry and
-    the moving and sliding windows are the stock Redis storage. A Redis error propagates,
-    so the caller (``RateLimits``) falls back to its in-memory counter.
-    """
-
-    STORAGE_SCHEME = ["bookrec-redis", "bookrec-rediss"]
-
-    def __init__(self, uri: str, wrap_exceptions: bool = False, **options: Any):
-        """``sync_interval_s`` (option) bounds how long hits stay local."""
-        self.sync_interval_s = float(options.pop("sync_interval_s", SYNC_INTERVAL_S))
-        self._windows: dict[str, _Window] = {}
-        self._lock = threading.Lock()
-        super().__init__(
-            uri.removeprefix(_BATCHED_PREFIX), wrap_exceptions=wrap_exceptions, **options
-        )
-        self._settle = self.get_connection().register_script(_INCR_EXPIRE_TTL)
-        self._flusher: threading.Thread | None = None
-
-    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        """Count ``amount`` hits; settle with Redis when this key was not settled lately."""
-        now = time.monotonic()
-        with self._lock:
-            window = self._windows.get(key)
-            if window is None or now >= window.expires:
-                window = _Window(0, 0, now + expiry, -float("inf"))
-                self._windows[key] = window
-                if len(self._windows) > _FORGET_EXPIRED_ABOVE:
-                    self._forget_expired(now)
-            window.pending += amount
-            if now - window.synced < self.sync_interval_s:
-                if self._flusher is None:
-                    self._start_flusher()
-                return window.base + window.pending
-        return self._settle_window(key, window, expiry, now)
-
-    def _settle_window(self, key: str, window: _Window, expiry: int, now: float) -> int:
-        """Send this worker's unsettled hits of ``key`` to Redis; the new global count."""
-        with self._lock:
-            flush, window.pending, window.synced = window.pending, 0, now
-        try:
-            count, ttl_ms = self._settle([self.prefixed_key(key)], [expiry, flush])
-        except Exception:
-            with self._lock:  # keep the hits; the next call settles them (or the fallback)
-                window.pending += flush
-                window.synced = -float("inf")
-            raise
-        with self._lock:
-            window.base = int(count)
-            if int(ttl_ms) >= 0:
-                window.expires = now + int(ttl_ms) / 1000.0
-            return window.base + window.pending
-
-    def _start_flusher(self) -> None:
-        """A daemon thread that settles hits a client left behind when it went quiet here."""
-        self._flusher = threading.Thread(
-            target=self._flush_loop, name="ratelimit-flush", daemon=True
-        )
-        self._flusher.start()
-
-    def _flush_loop(self) -> None:
-        while True:
-            time.sleep(self.sync_interval_s)
-            now = time.monotonic()
-            with self._lock:
-                stale = [
-                    (key, w)
-                    for key, w in self._windows.items()
-                    if w.pending and now - w.synced >= self.sync_interval_s and now < w.expires
-                ]
-            for key, window in stale:
-                expiry = max(1, round(window.expires - now))
-                try:
-                    self._settle_window(key, window, expiry, now)
-                except Exception:  # noqa: BLE001 - Redis down: the request path falls back
-                    break
-
-    def get(self, key: str) -> int:
-        """The global count as last settled plus this worker's unsettled hits."""
-        with self._lock:
-            window = self._windows.get(key)
-            pending = window.pending if window and time.monotonic() < window.expires else 0
-        return super().get(key) + pending
-
-    def clear(self, key: str) -> None:
-        """Forget the key here and in Redis."""
-        with self._lock:
-            self._windows.pop(key, None)
-        super().clear(key)
-
-    def reset(self) -> int | None:
-        """Forget every key here and in Redis."""
-        with self._lock:
-            self._windows.clear()
-        return super().reset()
-
-    def _forget_expired(self, now: float) -> None:
-        for key in [k for k, w in self._windows.items() if now >= w.expires]:
-            del self._windows[key]
-
-
-
+@functools.lru_cache(maxsize=65_536)
 def client_group(address: str) -> str:
     """The rate-limit bucket of a client address: an IPv4 address as is, an IPv6 address
     by its /64 (one subscriber or host usually holds a whole /64, and would otherwise get
@@ -200,23 +59,126 @@ def client_group(address: str) -> str:
     return str(ip)
 
 
+@dataclass
+class _Window:
+    """What this worker knows of one client's current window."""
+
+    item: RateLimitItem
+    group: str
+    base: int  # the global count at the last settlement (our settled hits included)
+    pending: int  # hits counted here since then
+    expires: float  # monotonic end of the window
+    synced: float  # monotonic time of the last settlement
+
+
+class SharedCounts:
+    """Fixed-window counts kept in ``limiter``'s (Redis) storage, settled in batches.
+
+    Each client's hits are counted here and sent to the shared limiter with one
+    ``hit(cost=n)`` when the client's last settlement is ``sync_interval_s`` old (so its
+    first hit settles at once); in between, a hit is admitted when the global count as last
+    settled plus the hits counted here stays within the limit. A daemon thread settles the
+    hits of clients that went quiet here, so other workers learn of them within an interval.
+    Storage errors propagate with the hits kept, so the caller can fall back and the next
+    settlement sends them.
+    """
+
+    def __init__(self, limiter: FixedWindowRateLimiter, sync_interval_s: float):
+        """``limiter`` is the shared fixed-window limiter; ``sync_interval_s`` bounds how
+        long hits stay local."""
+        self.limiter = limiter
+        self.sync_interval_s = sync_interval_s
+        self._windows: dict[str, _Window] = {}
+        self._lock = threading.Lock()
+        self._flusher: threading.Thread | None = None
+
+    def hit(self, item: RateLimitItem, group: str) -> bool:
+        """Count one hit of ``group`` against ``item``; whether it is within the limit."""
+        if self.sync_interval_s <= 0:
+            return self.limiter.hit(item, NAMESPACE, group)
+        key = item.key_for(NAMESPACE, group)
+        now = time.monotonic()
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None or now >= window.expires:
+                window = self._new_window(key, item, group, now)
+            window.pending += 1
+            if now - window.synced < self.sync_interval_s:
+                if self._flusher is None:
+                    self._flusher = threading.Thread(
+                        target=self._flush_loop, name="ratelimit-flush", daemon=True
+                    )
+                    self._flusher.start()
+                return window.base + window.pending <= item.amount
+        return self._settle(window, now)
+
+    def _settle(self, window: _Window, now: float) -> bool:
+        """Send the window's hits counted here to the shared storage; whether the global
+        count is within the limit."""
+        item, group = window.item, window.group
+        with self._lock:
+            flush, window.pending, window.synced = window.pending, 0, now
+        if not flush:
+            return True
+        try:
+            allowed = self.limiter.hit(item, NAMESPACE, group, cost=flush)
+            stats = self.limiter.get_window_stats(item, NAMESPACE, group) if allowed else None
+        except Exception:
+            with self._lock:  # keep the hits; the next settlement sends them
+                window.pending += flush
+                window.synced = -float("inf")
+            raise
+        with self._lock:
+            if stats is None:  # over the limit: refuse here until the next settlement
+                window.base = item.amount
+            else:
+                window.base = item.amount - stats.remaining
+                window.expires = now + max(0.0, stats.reset_time - time.time())
+        return allowed
+
+    def _flush_loop(self) -> None:
+        """Settle the hits of clients not seen here for an interval (until the process ends)."""
+        while True:
+            time.sleep(self.sync_interval_s)
+            now = time.monotonic()
+            with self._lock:
+                stale = [
+                    w
+                    for w in self._windows.values()
+                    if w.pending and now - w.synced >= self.sync_interval_s and now < w.expires
+                ]
+            for window in stale:
+                try:
+                    self._settle(window, now)
+                except Exception:  # noqa: BLE001 - Redis down: the request path falls back
+                    break
+
+    def _new_window(self, key: str, item: RateLimitItem, group: str, now: float) -> _Window:
+        """A fresh window for ``key`` (the lock is held); bounds how many are remembered."""
+        if len(self._windows) >= _SWEEP_ABOVE:
+            for stale in [k for k, w in self._windows.items() if now >= w.expires]:
+                del self._windows[stale]
+            if len(self._windows) >= _MAX_WINDOWS:
+                self._windows.clear()
+        window = _Window(item, group, 0, 0, now + item.get_expiry(), -float("inf"))
+        self._windows[key] = window
+        return window
+
+
 class RateLimits:
     """Per-client fixed-window limits, checked in one ``before_request`` hook.
 
     Built on ``limits`` (the library under Flask-Limiter) directly: Flask-Limiter's
     per-request limit resolution (route, blueprint and default limits, exemption scopes,
     context bookkeeping) cost about 110 us of a 260 us cached request here, and the API has
-    one limit for every route but health checks. Storage: ``BatchedRedisStorage`` when
-    Redis is configured, else ``SweepingMemoryStorage``. When Redis errors, the check
-    falls back to an in-memory counter for a second (``fallbacks{reason="redis_down"}``)
-    and never fails the request.
+    one limit for every route but health checks.
     """
 
     def __init__(self, settings: Settings, metrics: Metrics):
         """Parse the limit (``BOOKREC_RATE_LIMIT``, e.g. ``600 per minute``) and connect lazily."""
         from limits import parse
         from limits.errors import ConfigurationError
-        from limits.strategies import FixedWindowRateLimiter
+        from limits.storage import MemoryStorage, RedisStorage
 
         try:
             self.item = parse(settings.rate_limit)
@@ -225,32 +187,21 @@ class RateLimits:
                 f"BOOKREC_RATE_LIMIT: cannot parse {settings.rate_limit!r} ({exc})"
             ) from exc
         self.metrics = metrics
-        self.memory = FixedWindowRateLimiter(SweepingMemoryStorage("bookrec-memory://"))
-        self.shared = None
+        self.memory = FixedWindowRateLimiter(MemoryStorage())
+        self.shared: SharedCounts | None = None
         if settings.redis_url:
             timeout = settings.redis_socket_timeout_s
-            storage = BatchedRedisStorage(
+            storage = RedisStorage(
                 settings.redis_url,
                 key_prefix="bookrec:limits",
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
             )
-            self.shared = FixedWindowRateLimiter(storage)
+            self.shared = SharedCounts(
+                FixedWindowRateLimiter(storage), settings.rate_limit_sync_s
+            )
         self.breaker = Breaker(cooldown_s=1.0)
-        self._expiry = self.item.get_expiry()
-        self._keys: dict[str, str] = {}  # client -> storage key
-        self._key_items: dict[int, Any] = {}  # an API key's rate -> its limit
-
-    def _hit(self, strategy: Any, client: str, item: Any) -> bool:
-        """``FixedWindowRateLimiter.hit`` with each client's storage key built once (its
-        ``key_for`` was a few microseconds of every request)."""
-        key = self._keys.get(client)
-        if key is None:
-            if len(self._keys) >= _MAX_CLIENT_KEYS:
-                self._keys.clear()
-            key = self._keys[client] = item.key_for("api", client_group(client))
-        expiry = self._expiry if item is self.item else item.get_expiry()
-        return strategy.storage.incr(key, expiry, amount=1) <= item.amount
+        self._key_items: dict[int, RateLimitItem] = {}  # an API key's rate -> its limit
 
     def key_limit(self, key: KeyRecord) -> tuple[str, Any]:
         """The (client, limit) of an API key: its own per-minute rate, apart from addresses."""
@@ -263,27 +214,26 @@ class RateLimits:
             )
         return f"key:{key.id}", item
 
-    def _strategy(self):
-        if self.shared is not None and not self.breaker.open:
-            return self.shared
-        return self.memory
-
-    def hit(self, client: str, item: Any = None) -> tuple[bool, int]:
+    def hit(self, client: str, item: RateLimitItem | None = None) -> tuple[bool, int]:
         """Count one request of ``client`` against ``item`` (default: the per-client limit):
         (allowed, seconds until its window resets)."""
         item = item or self.item
-        strategy = self._strategy()
-        try:
-            allowed = self._hit(strategy, client, item)
-        except Exception:  # noqa: BLE001 - any storage error: count in memory for a while
-            self.breaker.trip()
-            self.metrics.fallbacks.labels(reason="redis_down").inc()
-            strategy = self.memory
-            allowed = self._hit(strategy, client, item)
+        group = client_group(client)
+        limiter = self.memory
+        if self.shared is not None and not self.breaker.open:
+            try:
+                allowed = self.shared.hit(item, group)
+                limiter = self.shared.limiter
+            except Exception:  # noqa: BLE001 - any storage error: count in memory for a while
+                self.breaker.trip()
+                self.metrics.fallbacks.labels(reason="redis_down").inc()
+                allowed = self.memory.hit(item, NAMESPACE, group)
+        else:
+            allowed = self.memory.hit(item, NAMESPACE, group)
         if allowed:
             return True, 0
         try:
-            reset = strategy.get_window_stats(item, "api", client_group(client)).reset_time
+            reset = limiter.get_window_stats(item, NAMESPACE, group).reset_time
             retry = max(1, int(reset - time.time() + 0.999))
         except Exception:  # noqa: BLE001 - the header is best effort
             retry = item.get_expiry()

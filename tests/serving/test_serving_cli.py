@@ -43,7 +43,7 @@ def test_bookrec_serve_runs_gunicorn_with_the_project_config(serving_settings, t
         proc.send_signal(signal.SIGTERM)
         stderr = proc.communicate(timeout=30)[1].decode()
     # the project's gunicorn config: its worker class
-    assert "Using worker: serving.gunicorn_worker.BalancedThreadWorker" in stderr
+    assert "Using worker: gthread" in stderr
     assert stderr.count("Booting worker") == 2
 
 

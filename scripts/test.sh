@@ -20,4 +20,6 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] || [ ! -x .venv/bin/book
     .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps -e .
     echo "$want" > "$stamp"
 fi
-exec .venv/bin/python -m pytest "$@"
+# BOOKREC_TEST_WORKERS=2 runs the tests in two processes (pytest-xdist), each with its own
+# PostgreSQL database and Redis database (tests/conftest.py); one process by default.
+exec .venv/bin/python -m pytest -n "${BOOKREC_TEST_WORKERS:-0}" "$@"

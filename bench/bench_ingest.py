@@ -4,7 +4,8 @@ Each path runs in its own process (so peak RSS is its own) against its own fresh
 database on the same PostgreSQL server, on the same files:
 
 - bookrec: ``bookrec.ingest.run_ingest`` (parse, clean, quarantine, COPY to staging,
-  upsert, ingest_runs), the work the ingest flow does minus Prefect's bookkeeping;
+  upsert, ingest_runs) in-process: the function the ingest flow's ``ingest-files`` task
+  runs, without Prefect's bookkeeping;
 - naive: ``pandas.read_csv`` + ``DataFrame.to_sql`` of the three files, no cleaning;
 - floor: read the files and ``COPY`` them raw into text tables (no cleaning at all);
   PostgreSQL parses the CSV, Python only decompresses: the strict lower bound;
@@ -182,7 +183,7 @@ def run_command(data: Path, url: str, repeat: int) -> dict:
     import tempfile
 
     from bookrec.settings import Settings
-    from cli import ops, prefect_server
+    from cli import prefect_server, processes
 
     home = Path(tempfile.mkdtemp(prefix="bench-ingest-home-"))
     settings = Settings(home=home)
@@ -192,7 +193,7 @@ def run_command(data: Path, url: str, repeat: int) -> dict:
     try:  # BOOKREC_WARM=0: the command imports Prefect itself (see command_warm)
         return _time_command(data, {**_command_env(home, url, port), "BOOKREC_WARM": "0"}, repeat)
     finally:
-        ops._services(settings)["prefect-server"].stop()
+        processes.services(settings)["prefect-server"].stop()
 
 
 def run_command_warm(data: Path, url: str, repeat: int) -> dict:
@@ -201,7 +202,7 @@ def run_command_warm(data: Path, url: str, repeat: int) -> dict:
     import tempfile
 
     from bookrec.settings import Settings
-    from cli import ops, prefect_server, warm
+    from cli import prefect_server, processes, warm
 
     home = Path(tempfile.mkdtemp(prefix="bench-ingest-warm-"))
     settings = Settings(home=home)
@@ -212,13 +213,13 @@ def run_command_warm(data: Path, url: str, repeat: int) -> dict:
         command_env = _command_env(home, url, port)
         warm.start_for(command_env)
         result = _time_command(data, command_env, repeat)
-        log = ops._services(settings)[warm.SERVICE].log_file.read_text()
+        log = processes.services(settings)[warm.SERVICE].log_file.read_text()
         if log.count(" exit 0 ") != repeat:
             raise RuntimeError(f"the flow runner did not run every command: {log[-2000:]}")
         return result
     finally:
         for name in (warm.SERVICE, "prefect-server"):
-            ops._services(settings)[name].stop()
+            processes.services(settings)[name].stop()
 
 
 def run_command_cold(data: Path, url: str, repeat: int) -> dict:

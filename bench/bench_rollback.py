@@ -105,7 +105,7 @@ def main() -> None:
     from bookrec.models.persist import load_model
     from bookrec.registry import Registry
     from bookrec.settings import get_settings
-    from cli import ops, prefect_server
+    from cli import prefect_server, processes
 
     settings = get_settings()
     db.upgrade(db.get_engine(settings))
@@ -172,12 +172,12 @@ def main() -> None:
                 if proc.returncode != 0 or out.get("champion") != target:
                     raise RuntimeError(f"bookrec rollback failed: {proc.stdout} {proc.stderr}")
                 timings[mode].append(seconds)
-        forked = ops._services(settings)["flow-runner"].log_file.read_text().count(" exit ")
+        forked = processes.services(settings)["flow-runner"].log_file.read_text().count(" exit ")
         if forked != args.repeat:
             raise RuntimeError(f"the flow runner ran {forked} of {args.repeat} warm commands")
     finally:
         for name in ("flow-runner", "prefect-server"):
-            ops._services(settings)[name].stop()
+            processes.services(settings)[name].stop()
     print(f"baseline  python -c pass                {python_s:6.2f} s")
     print(f"baseline  bookrec --help                {help_s:6.2f} s")
     print(f"baseline  empty Prefect flow run        {empty_s:6.2f} s")

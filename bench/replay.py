@@ -509,14 +509,14 @@ def scenario(name: str, work: Path, *, rate: float, bake_minutes: float, check_e
             registry.add_version(work / "models" / version, version)
         registry.promote(champion, by="bench.replay", reason=f"scenario {name} champion")
 
-        from cli import ops, prefect_server
+        from cli import prefect_server, processes
 
         pf_env = {**prefect_server.server_env(Settings(home=home)),
                   "PREFECT_HOME": str(home / "prefect")}
         t = time.monotonic()
         pf_url, _ = prefect_server.start_local_server(Settings(home=home), _free_port(), pf_env,
                                                       timeout=600)
-        prefect_service = ops._services(Settings(home=home))["prefect-server"]
+        prefect_service = processes.services(Settings(home=home))["prefect-server"]
         say(f"[{name}] Prefect server {pf_url} ready in {time.monotonic() - t:.0f} s")
 
         api_env = dict(env)

@@ -32,8 +32,10 @@ import re
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from bookrec.sources import DIALECTS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "book-crossing"
 USER_STRIDE = 1_000_000
@@ -51,15 +53,6 @@ FILES = {
     },
     "kaggle": {"books": "Books.csv.gz", "ratings": "Ratings.csv.gz", "users": "Users.csv.gz"},
 }
-
-# The leading fields of a record: original layout quotes every field and escapes quotes
-# with a backslash; Kaggle's quotes only where needed and doubles quotes.
-_FIELD = {
-    "original": rb'"((?:[^"\\]|\\.)*)"',
-    "kaggle": rb'("(?:[^"]|"")*"|[^,"\r\n]*)',
-}
-_SEP = {"original": b";", "kaggle": b","}
-
 
 def _isbn10_check(body: str) -> int:
     """The ISBN-10 check value (0..10) of nine digits."""
@@ -162,17 +155,71 @@ def _records(path: Path) -> Iterator[bytes]:
         yield from handle
 
 
+def _separator(layout: str) -> bytes:
+    """The layout's field separator."""
+    return DIALECTS[layout]["delimiter"].encode()
+
+
+def _field_pattern(layout: str) -> bytes:
+    """One field as written in the layout's dialect (``bookrec.sources.DIALECTS``). With an
+    escape character (the original files) every field is quoted and the group is its inner
+    text; with doubled quotes (Kaggle's) a field is quoted only where needed and the group
+    is the field as written."""
+    dialect = DIALECTS[layout]
+    quote = re.escape(dialect["quotechar"].encode())
+    if dialect.get("escapechar"):
+        escape = re.escape(dialect["escapechar"].encode())
+        return quote + rb"((?:[^" + quote + escape + rb"]|" + escape + rb".)*)" + quote
+    sep = re.escape(_separator(layout))
+    return (rb"(" + quote + rb"(?:[^" + quote + rb"]|" + quote + quote + rb")*" + quote
+            + rb"|[^" + sep + quote + rb"\r\n]*)")
+
+
 def _first_field(layout: str, n: int) -> re.Pattern[bytes]:
     """A pattern for the first ``n`` fields at the start of a record."""
-    field, sep = _FIELD[layout], re.escape(_SEP[layout])
-    return re.compile(rb"^" + sep.join([field] * n) + sep)
+    sep = re.escape(_separator(layout))
+    return re.compile(rb"^" + sep.join([_field_pattern(layout)] * n) + sep)
 
 
 def _unquote(layout: str, value: bytes) -> tuple[bytes, bytes, bytes]:
-    """(before, inner, after) of a field as written, so the inner text can be rewritten."""
-    if layout == "kaggle" and value.startswith(b'"') and value.endswith(b'"'):
+    """(before, inner, after) of a field as matched, so the inner text can be rewritten."""
+    if not DIALECTS[layout].get("escapechar") and value.startswith(b'"') and value.endswith(b'"'):
         return b'"', value[1:-1], b'"'
     return b"", value, b""
+
+
+def _field(layout: str, pre: bytes, inner: bytes, post: bytes) -> bytes:
+    """A field written back: quoted in the original layout, as it was in Kaggle's."""
+    quote = DIALECTS[layout]["quotechar"].encode() if DIALECTS[layout].get("escapechar") else b""
+    return quote + pre + inner + post + quote
+
+
+def _rewrite_file(
+    source: Path, out: Path, layout: str, kind: str, scale: int, fields: int,
+    rewrite: Callable[[int, re.Match[bytes], bytes], bytes | None],
+) -> int:
+    """Write ``kind``'s header, then ``scale`` copies of its records; returns the rows written.
+
+    ``rewrite(copy, match, line)`` gets each record whose first ``fields`` fields match and
+    returns the new line, or None to copy the line as it is (like a line that does not
+    match: a continuation line of a quoted CRLF, a malformed record).
+    """
+    pattern = _first_field(layout, fields)
+    rows = 0
+    # mtime=0 so the same arguments write the same bytes.
+    with gzip.GzipFile(out / FILES[layout][kind], "wb", compresslevel=1, mtime=0) as dst:
+        lines = list(_records(source / FILES[layout][kind]))
+        dst.write(lines[0])
+        for copy in range(scale):
+            for line in lines[1:]:
+                match = pattern.match(line)
+                new = rewrite(copy, match, line) if match else None
+                if new is None:
+                    dst.write(line)
+                else:
+                    dst.write(new)
+                    rows += 1
+    return rows
 
 
 def collect_bodies(source: Path, layout: str) -> set[int]:
@@ -208,103 +255,53 @@ def write(source: Path, out: Path, layout: str, scale: int, cross: float, seed: 
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     mapper = KeyMapper(collect_bodies(source, layout), scale, seed)
-    sep = _SEP[layout]
-    counts: dict[str, int] = {}
+    sep = _separator(layout)
 
-    def open_out(kind: str):
-        # mtime=0 so the same arguments write the same bytes.
-        return gzip.GzipFile(out / FILES[layout][kind], "wb", compresslevel=1, mtime=0)
+    def book(copy: int, match: re.Match[bytes], line: bytes) -> bytes:
+        """The key is the first field; image URLs carry the canonical key too."""
+        pre, inner, post = _unquote(layout, match.group(1))
+        new = mapper(inner, copy)
+        rest = line[match.end() :]
+        if copy and new != inner:
+            old_norm = re.sub(rb"[^0-9A-Za-z]", b"", inner).upper()
+            new_norm = re.sub(rb"[^0-9A-Za-z]", b"", new).upper()
+            if len(old_norm) == 10:
+                rest = rest.replace(b"/P/" + old_norm + b".", b"/P/" + new_norm + b".")
+        return _field(layout, pre, new, post) + sep + rest
 
-    # Books: the key is the first field; image URLs carry the canonical key too.
-    pattern = _first_field(layout, 1)
-    rows = 0
-    with open_out("books") as dst:
-        lines = list(_records(source / FILES[layout]["books"]))
-        dst.write(lines[0])
-        for copy in range(scale):
-            for line in lines[1:]:
-                match = pattern.match(line)
-                if not match:
-                    dst.write(line)
-                    continue
-                raw = match.group(1)
-                pre, inner, post = _unquote(layout, raw)
-                new = mapper(inner, copy)
-                rest = line[match.end() :]
-                if copy and new != inner:
-                    old_norm = re.sub(rb"[^0-9A-Za-z]", b"", inner).upper()
-                    new_norm = re.sub(rb"[^0-9A-Za-z]", b"", new).upper()
-                    if len(old_norm) == 10:
-                        rest = rest.replace(b"/P/" + old_norm + b".", b"/P/" + new_norm + b".")
-                q = b'"' if layout == "original" else b""
-                dst.write(q + pre + new + post + q + sep + rest)
-                rows += 1
-        del lines
-    counts["books"] = rows
+    def user(copy: int, match: re.Match[bytes], line: bytes) -> bytes | None:
+        """A new id per copy."""
+        pre, inner, post = _unquote(layout, match.group(1))
+        if not inner.isdigit():
+            return None
+        new_id = str(int(inner) + copy * USER_STRIDE).encode()
+        return _field(layout, pre, new_id, post) + sep + line[match.end() :]
 
-    # Users: a new id per copy; continuation lines of a quoted CRLF are copied as they are.
-    pattern = _first_field(layout, 1)
-    rows = 0
-    with open_out("users") as dst:
-        lines = list(_records(source / FILES[layout]["users"]))
-        dst.write(lines[0])
-        for copy in range(scale):
-            for line in lines[1:]:
-                match = pattern.match(line)
-                pre, inner, post = _unquote(layout, match.group(1)) if match else (b"", b"", b"")
-                if not match or not inner.isdigit():
-                    dst.write(line)
-                    continue
-                q = b'"' if layout == "original" else b""
-                new_id = str(int(inner) + copy * USER_STRIDE).encode()
-                dst.write(q + pre + new_id + post + q + sep + line[match.end() :])
-                rows += 1
-        del lines
-    counts["users"] = rows
+    def rating(copy: int, match: re.Match[bytes], line: bytes) -> bytes | None:
+        """A new reader id per copy; the book from this copy or, for a share, another one."""
+        if not match.group(1).strip(b'"').isdigit():
+            return None
+        reader = int(match.group(1).strip(b'"'))
+        pre, inner, post = _unquote(layout, match.group(2))
+        # the ISBN body as the cleaner reads it: duplicates of one ISBN (ISBN-13 and -10,
+        # junk after the key) go to one copy together
+        body = KeyMapper.body_of(inner)
+        norm = (
+            str(body).encode()
+            if body is not None
+            else KeyMapper._key_span(inner.decode("latin-1"))[1].encode()
+        )
+        target = _copy_of_rating(reader, norm, copy, scale, cross, seed)
+        new_user = str(reader + copy * USER_STRIDE).encode()
+        return (_field(layout, b"", new_user, b"") + sep
+                + _field(layout, pre, mapper(inner, target), post) + sep + line[match.end() :])
 
-    # Ratings: new reader id per copy; the book from this copy or, for a share, another one.
-    pattern = _first_field(layout, 2)
-    rows = 0
-    with open_out("ratings") as dst:
-        lines = list(_records(source / FILES[layout]["ratings"]))
-        dst.write(lines[0])
-        for copy in range(scale):
-            for line in lines[1:]:
-                match = pattern.match(line)
-                if not match or not match.group(1).strip(b'"').isdigit():
-                    dst.write(line)
-                    continue
-                user = int(match.group(1).strip(b'"'))
-                pre, inner, post = _unquote(layout, match.group(2))
-                # the ISBN body as the cleaner reads it: duplicates of one ISBN (ISBN-13 and -10,
-                # junk after the key) go to one copy together
-                body = KeyMapper.body_of(inner)
-                norm = (
-                    str(body).encode()
-                    if body is not None
-                    else KeyMapper._key_span(inner.decode("latin-1"))[1].encode()
-                )
-                target = _copy_of_rating(user, norm, copy, scale, cross, seed)
-                q = b'"' if layout == "original" else b""
-                new_user = str(user + copy * USER_STRIDE).encode()
-                new_isbn = mapper(inner, target)
-                dst.write(
-                    q
-                    + new_user
-                    + q
-                    + sep
-                    + q
-                    + pre
-                    + new_isbn
-                    + post
-                    + q
-                    + sep
-                    + line[match.end() :]
-                )
-                rows += 1
-        del lines
-    counts["ratings"] = rows
-    counts["seconds"] = round(time.perf_counter() - started, 1)
+    counts = {
+        "books": _rewrite_file(source, out, layout, "books", scale, 1, book),
+        "users": _rewrite_file(source, out, layout, "users", scale, 1, user),
+        "ratings": _rewrite_file(source, out, layout, "ratings", scale, 2, rating),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     return counts
 
 

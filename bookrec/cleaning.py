@@ -1,8 +1,11 @@
-"""Cleaning rules for Book-Crossing rows, one named function per rule.
+"""Cleaning Book-Crossing rows: one named function per rule, then one cleaner per file.
 
 Each rule is a pure function of one value, so it can be tested on the real dirty
 rows quoted in ``shared/data/book-crossing/DIRTY_PATTERNS.txt`` and applied to
 whole columns through ``map_unique`` (which runs the rule once per distinct value).
+The file cleaners (``clean_books``, ``clean_ratings``, ``clean_users``) apply the rules to
+a parsed file (``bookrec.parse``): every record ends as a clean row, a merged duplicate,
+or a quarantined row with its line number, raw text and reason.
 """
 
 from __future__ import annotations
@@ -10,11 +13,19 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
+from typing import TYPE_CHECKING
 
 import ftfy
 import numpy as np
 import pandas as pd
+
+from bookrec import columns as C
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bookrec.parse import ParsedFile
 
 # ---------------------------------------------------------------- ISBN
 
@@ -331,3 +342,170 @@ def map_unique_isbns(series: pd.Series) -> pd.Series:
     mapped = np.empty(len(uniques), dtype=object)
     mapped[:] = normalize_isbns(np.asarray(uniques, dtype=object).tolist())
     return pd.Series(mapped[codes], index=series.index, dtype=object)
+
+
+# ---------------------------------------------------------------- files
+
+
+@dataclass
+class CleanFile:
+    """A cleaned file: rows ready to load, the quarantine, and how many rows were merged."""
+
+    kind: str
+    name: str
+    rows_read: int
+    frame: pd.DataFrame
+    quarantine: pd.DataFrame  # columns: line_number, raw, reason
+    merged: int
+
+
+def _quarantine_frame(parsed: ParsedFile, rejected: np.ndarray, reasons: list[str]) -> pd.DataFrame:
+    """Quarantine rows: the malformed records plus the rows that cleaning rejected.
+
+    ``raw_format`` is ``text`` (the record as it decoded) or ``escaped`` (its bytes held
+    bytes that are not text: ``textscan.escape_bytes`` form, ``textscan.unescape`` inverts).
+    """
+    spans = [(start, end) for start, end, _ in parsed.bad]
+    spans += [(int(parsed.starts[i]), int(parsed.ends[i])) for i in rejected.tolist()]
+    why = [reason for _, _, reason in parsed.bad] + list(reasons)
+    plain = [span for span in spans if span[0] not in parsed.escaped]
+    texts = dict(zip(plain, parsed.raw_many(plain), strict=True))
+    rows = [
+        (start, parsed.escaped[start], reason, "escaped")
+        if start in parsed.escaped
+        else (start, texts[(start, end)], reason, "text")
+        for (start, end), reason in zip(spans, why, strict=True)
+    ]
+    rows.sort(key=lambda row: row[0])
+    return pd.DataFrame(rows, columns=["line_number", "raw", "reason", "raw_format"])
+
+
+def _dedupe(frame: pd.DataFrame, keys: list[str], priority: list[str]) -> tuple[pd.DataFrame, int]:
+    """Keep one row per key: the one that sorts last by ``priority`` (documented per file)."""
+    dup = frame.duplicated(keys, keep=False)
+    if not dup.any():
+        return frame, 0
+    ordered = frame[dup].sort_values(keys + priority, kind="stable")
+    losers = ordered.index[ordered.duplicated(keys, keep="last")]
+    return frame.drop(index=losers), len(losers)
+
+
+def _named(parsed: ParsedFile, names: list[str]) -> pd.DataFrame:
+    """The parsed rows with their column names and their row position in ``parsed``."""
+    df = parsed.frame.copy()
+    df.columns = names
+    df["_pos"] = np.arange(len(df))
+    return df
+
+
+def _reject(df: pd.DataFrame, reasons: pd.Series) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+    """Split off the rows that have a reason; return (kept rows, rejected positions, reasons)."""
+    rejected = reasons.notna().to_numpy()
+    positions = df["_pos"].to_numpy()[rejected]
+    return df[~rejected].copy(), positions, reasons[rejected].tolist()
+
+
+def _finish(kind, parsed, df, positions, reasons, merged) -> CleanFile:
+    return CleanFile(
+        kind,
+        parsed.name,
+        parsed.rows_read,
+        df[C.TARGET_COLUMNS[kind]].reset_index(drop=True),
+        _quarantine_frame(parsed, positions, reasons),
+        merged,
+    )
+
+
+def _urls(series: pd.Series) -> pd.Series:
+    """Image URLs: stripped, empty or NA-like to None (no other text repair applies)."""
+    values = [
+        None if not isinstance(v, str) or (len(v) <= 7 and is_na(v)) else v.strip() or None
+        for v in series.tolist()
+    ]
+    return pd.Series(values, index=series.index, dtype=object)
+
+
+def clean_books(parsed: ParsedFile, layout: str) -> CleanFile:
+    """Books: ISBN normalised and checked, text repaired, implausible years to NULL.
+
+    Duplicate ISBNs after normalisation ('042511774x' and '042511774X') are merged:
+    the row whose raw key was already canonical wins, then the one with more fields
+    filled, then the later line.
+    """
+    df = _named(parsed, C.BOOK_COLUMNS)
+    raw_isbn = df[C.ISBN]
+    df[C.ISBN] = map_unique_isbns(raw_isbn)
+    for col in (C.TITLE, C.AUTHOR, C.PUBLISHER):
+        if layout == "kaggle":
+            df[col] = map_unique(df[col], repair_kaggle_escapes)
+        df[col] = map_unique(df[col], clean_text)
+    for col in (C.IMAGE_S, C.IMAGE_M, C.IMAGE_L):
+        df[col] = _urls(df[col])
+    max_year = max_plausible_year()
+    df[C.YEAR] = map_unique(
+        df[C.YEAR], lambda v: plausible_year(v, max_year)
+    ).astype("Int16")
+
+    reasons = pd.Series(None, index=df.index, dtype=object)
+    reasons[df[C.TITLE].isna()] = "missing_title"
+    bad_isbn = df[C.ISBN].isna()
+    reasons[bad_isbn] = map_unique(raw_isbn[bad_isbn], isbn_rejection_reason)
+    canonical = (raw_isbn.str.strip() == df[C.ISBN]).astype(np.int8)
+    df, positions, why = _reject(df, reasons)
+    df["_canonical"] = canonical[df.index]
+    df["_filled"] = df[C.BOOK_COLUMNS].notna().sum(axis=1)
+    df, merged = _dedupe(df, [C.ISBN], ["_canonical", "_filled", "_pos"])
+    return _finish("books", parsed, df, positions, why, merged)
+
+
+def clean_ratings(parsed: ParsedFile, layout: str) -> CleanFile:
+    """Ratings: user id, ISBN and rating checked; ISBNs with no book row are kept (CF uses them).
+
+    Duplicate (user, ISBN) pairs after normalisation are merged: an explicit rating
+    (1-10) beats an implicit 0, then the row whose raw ISBN was already canonical wins,
+    then the later line.
+    """
+    df = _named(parsed, C.RATING_COLUMNS)
+    raw_isbn = df[C.ISBN]
+    df[C.USER_ID] = map_unique(df[C.USER_ID], parse_user_id)
+    df[C.ISBN] = map_unique_isbns(raw_isbn)
+    df[C.RATING] = map_unique(df[C.RATING], parse_rating)
+
+    reasons = pd.Series(None, index=df.index, dtype=object)
+    reasons[df[C.RATING].isna()] = "invalid_rating"
+    bad_isbn = df[C.ISBN].isna()
+    reasons[bad_isbn] = map_unique(raw_isbn[bad_isbn], isbn_rejection_reason)
+    reasons[df[C.USER_ID].isna()] = "invalid_user_id"
+    canonical = (raw_isbn == df[C.ISBN]).astype(np.int8)
+    df, positions, why = _reject(df, reasons)
+    df[C.USER_ID] = df[C.USER_ID].astype("int64")
+    df[C.RATING] = df[C.RATING].astype("int16")
+    df["_explicit"] = (df[C.RATING] > 0).astype(np.int8)
+    df["_canonical"] = canonical[df.index]
+    df, merged = _dedupe(df, [C.USER_ID, C.ISBN], ["_explicit", "_canonical", "_pos"])
+    return _finish("ratings", parsed, df, positions, why, merged)
+
+
+def clean_users(parsed: ParsedFile, layout: str) -> CleanFile:
+    """Users: id checked, location cleaned and split into city/region/country, ages 5..100.
+
+    A user id that appears twice keeps its later line.
+    """
+    df = _named(parsed, [C.USER_ID, C.LOCATION, C.AGE])
+    df[C.USER_ID] = map_unique(df[C.USER_ID], parse_user_id)
+    reasons = pd.Series(None, index=df.index, dtype=object)
+    reasons[df[C.USER_ID].isna()] = "invalid_user_id"
+    df, positions, why = _reject(df, reasons)
+    df[C.USER_ID] = df[C.USER_ID].astype("int64")
+    locations = df[C.LOCATION]
+    df[C.LOCATION] = map_unique(locations, clean_text)
+    parts = map_unique(locations, split_location)
+    df[C.CITY] = parts.map(itemgetter(0))
+    df[C.REGION] = parts.map(itemgetter(1))
+    df[C.COUNTRY] = parts.map(itemgetter(2))
+    df[C.AGE] = map_unique(df[C.AGE], plausible_age).astype("Int16")
+    df, merged = _dedupe(df, [C.USER_ID], ["_pos"])
+    return _finish("users", parsed, df, positions, why, merged)
+
+
+CLEANERS = {"books": clean_books, "ratings": clean_ratings, "users": clean_users}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from bookrec.evaluation import PRIMARY
 from bookrec.settings import Settings
 
 SINKS = ("emf", "api", "off")
@@ -206,15 +207,6 @@ def _ingested_counts(report: Mapping[str, Any]) -> tuple[int, int]:
     return loaded, quarantined
 
 
-def _ndcg_at_20(metrics: Mapping[str, Any]) -> float | None:
-    """NDCG@20 from a training metrics mapping, whichever common spelling it uses."""
-    for key, value in metrics.items():
-        normal = str(key).lower().replace("_at_", "@").replace("_", "@")
-        if normal in ("ndcg@20", "ndcg20") and value is not None:
-            return float(value)
-    return None
-
-
 def stage_metrics(
     *,
     ingest_report: Mapping[str, Any] | None = None,
@@ -230,7 +222,8 @@ def stage_metrics(
         rows, quarantined = _ingested_counts(ingest_report)
     ndcg = None
     if train_result is not None:
-        ndcg = _ndcg_at_20(train_result.get("metrics") or {})
+        value = (train_result.get("metrics") or {}).get(PRIMARY)
+        ndcg = None if value is None else float(value)
     decision = None
     if promote_result is not None:
         raw = promote_result.get("decision")

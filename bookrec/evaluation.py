@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+PRIMARY = "ndcg@20"  # the metric models are compared and gated on
 COLD_MAX_TRAIN = 4  # cold readers: 1-4 training interactions
 HEAVY_MIN_TRAIN = 100  # heavy readers: >= 100; regular in between
 READER_SEGMENTS = ("cold", "regular", "heavy")

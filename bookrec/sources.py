@@ -21,6 +21,12 @@ from bookrec.settings import Settings
 
 KINDS = ("books", "ratings", "users")
 LAYOUTS = ("original", "kaggle")
+# Each layout's CSV dialect (``csv`` module keywords): the original files quote with '"'
+# and escape with a backslash; Kaggle's re-export doubles quotes instead.
+DIALECTS = {
+    "original": {"delimiter": ";", "quotechar": '"', "escapechar": "\\", "doublequote": False},
+    "kaggle": {"delimiter": ",", "quotechar": '"', "doublequote": True},
+}
 
 FILE_NAMES = {
     "original": {

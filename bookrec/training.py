@@ -8,7 +8,6 @@ like. After evaluation the served model is refitted on the whole snapshot.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import pandas as pd
 
 from bookrec import columns as C
 from bookrec.evaluation import (
+    PRIMARY,
     Split,
     evaluate,
     holdout_split,
@@ -40,7 +40,6 @@ BASELINES = ("most_popular", "itemknn", "als", "ease_plain")
 # What a hybrid parameter missing from an older manifest meant (the feature did not exist).
 ABSENT_MEANS: dict[str, Any] = {"user_norm": 0.0, "author_weight": 0.0, "publisher_weight": 0.0,
                                 "popularity_exponent": 0.0}
-PRIMARY = "ndcg@20"
 
 
 @dataclass
@@ -321,81 +320,6 @@ def save_candidate(result: TrainResult, folder: Path, version: str) -> dict[str,
         },
         extra_params={"evaluation": result.config.evaluation_params()},
     )
-
-
-METRIC_COLUMNS = ("recall@20", "ndcg@20", "hr@10", "coverage@20", "mean_popularity@20")
-
-
-def comparison_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per model (the served one first), for tables and artifacts."""
-    rows = []
-    if PRIMARY in metrics:
-        rows.append({"model": "served (hybrid)", **{c: metrics.get(c) for c in METRIC_COLUMNS}})
-    for name, values in (metrics.get("baselines") or {}).items():
-        rows.append({"model": name, **{c: values.get(c) for c in METRIC_COLUMNS}})
-    return [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
-
-
-SEGMENT_COLUMNS = ("users", "ndcg@20", "recall@20", "reachability")
-
-
-def segment_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per model and segment (readers cold/regular/heavy, books by popularity
-    tercile) from the ``segments`` each evaluation recorded."""
-    models = [("served (hybrid)", metrics)] + list((metrics.get("baselines") or {}).items())
-    rows = []
-    for model, values in models:
-        segments = (values or {}).get("segments") or {}
-        for group, label in (("readers", "readers"), ("popularity", "books")):
-            for name, seg in (segments.get(group) or {}).items():
-                rows.append({"model": model, "segment": f"{label} {name}",
-                             **{c: seg.get(c) for c in SEGMENT_COLUMNS}})
-    return [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
-
-
-def _cell(value: Any) -> str:
-    """A table cell: 4 decimals for floats, '-' for missing."""
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def summary_markdown(version: str, metrics: dict[str, Any], timings: dict[str, float],
-                     data_fp: dict[str, Any]) -> str:
-    """A short human summary: what was trained, on what, how good, how long."""
-    lines = [f"# Training run: model version `{version}`", ""]
-    lines.append(
-        f"Snapshot: {data_fp.get('ratings', '?')} ratings, {data_fp.get('users', '?')} users, "
-        f"{data_fp.get('books', '?')} books (ratings sha256 "
-        f"`{str(data_fp.get('ratings_sha256', ''))[:12]}`)."
-    )
-    if PRIMARY in metrics:
-        lift = metrics.get("lift_over_best_baseline")
-        lines.append(
-            f"NDCG@20 {metrics[PRIMARY]:.4f} on {int(metrics.get('users', 0))} held-out users; "
-            f"best baseline `{metrics.get('best_baseline')}`"
-            + (f", lift x{lift:.3f} (goal x1.05)." if lift else ".")
-        )
-        lines += ["", "| model | " + " | ".join(METRIC_COLUMNS) + " |",
-                  "|---|" + "---|" * len(METRIC_COLUMNS)]
-        for row in comparison_rows(metrics):
-            lines.append(f"| {row['model']} | " + " | ".join(
-                f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c])
-                for c in METRIC_COLUMNS) + " |")
-        seg_rows = segment_rows(metrics)
-        if seg_rows:
-            lines += ["", "Segments: readers by training interactions (cold 1-4, regular 5-99, "
-                      "heavy >= 100), held-out books by popularity tercile; reachability = "
-                      "share of held-out books the model can score at all.", "",
-                      "| model | segment | " + " | ".join(SEGMENT_COLUMNS) + " |",
-                      "|---|---|" + "---|" * len(SEGMENT_COLUMNS)]
-            for row in seg_rows:
-                lines.append(f"| {row['model']} | {row['segment']} | "
-                             + " | ".join(_cell(row[c]) for c in SEGMENT_COLUMNS) + " |")
-    else:
-        lines.append("Evaluation was skipped.")
-    lines += ["", "Stage times (s): " + json.dumps(timings)]
-    return "\n".join(lines)
 
 
 def write_snapshot(ratings: pd.DataFrame, books: pd.DataFrame, folder: Path) -> Path:

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from bookrec.ingest import public_report, report_markdown
+    from bookrec.reports import ingest_markdown, public_ingest_report
     from bookrec.sources import IngestFileError
     from flows.ingest import ingest_flow
 
@@ -30,7 +30,7 @@ def _ingest(args: argparse.Namespace) -> int:
     except IngestFileError as exc:
         raise CommandError(f"{exc} (nothing was written)") from exc
     if args.json:
-        print(json.dumps(public_report(report), indent=2))
+        print(json.dumps(public_ingest_report(report), indent=2))
     else:
-        print(report_markdown(report))
+        print(ingest_markdown(report))
     return 0

@@ -191,13 +191,13 @@ def _find_local_system(args: argparse.Namespace) -> None:
     (so the reload flow's call to the API is authorised), the API it started (so reload
     calls that one), and the Prefect server (started here if none runs)."""
     from bookrec.settings import get_settings
-    from cli import ops, prefect_server
+    from cli import prefect_server, processes
 
     settings = get_settings()
     token_file = settings.home_dir / "admin-token"
     if settings.admin_token is None and token_file.is_file():
         os.environ["BOOKREC_ADMIN_TOKEN"] = token_file.read_text().strip()
-    api = ops._services(settings)["api"]
+    api = processes.services(settings)["api"]
     if "serving_urls" not in settings.model_fields_set and api.pid() is not None:
         with contextlib.suppress(OSError, ValueError):
             url = json.loads(api.pid_file.read_text()).get("url")

@@ -13,26 +13,18 @@ running ``up`` again reuses whatever is still alive. ``down`` stops them all.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from cli import processes
+from cli.processes import ROOT, Clock
+
 WORK_POOL = "local-process"
-# Stop order for `down`: the API first (it holds no state), the database last.
-SERVICES = ("api", "worker", "flow-runner", "prefect-server")
 
 
 def default_source() -> Path:
@@ -74,168 +66,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     down.set_defaults(handler=_down)
 
 
-# ---------------------------------------------------------------- progress and processes
-class _Clock:
-    """Prints progress lines with the seconds since ``up`` started."""
-
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-
-    def say(self, message: str) -> None:
-        """One progress line, flushed at once so a terminal never looks stuck."""
-        print(f"[{time.monotonic() - self.start:6.1f}s] {message}", flush=True)
-
-
-@dataclass
-class _Service:
-    """A background process: its pid file, log file and what its command line contains."""
-
-    name: str
-    run_dir: Path
-    log_dir: Path
-    marker: str
-
-    @property
-    def pid_file(self) -> Path:
-        """``<home>/run/<name>.pid`` (JSON: pid, argv, log, started_at)."""
-        return self.run_dir / f"{self.name}.pid"
-
-    @property
-    def log_file(self) -> Path:
-        """``<home>/logs/<name>.log``."""
-        return self.log_dir / f"{self.name}.log"
-
-    def pid(self) -> int | None:
-        """The recorded pid if that process is still ours and alive, else None (and no file)."""
-        try:
-            pid = int(json.loads(self.pid_file.read_text())["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if _alive(pid, self.marker):
-            return pid
-        self.pid_file.unlink(missing_ok=True)
-        return None
-
-    def start(
-        self, argv: list[str], env: dict[str, str], cwd: Path, extra: dict | None = None
-    ) -> subprocess.Popen:
-        """Start ``argv`` in its own session, output appended to the log, and record its pid
-        (plus ``extra``, e.g. the URL it serves)."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_file.open("ab")
-        log.write(f"\n=== {datetime.now(UTC).isoformat()} {' '.join(argv)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-        log.close()
-        record = {
-            "pid": proc.pid,
-            "argv": argv,
-            "log": str(self.log_file),
-            "started_at": datetime.now(UTC).isoformat(),
-            **(extra or {}),
-        }
-        self.pid_file.write_text(json.dumps(record))
-        return proc
-
-    def stop(self, timeout: float = 20.0) -> bool:
-        """SIGTERM the process group, SIGKILL it after ``timeout``; True if one was running."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid, self.marker):
-            time.sleep(0.2)
-        if _alive(pid, self.marker):
-            _signal_group(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
-        return True
-
-    def tail(self, lines: int = 25) -> str:
-        """The end of the log, for error messages."""
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-
-def _alive(pid: int, marker: str) -> bool:
-    """True if ``pid`` runs, is no zombie and (where /proc exists) its command has ``marker``."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    proc = Path(f"/proc/{pid}")
-    if not proc.exists():
-        return True
-    try:
-        if ") Z" in (proc / "stat").read_text():
-            return False
-        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
-        return marker in cmdline.decode(errors="replace")
-    except OSError:
-        return False
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    """Signal the process group ``pid`` leads (its children too), or the process alone."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _port_in_use(port: int) -> bool:
-    """True if something accepts connections on 127.0.0.1:``port``."""
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _get_json(url: str, timeout: float = 3.0) -> Any:
-    """GET ``url`` and parse JSON; None on any connection or HTTP error."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
-            return json.loads(response.read() or b"null")
-    except (OSError, ValueError, urllib.error.URLError):
-        return None
-
-
-def _wait(what: str, check, clock: _Clock, timeout: float, proc=None, service=None) -> Any:
-    """Poll ``check()`` until it returns something truthy; say so every few seconds."""
-    from cli.main import CommandError
-
-    deadline = time.monotonic() + timeout
-    last_note = time.monotonic()
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        if proc is not None and proc.poll() is not None:
-            raise CommandError(
-                f"{what}: the process exited ({proc.returncode}); end of "
-                f"{service.log_file}:\n{service.tail()}"
-            )
-        if time.monotonic() - last_note > 10:
-            clock.say(f"  still waiting for {what}")
-            last_note = time.monotonic()
-        time.sleep(0.5)
-    detail = f"; end of {service.log_file}:\n{service.tail()}" if service else ""
-    raise CommandError(f"{what}: not ready after {timeout:.0f} s{detail}")
-
-
 # ---------------------------------------------------------------- up
 def write_secret(path: Path, text: str) -> None:
     """Create ``path`` readable by its owner only from the first byte (mode 0600 given to
@@ -270,7 +100,7 @@ def _environment(settings, args: argparse.Namespace, prefect_api: str) -> dict[s
     return env
 
 
-def _database(settings, env: dict[str, str], clock: _Clock) -> None:
+def _database(settings, env: dict[str, str], clock: Clock) -> None:
     """Run ``bookrec db upgrade``, which starts the embedded server if none is configured.
 
     It runs in a session of its own so that the embedded PostgreSQL it starts is not in
@@ -285,24 +115,15 @@ def _database(settings, env: dict[str, str], clock: _Clock) -> None:
         else f"{where}: migrating"
     )
     log = settings.log_dir / "db.log"
-    with log.open("ab") as out:
-        proc = subprocess.run(
-            [sys.executable, "-m", "cli.main", "db", "upgrade"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-            start_new_session=True,
-            check=False,
-        )
-    lines = log.read_text(errors="replace").splitlines()
-    if proc.returncode != 0:
+    code, lines = processes.run_logged(
+        [sys.executable, "-m", "cli.main", "db", "upgrade"], log, env, new_session=True
+    )
+    if code != 0:
         raise CommandError(f"bookrec db upgrade failed; {log}:\n" + "\n".join(lines[-30:]))
     clock.say(f"{where}: {lines[-1] if lines else 'ready'}")
 
 
-def _prefect_server(settings, env, args, clock: _Clock) -> None:
+def _prefect_server(settings, env, args, clock: Clock) -> None:
     """Start the local Prefect server (SQLite under PREFECT_HOME) and wait until it is ready."""
     from cli import prefect_server
 
@@ -310,7 +131,7 @@ def _prefect_server(settings, env, args, clock: _Clock) -> None:
     clock.say(f"Prefect server ready at {url.removesuffix('/api')}")
 
 
-def _work_pool_and_worker(services: dict, env, clock: _Clock) -> None:
+def _work_pool_and_worker(services: dict, env, clock: Clock) -> None:
     """Create the ``local-process`` pool if missing and start a worker polling it."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -328,7 +149,7 @@ def _work_pool_and_worker(services: dict, env, clock: _Clock) -> None:
         clock.say(f"worker already running (pid {service.pid()})")
         return
     argv = [
-        _bin("prefect"),
+        processes.bin_path("prefect"),
         "worker",
         "start",
         "--pool",
@@ -348,7 +169,7 @@ def _work_pool_and_worker(services: dict, env, clock: _Clock) -> None:
             workers = client.read_workers_for_work_pool(WORK_POOL)
         return any(w.name == "bookrec-local" and w.status == "ONLINE" for w in workers)
 
-    _wait("worker", online, clock, 120, proc, service)
+    processes.wait_for("worker", online, clock, 120, proc, service)
     clock.say("worker online")
 
 
@@ -376,7 +197,7 @@ def _deployments_exist() -> bool:
     return True
 
 
-def _deploy(settings, env, clock: _Clock) -> None:
+def _deploy(settings, env, clock: Clock) -> None:
     """``prefect deploy --name local``: register the local deployments from prefect.yaml
     (skipped when neither prefect.yaml nor the flows changed since the last registration)."""
     from cli.main import CommandError
@@ -388,20 +209,12 @@ def _deploy(settings, env, clock: _Clock) -> None:
         return
     log = settings.log_dir / "deploy.log"
     clock.say("registering deployments from prefect.yaml (prefect deploy --name local)")
-    with log.open("ab") as out:
-        proc = subprocess.run(
-            [_bin("prefect"), "--no-prompt", "deploy", "--name", "local"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-            check=False,
-        )
-    text = log.read_text(errors="replace")
-    if proc.returncode != 0:
-        tail = "\n".join(text.splitlines()[-30:])
-        raise CommandError(f"prefect deploy failed (exit {proc.returncode}); {log}:\n{tail}")
+    code, lines = processes.run_logged(
+        [processes.bin_path("prefect"), "--no-prompt", "deploy", "--name", "local"], log, env
+    )
+    if code != 0:
+        tail = "\n".join(lines[-30:])
+        raise CommandError(f"prefect deploy failed (exit {code}); {log}:\n{tail}")
     stamp.write_text(fingerprint)
     clock.say(f"deployments registered: {', '.join(_local_deployments())}")
 
@@ -418,7 +231,7 @@ def _local_deployments() -> list[str]:
     ]
 
 
-def _automations(settings, clock: _Clock) -> None:
+def _automations(settings, clock: Clock) -> None:
     """Create or update the watchdog automations (deployments/automations.yaml)."""
     from cli.watchdog import apply_automations
 
@@ -428,7 +241,7 @@ def _automations(settings, clock: _Clock) -> None:
     clock.say(f"watchdog automations {', '.join(a['name'] for a in applied)} ({target})")
 
 
-def _start_api(services: dict, env, args, clock: _Clock) -> subprocess.Popen | None:
+def _start_api(services: dict, env, args, clock: Clock) -> subprocess.Popen | None:
     """Start ``bookrec serve`` on 127.0.0.1 unless ours is already up (it needs no Prefect,
     so it boots while the Prefect server does)."""
     from cli.main import CommandError
@@ -437,7 +250,7 @@ def _start_api(services: dict, env, args, clock: _Clock) -> subprocess.Popen | N
     if service.pid() is not None:
         clock.say(f"API already running (pid {service.pid()})")
         return None
-    if _port_in_use(args.api_port):
+    if processes.port_in_use(args.api_port):
         raise CommandError(
             f"127.0.0.1:{args.api_port} is in use by a process bookrec did not "
             "start; stop it or pass --api-port"
@@ -451,10 +264,10 @@ def _start_api(services: dict, env, args, clock: _Clock) -> subprocess.Popen | N
     return proc
 
 
-def _wait_api(services: dict, proc, args, clock: _Clock) -> None:
+def _wait_api(services: dict, proc, args, clock: Clock) -> None:
     """Wait until the API answers /livez."""
     livez = f"http://127.0.0.1:{args.api_port}/livez"
-    _wait("API", lambda: _get_json(livez) is not None, clock, 120, proc, services["api"])
+    processes.wait_for("API", lambda: processes.get_json(livez) is not None, clock, 120, proc, services["api"])
     clock.say(f"API alive at http://127.0.0.1:{args.api_port}")
 
 
@@ -478,7 +291,7 @@ def _champion(settings) -> str | None:
     return champion["version"] if champion else None
 
 
-def _run_nightly(source: Path, timeout: float, clock: _Clock) -> None:
+def _run_nightly(source: Path, timeout: float, clock: Clock) -> None:
     """Run ``nightly/local`` on ``source`` through the worker, printing each stage's state."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
@@ -524,15 +337,15 @@ def _run_nightly(source: Path, timeout: float, clock: _Clock) -> None:
         )
 
 
-def _wait_for_version(args, version: str, clock: _Clock) -> None:
+def _wait_for_version(args, version: str, clock: Clock) -> None:
     """Wait until several consecutive /readyz answers (any worker) report ``version``."""
     readyz = f"http://127.0.0.1:{args.api_port}/readyz"
 
     def serving() -> bool:
-        answers = [_get_json(readyz) for _ in range(8)]
+        answers = [processes.get_json(readyz) for _ in range(8)]
         return all(a and a.get("model_version") == version for a in answers)
 
-    _wait(f"API to serve {version}", serving, clock, 120)
+    processes.wait_for(f"API to serve {version}", serving, clock, 120)
     clock.say(f"API serves model {version}")
 
 
@@ -541,7 +354,7 @@ def _up(args: argparse.Namespace) -> int:
     from bookrec.settings import get_settings
     from cli.main import CommandError
 
-    clock = _Clock()
+    clock = processes.Clock()
     settings = get_settings()
     home = settings.home_dir
     for folder in (home, settings.log_dir, home / "run"):
@@ -559,7 +372,7 @@ def _up(args: argparse.Namespace) -> int:
     os.environ.update(env)  # this process talks to the store and Prefect like its children
     get_settings.cache_clear()
     settings = get_settings()
-    services = _services(settings)
+    services = processes.services(settings)
     source = (args.source or default_source()).expanduser().resolve()
     if not args.no_pipeline and not (source.is_dir() and any(source.iterdir())):
         raise CommandError(f"--source {source}: not a folder with Book-Crossing CSV files")
@@ -612,20 +425,6 @@ Stop everything:  bash scripts/down.sh   (or: bookrec down)""",
     return 0
 
 
-def _services(settings) -> dict[str, _Service]:
-    """The background services, keyed by name."""
-    run_dir, log_dir = settings.home_dir / "run", settings.log_dir
-    markers = {"api": "gunicorn", "worker": "worker", "flow-runner": "cli.warm",
-               "prefect-server": "server"}
-    return {name: _Service(name, run_dir, log_dir, markers[name]) for name in SERVICES}
-
-
-def _bin(name: str) -> str:
-    """A console script next to this interpreter (the project's virtualenv)."""
-    path = Path(sys.executable).parent / name
-    return str(path) if path.exists() else name
-
-
 # ---------------------------------------------------------------- down
 def _down(args: argparse.Namespace) -> int:
     """Stop the API, the worker, the Prefect server and the embedded PostgreSQL."""
@@ -634,7 +433,7 @@ def _down(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     stopped = []
-    for name, service in _services(settings).items():
+    for name, service in processes.services(settings).items():
         if service.stop():
             stopped.append(name)
             print(f"stopped {name}", flush=True)

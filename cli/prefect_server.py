@@ -21,20 +21,20 @@ import sys
 import time
 from pathlib import Path
 
-from cli import ops
+from cli import processes
 
 LOGGING_CONFIG = Path(__file__).with_name("prefect_logging.yml")
 SERVICE = "prefect-server"
 
 
-def _service(settings) -> ops._Service:
+def _service(settings) -> processes.Service:
     """The pid and log files of the local Prefect server (the same ones ``up`` uses)."""
-    return ops._services(settings)[SERVICE]
+    return processes.services(settings)[SERVICE]
 
 
 def _healthy(api_url: str, timeout: float = 2.0) -> bool:
     """True if ``<api_url>/health`` answers ``true``."""
-    return ops._get_json(f"{api_url.rstrip('/')}/health", timeout=timeout) is True
+    return processes.get_json(f"{api_url.rstrip('/')}/health", timeout=timeout) is True
 
 
 def recorded_api_url(settings) -> str | None:
@@ -51,7 +51,7 @@ def recorded_api_url(settings) -> str | None:
 
 def server_argv(port: int) -> list[str]:
     """``prefect server start`` on loopback, analytics off."""
-    return [ops._bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port),
+    return [processes.bin_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port),
             "--analytics-off"]
 
 
@@ -77,7 +77,7 @@ def start_local_server(settings, port: int, env: dict[str, str] | None = None,
     from cli.main import CommandError
 
     url = f"http://127.0.0.1:{port}/api"
-    if ops._port_in_use(port):
+    if processes.port_in_use(port):
         what = "a Prefect server" if _healthy(url) else "a process"
         raise CommandError(
             f"127.0.0.1:{port} is in use by {what} bookrec did not start; set "
@@ -85,7 +85,7 @@ def start_local_server(settings, port: int, env: dict[str, str] | None = None,
             "another port"
         )
     service = _service(settings)
-    proc = service.start(server_argv(port), env or server_env(settings), ops.ROOT,
+    proc = service.start(server_argv(port), env or server_env(settings), processes.ROOT,
                          extra={"url": url})
     if say:
         say(f"Prefect server starting (pid {proc.pid}, log {service.log_file})")

@@ -118,10 +118,10 @@ def _train(args: argparse.Namespace) -> int:
     metrics = result["metrics"]
     print(f"version {result['version']}")
     if metrics:
-        from bookrec.training import METRIC_COLUMNS, comparison_rows
+        from bookrec.reports import METRIC_COLUMNS, training_rows
 
         print(f"{'model':<18}" + "".join(f"{c:>20}" for c in METRIC_COLUMNS))
-        for row in comparison_rows(metrics):
+        for row in training_rows(metrics):
             print(f"{row['model']:<18}" + "".join(f"{row[c]:>20}" for c in METRIC_COLUMNS))
         lift = metrics.get("lift_over_best_baseline")
         if lift:

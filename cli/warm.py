@@ -258,14 +258,14 @@ def serve(home: Path) -> int:
 
 def ensure_started(settings) -> None:
     """Start the runner for this home in the background unless one runs (returns at once)."""
-    from cli import ops
+    from cli import processes
 
-    service = ops._services(settings)[SERVICE]
+    service = processes.services(settings)[SERVICE]
     if service.pid() is not None:
         return
     env = dict(os.environ)
     env.pop("BOOKREC_WARM", None)
-    service.start([sys.executable, "-m", MARKER], env, ops.ROOT)
+    service.start([sys.executable, "-m", MARKER], env, processes.ROOT)
 
 
 def start_for(env: dict[str, str], timeout: float = 120.0) -> Path:

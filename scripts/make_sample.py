@@ -14,7 +14,7 @@ import gzip
 from pathlib import Path
 
 from bookrec import cleaning
-from bookrec.ingest import parse_file
+from bookrec.parse import parse_file
 from bookrec.sources import FILE_NAMES, read_text
 
 DIRTY_USERS = {

@@ -3,18 +3,22 @@ that runs before a reload swaps models (``serving/prewarm.py``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bookrec.models.works import work_key
 from bookrec.rollout import team_draft
 from serving.catalog import CatalogUnavailable
 from serving.services import Services, dumps, rec_to_dict
 
+if TYPE_CHECKING:  # the bodies' types (serving/schemas.py)
+    from serving.schemas import RecommendationList
+
 
 def popular(model: Any, k: int) -> bytes:
     """The popular list of ``model``."""
     items = [rec_to_dict(r) for r in model.popular(k)]
-    return dumps({"model_version": model.version, "k": k, "items": items})
+    payload: RecommendationList = {"model_version": model.version, "k": k, "items": items}
+    return dumps(payload)
 
 
 def similar(model: Any, isbn: str, k: int, catalog: Any = None) -> bytes:
@@ -37,7 +41,7 @@ def similar_body(model: Any, isbn: str, k: int, catalog: Any = None) -> tuple[by
         except CatalogUnavailable:
             cacheable = False
     recs = model.similar(isbn, k=k, book=book)
-    payload = {
+    payload: RecommendationList = {
         "model_version": model.version,
         "isbn": isbn,
         "k": k,
@@ -77,7 +81,7 @@ def user(
     history, cacheable = _history(svc, user_id, count)
     known = _known(svc, (model,), history, user_id, count)
     recs = model.recommend_history(history, k=k, user_id=user_id)
-    payload = {
+    payload: RecommendationList = {
         "model_version": model.version,
         "user_id": user_id,
         "k": k,
@@ -114,7 +118,7 @@ def interleaved(
         f"{rollout['salt']}:{user_id}",
         work=works,
     )
-    payload = {
+    payload: RecommendationList = {
         "model_version": champion.version,
         "variant": "interleave",
         "model_versions": {"champion": champion.version, "candidate": candidate.version},

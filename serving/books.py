@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, g, request
 
@@ -12,6 +12,9 @@ from serving.cache import Cache
 from serving.catalog import CatalogUnavailable, QueryFailed
 from serving.openapi import operation
 from serving.services import dumps, json_response, require_model, services, shown
+
+if TYPE_CHECKING:  # the bodies' types (serving/schemas.py)
+    from serving.schemas import Book
 
 bp = Blueprint("books", __name__)
 _IMAGE_KEYS = ("image_url_s", "image_url_m", "image_url_l")
@@ -77,7 +80,7 @@ def popular_books():
     return json_response(body)
 
 
-def _book_json(row: dict[str, Any], source: str) -> dict[str, Any]:
+def _book_json(row: dict[str, Any], source: str) -> Book:
     book = {key: row.get(key) for key in ("isbn", "title", "author", "year", "publisher")}
     for key in _IMAGE_KEYS:
         book[key] = row.get(key)

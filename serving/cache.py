@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from bookrec.settings import Settings
+from serving.breaker import Breaker
 from serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -29,23 +30,6 @@ GENERATION_PREFIX = "bookrec:ugen:"  # per-reader generation of their lists (Red
 LOCAL_TTL_S = 5.0  # in-process copy in front of Redis: hot keys skip the round trip
 LOCAL_MAX_ENTRIES = 2_000  # that copy holds hot keys only (a worker's memory is shared)
 MEMORY_MAX_ENTRIES = 10_000  # without Redis the in-process LRU is the whole cache
-
-
-class Breaker:
-    """Skips a failing dependency for ``cooldown_s`` after an error (cheap, thread-safe enough)."""
-
-    def __init__(self, cooldown_s: float = 1.0):
-        self.cooldown_s = cooldown_s
-        self._open_until = 0.0
-
-    @property
-    def open(self) -> bool:
-        """True while the dependency should not be tried."""
-        return time.monotonic() < self._open_until
-
-    def trip(self) -> None:
-        """Record a failure: skip the dependency for a while."""
-        self._open_until = time.monotonic() + self.cooldown_s
 
 
 class MemoryCache:
@@ -127,11 +111,6 @@ class Cache:
                 retry=Retry(NoBackoff(), 0),
                 health_check_interval=0,
             )
-
-    @property
-    def backend(self) -> str:
-        """'redis' or 'memory'."""
-        return "redis" if self.redis is not None else "memory"
 
     @staticmethod
     def key(version: str, *parts: object) -> str:

@@ -34,7 +34,7 @@ from bookrec import columns as C
 from bookrec import db, online
 from bookrec.search import SearchIndex
 from bookrec.settings import Settings
-from serving.cache import Breaker
+from serving.breaker import Breaker
 
 CONNECT_TIMEOUT_S = 2
 STATEMENT_TIMEOUT_MS = 3000

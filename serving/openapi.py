@@ -1,8 +1,10 @@
-"""The OpenAPI 3 document, generated from the routes (never written by hand).
+"""The OpenAPI 3 document, generated from the code.
 
 Each view declares its operation with ``@operation(...)`` using the same ``Param``
-objects the validators enforce; ``build_spec`` walks the app's URL map, turns Flask rules
-into OpenAPI paths and collects those declarations with apispec.
+objects the validators enforce and the name of its body type in ``serving/schemas.py``;
+``build_spec`` walks the app's URL map, turns Flask rules into OpenAPI paths, collects
+those declarations with apispec and adds the body types' schemas (derived by pydantic).
+What is written here by hand is the prose: summaries, status descriptions, headers.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from apispec import APISpec
 from flask import Flask
 
 from bookrec import __version__
+from serving.schemas import component_schemas
 from serving.validation import Param
 
 _RULE_PARAM = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
@@ -35,147 +38,6 @@ _ERROR_STATUSES = {
     429: "Rate limit exceeded (see Retry-After)",
     503: "Model not loaded yet, or a store it needs is down",
 }
-
-_NULLABLE_STR = {"type": "string", "nullable": True}
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["status", "code", "message"],
-                "properties": {
-                    "status": {"type": "integer"},
-                    "code": {"type": "string"},
-                    "message": {"type": "string"},
-                    "field": {"type": "string"},
-                },
-            }
-        },
-    },
-    "Recommendation": {
-        "type": "object",
-        "required": ["isbn", "score", "source"],
-        "properties": {
-            "isbn": {"type": "string"},
-            "title": _NULLABLE_STR,
-            "author": _NULLABLE_STR,
-            "image_url": _NULLABLE_STR,
-            "score": {"type": "number"},
-            "source": {"type": "string", "enum": ["cf", "content", "popular"]},
-            "reason": _NULLABLE_STR,
-        },
-    },
-    "RecommendationList": {
-        "type": "object",
-        "required": ["model_version", "k", "items"],
-        "properties": {
-            "model_version": {"type": "string"},
-            "k": {"type": "integer"},
-            "user_id": {"type": "integer"},
-            "isbn": {"type": "string"},
-            "known_user": {"type": "boolean"},
-            "items": {"type": "array", "items": {"$ref": "#/components/schemas/Recommendation"}},
-            "variant": {
-                "type": "string",
-                "enum": ["interleave"],
-                "description": "Set on an interleaved list of a rollout (champion and candidate)",
-            },
-            "model_versions": {
-                "type": "object",
-                "description": "An interleaved list's two models: champion and candidate",
-                "properties": {"champion": {"type": "string"}, "candidate": {"type": "string"}},
-            },
-            "teams": {
-                "type": "array",
-                "items": {"type": "integer", "enum": [0, 1]},
-                "description": "An interleaved list's model of each item: 0 champion, 1 candidate",
-            },
-        },
-    },
-    "Book": {
-        "type": "object",
-        "required": ["isbn", "title"],
-        "properties": {
-            "isbn": {"type": "string"},
-            "title": _NULLABLE_STR,
-            "author": _NULLABLE_STR,
-            "year": {"type": "integer", "nullable": True},
-            "publisher": _NULLABLE_STR,
-            "image_url_s": _NULLABLE_STR,
-            "image_url_m": _NULLABLE_STR,
-            "image_url_l": _NULLABLE_STR,
-            "source": {"type": "string", "enum": ["database", "model"]},
-        },
-    },
-    "BookSearch": {
-        "type": "object",
-        "required": ["q", "count", "items"],
-        "properties": {
-            "q": {"type": "string"},
-            "count": {"type": "integer"},
-            "items": {"type": "array", "items": {"$ref": "#/components/schemas/Book"}},
-        },
-    },
-    "RatingRecorded": {
-        "type": "object",
-        "required": ["user_id", "isbn", "rating", "status"],
-        "properties": {
-            "user_id": {"type": "integer"},
-            "isbn": {"type": "string"},
-            "rating": {"type": "integer"},
-            "status": {"type": "string"},
-            "attribution": {
-                "type": "object",
-                "nullable": True,
-                "description": "The shown list this rating was attributed to, if any",
-                "properties": {
-                    "request_id": {"type": "string"},
-                    "model_version": {"type": "string"},
-                    "kind": {"type": "string", "enum": ["user", "similar", "popular"]},
-                    "position": {"type": "integer"},
-                },
-            },
-        },
-    },
-    "ReloadResult": {
-        "type": "object",
-        "required": ["pid", "status"],
-        "properties": {
-            "pid": {"type": "integer"},
-            "status": {"type": "string"},
-            "version": _NULLABLE_STR,
-            "previous": _NULLABLE_STR,
-            "error": {"type": "string"},
-        },
-        "additionalProperties": True,
-    },
-    "ModelInfo": {"type": "object", "additionalProperties": True},
-    "ChampionHistory": {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "required": ["version", "from", "to", "decision", "decided_by", "reason"],
-            "properties": {
-                "version": {"type": "string"},
-                "from": {"type": "string", "format": "date-time"},
-                "to": {"type": "string", "format": "date-time", "nullable": True},
-                "decision": {"type": "string", "enum": ["promoted", "rolled back"]},
-                "decided_by": {"type": "string"},
-                "flow_run_id": _NULLABLE_STR,
-                "reason": {"type": "string"},
-                "actor": {"type": "string"},
-            },
-        },
-    },
-    "Health": {
-        "type": "object",
-        "required": ["status"],
-        "properties": {"status": {"type": "string"}, "model_version": _NULLABLE_STR},
-    },
-}
-
 
 def operation(
     summary: str,
@@ -239,6 +101,7 @@ def operation(
         if auth:
             op["security"] = [{"bearerAuth" if auth is True else auth: []}]
         view.__openapi__ = op
+        view.__openapi_body__ = response
         return view
 
     return decorate
@@ -264,7 +127,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
             "description": "An API key from `bookrec apikeys create` (every write)",
         },
     )
-    for name, schema in SCHEMAS.items():
+    schemas = component_schemas()
+    for name, schema in schemas.items():
         spec.components.schema(name, schema)
     paths: dict[str, dict[str, Any]] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
@@ -272,6 +136,9 @@ def build_spec(app: Flask) -> dict[str, Any]:
         op = getattr(view, "__openapi__", None)
         if op is None:
             continue
+        body = getattr(view, "__openapi_body__", None)
+        if body is not None and body not in schemas:
+            raise ValueError(f"{rule.rule}: no body type {body!r} in serving/schemas.py")
         path = _RULE_PARAM.sub(r"{\1}", rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = op

@@ -33,7 +33,7 @@ from limits.strategies import FixedWindowRateLimiter
 from bookrec.apikeys import KeyRecord
 from bookrec.settings import Settings
 from serving.apikeys import ApiKeys, resolve_key
-from serving.cache import Breaker
+from serving.breaker import Breaker
 from serving.metrics import Metrics
 from serving.validation import ApiError
 

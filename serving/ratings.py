@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask import Blueprint, g, request
 
 from serving import validation as v
@@ -9,6 +11,9 @@ from serving.apikeys import require_api_key
 from serving.catalog import CatalogUnavailable
 from serving.openapi import operation
 from serving.services import dumps, json_response, services
+
+if TYPE_CHECKING:  # the body's type (serving/schemas.py)
+    from serving.schemas import RatingRecorded
 
 bp = Blueprint("ratings", __name__)
 
@@ -67,7 +72,7 @@ def record_rating(user_id: str):
     # After the commit: a new generation means no worker serves the reader's old lists.
     # (Without Redis, the stored rating itself changes the PostgreSQL freshness token.)
     svc.cache.bump_user_generation(uid)
-    payload = {
+    payload: RatingRecorded = {
         "user_id": uid,
         "isbn": isbn,
         "rating": rating,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from flask import Response, current_app, g
@@ -20,6 +20,9 @@ from serving.metrics import Metrics
 from serving.model_holder import ModelHolder
 from serving.search_index import SearchIndexHolder
 from serving.validation import ApiError
+
+if TYPE_CHECKING:  # the bodies' types (serving/schemas.py)
+    from serving.schemas import Recommendation
 
 
 @dataclass
@@ -113,7 +116,7 @@ def json_response(body: bytes, status: int = 200) -> Response:
     return Response(body, status=status, mimetype="application/json")
 
 
-def rec_to_dict(rec: Any) -> dict[str, Any]:
+def rec_to_dict(rec: Any) -> Recommendation:
     """A ``Recommendation`` as the API's JSON object."""
     return {
         "isbn": rec.isbn,

@@ -9,9 +9,12 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bookrec.cleaning import normalize_isbn
+
+if TYPE_CHECKING:  # the bodies' types (serving/schemas.py)
+    from serving.schemas import Error, ErrorDetail
 
 MAX_USER_ID = 2**31 - 1
 MAX_K = 100
@@ -47,9 +50,9 @@ class ApiError(Exception):
         self.field = field
         self.headers = headers or {}
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Error:
         """The JSON error body."""
-        body: dict[str, Any] = {"status": self.status, "code": self.code, "message": self.message}
+        body: ErrorDetail = {"status": self.status, "code": self.code, "message": self.message}
         if self.field:
             body["field"] = self.field
         return {"error": body}

@@ -25,10 +25,10 @@ from prefect.cache_policies import NO_CACHE
 from bookrec import audit
 from bookrec.db import get_engine
 from bookrec.registry import Registry
+from bookrec.reports import SAMPLE_READERS, approval_markdown
 from bookrec.settings import get_settings
 
 APPROVAL_ENTRYPOINT = "flows/approval.py:approval_flow"
-SAMPLE_READERS = 5
 _REPO = Path(__file__).resolve().parents[1]
 
 
@@ -106,43 +106,6 @@ def reader_lists(report: dict[str, Any] | None) -> dict[str, list[str]]:
     answers = ((report or {}).get("answers") or {}).get("recommend") or {}
     return {user: [r["isbn"] for r in rows]
             for user, rows in list(answers.items())[:SAMPLE_READERS]}
-
-
-def approval_markdown(
-    candidate: str, champion: str | None, verdict: dict[str, Any], approval: dict[str, Any],
-    before: dict[str, list[str]], after: dict[str, list[str]],
-) -> str:
-    """The page a human decides on: why asked, metrics and segments side by side, lists."""
-
-    def num(value: Any) -> str:
-        return f"{value:.5f}" if isinstance(value, float) else ("" if value is None else str(value))
-
-    lines = [
-        f"# Approval needed: {candidate}",
-        "",
-        f"**Champion:** {champion or 'none'}  ",
-        f"**Why asked:** {verdict['reason']}  ",
-        f"**Answer by:** {approval['deadline']} (no answer means rejected)  ",
-        f"**Answer:** resume this flow run in the UI, or `bookrec approve {candidate} "
-        f"[--reason T]` / `bookrec reject {candidate} --reason T`",
-        "",
-        "## Metrics on the same holdout: overall, then readers by training interactions "
-        "(cold 1-4, regular 5-99, heavy >= 100) and books by popularity tercile",
-        "",
-        "| metric | candidate | champion | change |",
-        "|---|---:|---:|---:|",
-    ]
-    lines += [f"| {r['metric']} | {num(r['candidate'])} | {num(r['champion'])} | {r['change']} |"
-              for r in verdict["table"]]
-    lines += ["", f"## {SAMPLE_READERS} sample readers: top lists before and after", "",
-              "| reader | champion (before) | candidate (after) |", "|---|---|---|"]
-    for user in after or before:
-        lines.append(f"| {user} | {', '.join(before.get(user, [])) or '-'} | "
-                     f"{', '.join(after.get(user, [])) or '-'} |")
-    lines += ["", "| check | passed | detail |", "|---|---|---|"]
-    lines += [f"| {c['check']} | {'yes' if c['passed'] else 'NO'} | {c['detail']} |"
-              for c in verdict["checks"]]
-    return "\n".join(lines)
 
 
 @task(name="publish-approval-request")

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from bookrec import audit, gate, smoke
+from bookrec import audit, gate, reports, smoke
 from bookrec.artifacts import ArtifactError
 from bookrec.db import get_engine
 from bookrec.registry import ChampionState, Registry, RegistryError
@@ -259,18 +259,8 @@ def publish_decision(
     kind: str, version: str, result: dict[str, Any], verdict: dict[str, Any] | None = None
 ) -> None:
     """The decision (markdown) and the candidate-vs-champion table as Prefect artifacts."""
-    lines = [
-        f"# {kind.capitalize()}: {version}",
-        "",
-        f"**Decision:** {result['decision']}  ",
-        f"**Champion now:** {result['champion'] or 'none'}  ",
-        f"**Reason:** {result['reason']}",
-    ]
-    if verdict:
-        lines += ["", "| check | passed | detail |", "|---|---|---|"]
-        lines += [f"| {c['check']} | {'yes' if c['passed'] else 'NO'} | {c['detail']} |"
-                  for c in verdict["checks"]]
-    create_markdown_artifact("\n".join(lines), key=f"{kind}-decision",
+    create_markdown_artifact(reports.decision_markdown(kind, version, result, verdict),
+                             key=f"{kind}-decision",
                              description=f"{kind} decision for {version}")
     if verdict and verdict["table"]:
         create_table_artifact(verdict["table"], key=f"{kind}-candidate-vs-champion",

@@ -20,7 +20,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bookrec import rollout_rule
+from bookrec import reports, rollout_rule
 from bookrec.db import get_engine
 from bookrec.registry import Registry
 from bookrec.settings import get_settings
@@ -105,65 +105,13 @@ def breach(figures: dict[str, Any], rule: dict[str, Any]) -> dict[str, Any] | No
     return found.to_json() if found else None
 
 
-def _cell(value: Any, kind: str = "") -> str:
-    if value is None:
-        return "-"
-    if kind == "pct":
-        return f"{value:.2%}"
-    if kind == "ms":
-        return f"{value:.0f}"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
-
-
-def figures_markdown(rollout: dict[str, Any], checks: list[dict[str, Any]],
-                     verdict: dict[str, Any] | None = None,
-                     outcome: dict[str, Any] | None = None) -> str:
-    """The rollout page: the rollout, the decision (when made), and the figures per variant
-    at every check."""
-    lines = [
-        f"# Rollout {rollout['id']}: {rollout['candidate']} vs champion {rollout['champion']}",
-        "",
-        f"**Shares:** interleave {rollout['interleave']:.0%}, canary {rollout['canary']:.0%}, "
-        f"champion alone {1 - rollout['interleave'] - rollout['canary']:.0%}  ",
-        f"**Started:** {rollout['started_at']} by {rollout['started_by']}  ",
-    ]
-    if outcome:
-        lines += [f"**Decision:** {outcome['decision']}  ",
-                  f"**Champion now:** {outcome.get('champion') or '-'}  ",
-                  f"**Reason:** {outcome['reason']}  "]
-    elif verdict:
-        lines += [f"**Rule now:** {verdict['decision']}: {verdict['reason']}  "]
-    if verdict and verdict.get("arms"):
-        lines += ["", "| arm | verdict | estimate | low | high | readers | informative |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {a['arm']} | {a['verdict']} | {_cell(a['estimate'])} | {_cell(a['low'])} "
-                  f"| {_cell(a['high'])} | {a['readers']} | {a['informative']} |"
-                  for a in verdict["arms"]]
-    lines += ["", "## Figures per variant at each check", "",
-              "| check at | variant | requests | errors | error rate | p50 ms | p95 ms | "
-              "impressions | readers | hits | hit rate |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for check in checks[-MAX_CHECKS_KEPT:]:
-        for name, v in (check.get("variants") or {}).items():
-            lines.append(
-                f"| {check['at'][11:19]} | {name} | {_cell(v.get('requests'))} | "
-                f"{_cell(v.get('errors'))} | {_cell(v.get('error_rate'), 'pct')} | "
-                f"{_cell(v.get('p50_ms'), 'ms')} | {_cell(v.get('p95_ms'), 'ms')} | "
-                f"{_cell(v.get('impressions'))} | {_cell(v.get('readers'))} | "
-                f"{_cell(v.get('hits'))} | {_cell(v.get('hit_rate'))} |"
-            )
-    return "\n".join(lines)
-
-
 @task(name="publish-rollout")
 def publish_rollout(rollout: dict[str, Any], checks: list[dict[str, Any]],
                     verdict: dict[str, Any] | None = None,
                     outcome: dict[str, Any] | None = None) -> None:
     """The rollout page as a markdown artifact: key ``rollout-figures`` while it runs (one
     version per check), ``rollout-decision`` at the end."""
-    text = figures_markdown(rollout, checks, verdict, outcome)
+    text = reports.rollout_markdown(rollout, checks[-MAX_CHECKS_KEPT:], verdict, outcome)
     key = "rollout-decision" if outcome else "rollout-figures"
     what = f"decision on {rollout['candidate']}" if outcome else (
         f"figures of {rollout['candidate']} at check {len(checks)}")

@@ -15,7 +15,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from bookrec import db, training
+from bookrec import db, reports, training
 from bookrec.registry import Registry, new_version_id
 from bookrec.settings import get_settings
 from bookrec.store import StoreError
@@ -92,7 +92,7 @@ def publish_training_artifacts(
     version: str, metrics: dict[str, Any], timings: dict[str, float], data_fingerprint: dict
 ) -> None:
     """A table of the model vs baselines and a markdown summary on the flow run."""
-    rows = training.comparison_rows(metrics)
+    rows = reports.training_rows(metrics)
     if rows:
         create_table_artifact(
             key="training-metrics", table=rows,
@@ -100,7 +100,7 @@ def publish_training_artifacts(
         )
     create_markdown_artifact(
         key="training-summary",
-        markdown=training.summary_markdown(version, metrics, timings, data_fingerprint),
+        markdown=reports.training_markdown(version, metrics, timings, data_fingerprint),
         description=f"Training run for {version}",
     )
 

@@ -189,13 +189,13 @@ def up_prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
     """A Prefect server started the way ``bookrec up`` starts it (its own session, SQLite
     under <home>/prefect, <home>/run/prefect-server.pid naming its URL) on a free port.
     Yields ``{"home", "url", "pid_file"}``; stopped at the end of the session."""
-    from cli import ops, prefect_server
+    from cli import prefect_server, processes
 
     home = tmp_path_factory.mktemp("up-prefect-home")
     settings = Settings(home=home)
     env = {**prefect_server.server_env(settings), "PREFECT_HOME": str(home / "prefect")}
     url, _ = prefect_server.start_local_server(settings, free_port(), env, timeout=300)
-    service = ops._services(settings)["prefect-server"]
+    service = processes.services(settings)["prefect-server"]
     yield {"home": home, "url": url, "pid_file": service.pid_file}
     service.stop()
 

@@ -29,10 +29,15 @@ def assert_accounted(report: dict) -> None:
 
 
 @pytest.mark.parametrize("layout", ["original", "kaggle"])
-def test_sample_is_fully_accounted_and_loaded(clean_db, settings, layout):
-    report = run_ingest(clean_db, settings, str(SAMPLE_DIR / layout))
+def test_sample_is_fully_accounted_and_loaded(clean_db, settings, layout, tmp_path):
+    said: list[str] = []
+    report = run_ingest(clean_db, settings, str(SAMPLE_DIR / layout), spool_dir=tmp_path,
+                        log=said.append)
     assert_accounted(report)
     files = report["files"]
+    assert sorted(line.split(":")[0] for line in said) == ["books", "ratings", "users"]
+    assert f"{files['books']['rows_read']:,} rows read" in next(x for x in said if "books" in x)
+    assert list(tmp_path.iterdir()) == []  # the run's spool folder is gone
     with clean_db.connect() as conn:
         for kind in ("books", "ratings", "users"):
             stored = conn.execute(sa.text(f"SELECT count(*) FROM {kind}")).scalar_one()

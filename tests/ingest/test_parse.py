@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bookrec.ingest import clean_users, parse_file
+from bookrec.cleaning import clean_users
+from bookrec.parse import parse_file
 from bookrec.sources import IngestFileError
 
 USERS_HEADER = '"User-ID";"Location";"Age"\r\n'

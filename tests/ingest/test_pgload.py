@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from bookrec import pgload
-from bookrec.ingest import _write_copy_text, run_ingest
+from bookrec.ingest import run_ingest
+from bookrec.pgload import _write_copy_text
 from tests.conftest import SAMPLE_DIR
 from tests.ingest.conftest import db_fingerprint
 

@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 
 from bookrec.settings import Settings
-from cli import ops
+from cli import ops, processes
 from tests.conftest import REPO
 from tests.utils.ports import free_port
 
 
-def _service(tmp_path: Path, marker: str = "sleep") -> ops._Service:
-    return ops._Service("thing", tmp_path / "run", tmp_path / "logs", marker)
+def _service(tmp_path: Path, marker: str = "sleep") -> processes.Service:
+    return processes.Service("thing", tmp_path / "run", tmp_path / "logs", marker)
 
 
 def _gone(pid: int) -> bool:
-    return not ops._alive(pid, "")
+    return not processes.alive(pid, "")
 
 
 def test_started_service_is_recorded_found_and_stopped_with_its_children(tmp_path):

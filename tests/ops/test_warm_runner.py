@@ -17,7 +17,7 @@ import pytest
 
 from bookrec.registry import Registry
 from bookrec.settings import Settings
-from cli import ops, warm
+from cli import processes, warm
 from tests.conftest import REPO
 from tests.ops.test_cli_prefect import _flow_runs
 from tests.registry.conftest import fitted_models, save_hybrid  # noqa: F401 - fixtures
@@ -52,7 +52,7 @@ def runner_home(tmp_path: Path, up_prefect_server: dict):
     (home / "run").mkdir(parents=True)
     shutil.copy(up_prefect_server["pid_file"], home / "run" / "prefect-server.pid")
     yield home
-    ops._services(Settings(home=home))[warm.SERVICE].stop()
+    processes.services(Settings(home=home))[warm.SERVICE].stop()
 
 
 def _wait_for_runner(home: Path, timeout: float = 120.0) -> None:
@@ -105,7 +105,7 @@ def test_other_settings_or_changed_code_run_cold(runner_home, database_url, clea
     assert other.returncode == 1 and "no champion" in other.stderr  # answered all the same
     assert "refused ['rollback']: other PREFECT_* settings" in _runner_log(runner_home)
 
-    service = ops._services(Settings(home=runner_home))[warm.SERVICE]
+    service = processes.services(Settings(home=runner_home))[warm.SERVICE]
     pid = service.pid()
     source = REPO / "cli" / "warm.py"
     stat = source.stat()
@@ -120,7 +120,7 @@ def test_other_settings_or_changed_code_run_cold(runner_home, database_url, clea
     assert changed.returncode == 1 and "no champion" in changed.stderr
     assert "refused ['rollback']: the code changed" in _runner_log(runner_home)
     deadline = time.monotonic() + 30
-    while pid is not None and ops._alive(pid, warm.MARKER):
+    while pid is not None and processes.alive(pid, warm.MARKER):
         assert time.monotonic() < deadline, "the runner kept running on old code"
         time.sleep(0.1)
 

@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
+from serving.schemas import component_schemas
 from tests.utils.serving import ADMIN_TOKEN
 
 HERE = Path(__file__).resolve().parent
@@ -27,6 +29,30 @@ def test_openapi_document_is_generated_from_the_routes(start_gunicorn, serving_s
     assert spec["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
     k = spec["paths"]["/v1/books/popular"]["get"]["parameters"][0]
     assert (k["name"], k["schema"]["minimum"], k["schema"]["maximum"]) == ("k", 1, 100)
+    # The bodies' schemas are derived from serving/schemas.py, in OpenAPI 3.0's dialect.
+    schemas = spec["components"]["schemas"]
+    assert schemas == component_schemas()
+    listed = schemas["RecommendationList"]
+    assert {"teams", "model_versions", "variant"} <= set(listed["properties"])
+    assert listed["properties"]["items"]["items"] == {"$ref": "#/components/schemas/Recommendation"}
+    assert schemas["Book"]["properties"]["year"] == {"type": "integer", "nullable": True}
+    assert "anyOf" not in str(schemas) and schemas["Book"]["required"][:2] == ["isbn", "title"]
+
+
+def test_a_view_naming_an_unknown_body_type_fails_the_document(monkeypatch):
+    from flask import Flask
+
+    from serving.openapi import build_spec, operation
+
+    app = Flask(__name__)
+
+    @app.get("/x")
+    @operation("x", tag="t", response="NoSuchBody")
+    def x():
+        return ""
+
+    with pytest.raises(ValueError, match="no body type 'NoSuchBody'"):
+        build_spec(app)
 
 
 def test_schemathesis_all_checks_pass(start_gunicorn, serving_settings, tmp_path, key_headers):

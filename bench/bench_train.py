@@ -8,6 +8,16 @@ model load time in a fresh process, and batch scoring speed.
 
 The first seed is the nightly run (split, fit, evaluate, refit, write; timed stage by
 stage, with CPU time); the other seeds re-split, refit and re-evaluate every model.
+``--variant NAME=JSON`` scores other recipes on every seed's split (with ``--eval-only``
+too); recipes with the same CF (or kNN) parameters share one fitted component per split,
+the served model's included, so variants that differ only in ranking parameters cost an
+evaluation each. ``--dump`` keeps per-user results; ``--combine`` prints the tables of
+several dumps (e.g. seed 42 from one run, 43 and 44 from another; models that every
+dump holds):
+
+    .venv/bin/python -m bench.bench_train --eval-only --seeds 42 --baselines ease_plain \
+        --variant 'knn={"knn_items": 100000}' --dump /tmp/s42
+    .venv/bin/python -m bench.bench_train --combine /tmp/s42 /tmp/s4344
 Targets (issue 15): served NDCG@20 >= 1.2x plain EASE on the mean over seeds with the
 95% interval's lower end above 1.1x, coverage@20 >= 0.11; the served model's nightly
 stages <= 120 s wall on 2 cores, peak RSS <= 4 GB, load < 2 s. The baselines are
@@ -89,7 +99,7 @@ def seed_table(per_seed: list[dict], reference: str = REFERENCE, n_boot: int = 1
     from bookrec.evaluation import paired_bootstrap_ratio
 
     rows = []
-    for name in per_seed[0]:
+    for name in _common(per_seed):
         runs = [seed[name] for seed in per_seed]
         row = {"model": name, "seeds": len(runs)}
         for metric in ("ndcg@20", "recall@20", "coverage@20"):
@@ -106,10 +116,15 @@ def seed_table(per_seed: list[dict], reference: str = REFERENCE, n_boot: int = 1
     return rows
 
 
+def _common(per_seed: list[dict]) -> list[str]:
+    """The models every seed has (combined dumps may differ), in the first seed's order."""
+    return [name for name in per_seed[0] if all(name in seed for seed in per_seed)]
+
+
 def segment_table(per_seed: list[dict]) -> list[dict]:
     """Per model and segment: NDCG@20 and reachability, averaged over seeds."""
     rows = []
-    for name in per_seed[0]:
+    for name in _common(per_seed):
         segs = [seed[name]["segments"] for seed in per_seed]
         for group, label in (("readers", "readers"), ("popularity", "books")):
             for seg in segs[0][group]:
@@ -201,8 +216,15 @@ def main(argv: list[str] | None = None) -> int:
         algorithm=args.algorithm, hyperparameters=hyper, sample_fraction=args.sample_fraction,
         baselines=tuple(b for b in args.baselines.split(",") if b), seed=seeds[0],
     )
+    variants = {}
+    for item in args.variant:
+        name, _, raw = item.partition("=")
+        variants[name] = {**hyper, **json.loads(raw)}
     if args.eval_only:
-        per_seed = extra_seeds(ratings, books, config, seeds)
+        components: list[dict] | None = [] if variants else None
+        per_seed = extra_seeds(ratings, books, config, seeds, components)
+        if variants:
+            score_variants(ratings, books, config, seeds, variants, per_seed, components)
         if args.dump:
             dump_seeds(per_seed, args.dump)
         print_tables(seed_table(per_seed), segment_table(per_seed))
@@ -215,10 +237,6 @@ def main(argv: list[str] | None = None) -> int:
     rss_train = peak_rss_mb()
     per_seed = [_models_of(result.metrics)]
     saved_metrics = _strip_per_user(result.metrics)
-    variants = {}
-    for item in args.variant:
-        name, _, raw = item.partition("=")
-        variants[name] = {**hyper, **json.loads(raw)}
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
@@ -347,27 +365,47 @@ def _split(dataset, config, seed):
                          cold_users=config.cold_test_users)
 
 
-def score_variants(ratings, books, config, seeds, variants: dict, per_seed: list) -> None:
-    """Fit and score each variant recipe on every seed's split; rows added in place."""
-    from bookrec.models.fit import fit_hybrid
+def score_variants(ratings, books, config, seeds, variants: dict, per_seed: list,
+                   components: list[dict] | None = None) -> None:
+    """Fit and score each variant recipe on every seed's split; rows added in place.
+
+    Variants that share the CF (or kNN) parameters share one fitted component per split
+    (``fit.component_keys``; ``components[s]`` may hold the served model's, from
+    ``extra_seeds``), so ranking-only variants (blend weights, slots) cost an evaluation,
+    not a fit."""
+    from bookrec.models.fit import component_keys, fit_cf, fit_hybrid, fit_knn
     from bookrec.models.hybrid import HybridParams
 
     dataset = _dataset(ratings, books, config)
-    for seed, models in zip(seeds, per_seed, strict=True):
+    for s, (seed, models) in enumerate(zip(seeds, per_seed, strict=True)):
         split = _split(dataset, config, seed)
         train_ds = dataset.with_matrix(split.train)
+        cache: dict = components[s] if components else {}
         for name, overrides in variants.items():
             started = time.perf_counter()
             params = HybridParams.from_dict({"cf_algorithm": config.algorithm, **overrides})
-            model = fit_hybrid(train_ds, params)
+            cf_key, knn_key = component_keys(params)
+            if ("cf", cf_key) not in cache:
+                cache[("cf", cf_key)] = fit_cf(train_ds, params)
+            if ("knn", knn_key) not in cache:
+                cache[("knn", knn_key)] = fit_knn(train_ds, params)
+            fitted = time.perf_counter() - started
+            model = fit_hybrid(train_ds, params, cf_model=cache[("cf", cf_key)],
+                               knn_model=cache[("knn", knn_key)])
             models[name] = training._evaluate_model(model, split, per_user=True)
             print(f"  seed {seed}: variant {name} fit + evaluate "
-                  f"{time.perf_counter() - started:.1f}s, ndcg@20 {models[name]['ndcg@20']:.4f}")
+                  f"{time.perf_counter() - started:.1f}s (components {fitted:.1f}s), "
+                  f"ndcg@20 {models[name]['ndcg@20']:.4f}, "
+                  f"coverage@20 {models[name]['coverage@20']:.4f}", flush=True)
             del model
+        cache.clear()
 
 
-def extra_seeds(ratings, books, config, seeds: list[int]) -> list[dict]:
-    """Every model re-fitted and re-evaluated on the splits of ``seeds`` (no refit)."""
+def extra_seeds(ratings, books, config, seeds: list[int],
+                components: list[dict] | None = None) -> list[dict]:
+    """Every model re-fitted and re-evaluated on the splits of ``seeds`` (no refit).
+    ``components``: a list that receives, per seed, the served model's fitted
+    components (for ``score_variants``)."""
     from dataclasses import replace
 
     out = []
@@ -377,9 +415,12 @@ def extra_seeds(ratings, books, config, seeds: list[int]) -> list[dict]:
     for seed in seeds:
         cfg = replace(config, seed=seed)
         split = _split(dataset, cfg, seed)
-        timer = training._Timer(lambda m, s=seed: print(f"  seed {s}: {m}"))
+        timer = training._Timer(lambda m, s=seed: print(f"  seed {s}: {m}", flush=True))
+        cache = {} if components is not None else None
         out.append(_models_of(training.evaluate_models(dataset, split, cfg, timer,
-                                                       per_user=True)))
+                                                       per_user=True, components=cache)))
+        if components is not None:
+            components.append(cache)
     return out
 
 

@@ -29,7 +29,7 @@ from bookrec.evaluation import (
 )
 from bookrec.models.cf import EASERecommender, ImplicitALS, ImplicitItemKNN, prune_rows
 from bookrec.models.dataset import Dataset, build_dataset, fingerprint, interactions
-from bookrec.models.fit import fit_hybrid
+from bookrec.models.fit import component_keys, fit_cf, fit_hybrid, fit_knn
 from bookrec.models.hybrid import HybridParams, HybridRecommender
 from bookrec.models.persist import save_model
 from bookrec.models.popularity import PopularityRecommender
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 BASELINES = ("most_popular", "itemknn", "als", "ease_plain")
 # What a hybrid parameter missing from an older manifest meant (the feature did not exist).
 ABSENT_MEANS: dict[str, Any] = {"user_norm": 0.0, "author_weight": 0.0, "publisher_weight": 0.0,
-                                "popularity_exponent": 0.0}
+                                "popularity_exponent": 0.0, "knn_items": 0}
 
 
 @dataclass
@@ -207,10 +207,13 @@ def _evaluate_model(model, split: Split, binary=None, per_user: bool = False) ->
 def evaluate_models(
     dataset: Dataset, split: Split, config: TrainConfig, timer: _Timer,
     champion: dict[str, Any] | None = None, *, per_user: bool = False,
+    components: dict | None = None,
 ) -> dict[str, Any]:
     """Metrics of the served model and every baseline, all on ``split``; with ``champion``
     (``champion_recipe``), also the champion's recipe on the same split. ``per_user``
-    keeps per-user arrays (``evaluate``) for the benchmark's intervals."""
+    keeps per-user arrays (``evaluate``) for the benchmark's intervals. ``components``
+    (the benchmark's): a dict that receives the served model's fitted CF and kNN under
+    ``fit.component_keys``, for other recipes on the same split to reuse."""
     params = config.hybrid_params()
     train_ds = dataset.with_matrix(split.train)
     binary = interactions(split.train)
@@ -228,7 +231,16 @@ def evaluate_models(
             shared_cf.weights_ = prune_rows(np.asarray(dense.weights_), params.keep)
         del dense
     with timer.stage("fit model (evaluation split)"):
-        model = fit_hybrid(train_ds, params, cf_model=shared_cf)
+        if components is not None:
+            cf_key, knn_key = component_keys(params)
+            if shared_cf is None:
+                shared_cf = fit_cf(train_ds, params)
+            components[("cf", cf_key)] = shared_cf
+            components[("knn", knn_key)] = fit_knn(train_ds, params)
+            model = fit_hybrid(train_ds, params, cf_model=shared_cf,
+                               knn_model=components[("knn", knn_key)])
+        else:
+            model = fit_hybrid(train_ds, params, cf_model=shared_cf)
     with timer.stage("evaluate model"):
         metrics: dict[str, Any] = _evaluate_model(model, split, per_user=per_user)
     del model, shared_cf

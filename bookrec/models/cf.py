@@ -210,6 +210,79 @@ class EASERecommender(ItemItemRecommender):
         return self
 
 
+def top_k_rows(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """The ``k`` largest entries of each row of a sparse matrix (ties: lower column)."""
+    m = sp.csr_matrix(matrix)
+    m.sort_indices()
+    lengths = np.diff(m.indptr)
+    if not m.nnz or lengths.max() <= k:
+        return m
+    row_of = np.repeat(np.arange(m.shape[0]), lengths)
+    order = np.lexsort((m.indices, -m.data, row_of))
+    rank = np.arange(m.nnz) - np.repeat(m.indptr[:-1], lengths)
+    keep = order[rank < k]
+    out = sp.csr_matrix((m.data[keep], (row_of[keep], m.indices[keep])), shape=m.shape)
+    out.sort_indices()
+    return out
+
+
+def knn_similarity(y: sp.csr_matrix, k: int, shrink: float = 0.0) -> sp.csr_matrix:
+    """Item-item cosine with shrinkage, the ``k`` nearest neighbours per item (CSR, float32,
+    zero diagonal): ``sim(i, j) = y_i.y_j / (|y_i| |y_j| + shrink)`` over the columns of
+    the (weighted) users x items matrix ``y``.
+
+    The candidates come from ``implicit``'s C++ all-pairs kNN on the column-normalised
+    matrix (plain cosine, ``1.5 k`` of them when shrinking, since shrinkage reorders
+    neighbours), then are shrunk and cut to ``k``.
+    """
+    from implicit.nearest_neighbours import all_pairs_knn
+
+    x = sp.csr_matrix(y, dtype=np.float32)
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel()).astype(np.float32)
+    inv = np.where(norms > 0, 1.0 / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+    x = sp.csr_matrix(x @ sp.diags(inv))
+    search = k if not shrink else int(np.ceil(1.5 * k))
+    with threadpool_limits(1, "blas"):
+        cos = sp.csr_matrix(all_pairs_knn(x.astype(np.float64), search + 1, show_progress=False,
+                                          num_threads=0), dtype=np.float32)
+    del x
+    cos.setdiag(0.0)
+    cos.eliminate_zeros()
+    if shrink:
+        row_of = np.repeat(np.arange(cos.shape[0]), np.diff(cos.indptr))
+        nn = norms[row_of] * norms[cos.indices]
+        cos.data *= nn / (nn + np.float32(shrink))
+    return top_k_rows(cos, k).astype(np.float32)
+
+
+class ItemKNNRecommender(ItemItemRecommender):
+    """Item-kNN over the ``max_items`` most-read items (at least two readers): cosine with
+    shrinkage and user-row damping (``knn_similarity``), ``k`` neighbours per item; a
+    user's scores are their history times the (sparse) similarity matrix."""
+
+    def __init__(self, k: int = 200, shrink: float = 10.0, max_items: int | None = 100_000,
+                 user_norm: float = 0.0):
+        self.k = k
+        self.shrink = shrink
+        self.max_items = max_items
+        self.user_norm = user_norm
+
+    def fit(self, user_items: sp.csr_matrix) -> ItemKNNRecommender:
+        """Neighbours of every catalogue item."""
+        user_items = sp.csr_matrix(user_items, dtype=np.float32)
+        self.n_items = user_items.shape[1]
+        self.items_ = most_read(user_items, self.max_items, min_count=MIN_READERS)
+        sub = user_items[:, self.items_]
+        sub.data[:] = 1.0
+        if self.user_norm:
+            # |u| over the whole catalogue, as for EASE: rows restricted after weighting.
+            weights = user_norm_weights(user_items, self.user_norm)
+            sub = sp.csr_matrix(sp.diags(weights) @ sub)
+        self.weights_ = knn_similarity(sub, self.k, self.shrink) if len(self.items_) else \
+            sp.csr_matrix((0, 0), dtype=np.float32)
+        return self
+
+
 class RP3BetaRecommender(ItemItemRecommender):
     """RP3beta (Paudel et al. 2017): 3-step random walk item->user->item, popularity-damped."""
 

@@ -9,7 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bookrec import columns as C
-from bookrec.models.cf import EASERecommender, RP3BetaRecommender
+from bookrec.models.cf import EASERecommender, ItemKNNRecommender, RP3BetaRecommender
 from bookrec.models.content import ContentRecommender, book_text
 from bookrec.models.dataset import Dataset, interactions
 from bookrec.models.hybrid import STRING_FIELDS, HybridParams, HybridRecommender, StringTable
@@ -63,6 +63,28 @@ def fit_cf(dataset: Dataset, params: HybridParams):
     return model.fit(weights)
 
 
+CF_FIELDS = ("cf_algorithm", "l2", "dropout", "user_norm", "max_items", "author_weight",
+             "publisher_weight", "popularity_exponent", "keep", "explicit_weight", "rp3_alpha",
+             "rp3_beta")
+KNN_FIELDS = ("knn_items", "knn_k", "knn_shrink", "knn_user_norm")
+
+
+def component_keys(params: HybridParams) -> tuple[tuple, tuple]:
+    """(CF key, kNN key): recipes with equal keys fit equal components (the rest of the
+    parameters only change the ranking)."""
+    return (tuple(getattr(params, f) for f in CF_FIELDS),
+            tuple(getattr(params, f) for f in KNN_FIELDS))
+
+
+def fit_knn(dataset: Dataset, params: HybridParams) -> ItemKNNRecommender | None:
+    """The sparse item-kNN over the ``knn_items`` most-read books (None when off)."""
+    if params.knn_items <= 0:
+        return None
+    return ItemKNNRecommender(k=params.knn_k, shrink=params.knn_shrink,
+                              max_items=params.knn_items,
+                              user_norm=params.knn_user_norm).fit(dataset.matrix)
+
+
 def _representatives(dataset: Dataset, counts: np.ndarray) -> np.ndarray:
     """One item per work that has a title: its most-read edition (lowest id on ties)."""
     items = np.flatnonzero(dataset.has_meta)
@@ -76,10 +98,12 @@ def _representatives(dataset: Dataset, counts: np.ndarray) -> np.ndarray:
 
 
 def fit_hybrid(dataset: Dataset, params: HybridParams | dict[str, Any] | None = None,
-               cf_model=None) -> HybridRecommender:
-    """Fit CF, content and popularity on ``dataset.matrix`` and pack them as arrays.
+               cf_model=None, knn_model=None) -> HybridRecommender:
+    """Fit CF, item-kNN (if on), content and popularity on ``dataset.matrix`` and pack
+    them as arrays.
 
-    ``cf_model`` may pass an already fitted CF component (the evaluation reuses it).
+    ``cf_model`` / ``knn_model`` may pass already fitted components (the evaluation and
+    the benchmark's variants reuse them).
     """
     if not isinstance(params, HybridParams):
         params = HybridParams.from_dict(params or {})
@@ -92,6 +116,14 @@ def fit_hybrid(dataset: Dataset, params: HybridParams | dict[str, Any] | None = 
     cf_weights = sp.csr_matrix(cf.weights_, dtype=np.float32)
     cf_pos = np.full(n_items, -1, np.int32)
     cf_pos[cf_items] = np.arange(len(cf_items), dtype=np.int32)
+
+    knn = knn_model if knn_model is not None else fit_knn(dataset, params)
+    if knn is not None:
+        knn_items = np.asarray(knn.items_, dtype=np.int32)
+        knn_weights = sp.csr_matrix(knn.weights_, dtype=np.float32)
+    else:
+        knn_items = np.empty(0, np.int32)
+        knn_weights = sp.csr_matrix((0, 0), dtype=np.float32)
 
     reps = _representatives(dataset, counts)
     texts = [
@@ -144,6 +176,10 @@ def fit_hybrid(dataset: Dataset, params: HybridParams | dict[str, Any] | None = 
         "cf_indptr": cf_weights.indptr.astype(np.int64),
         "cf_indices": cf_weights.indices.astype(np.int32),
         "cf_data": cf_weights.data.astype(np.float32),
+        "knn_items": knn_items,
+        "knn_indptr": knn_weights.indptr.astype(np.int64),
+        "knn_indices": knn_weights.indices.astype(np.int32),
+        "knn_data": knn_weights.data.astype(np.float32),
         "content_items": reps.astype(np.int32),
         "content_row": content_row,
         "tfidf_indptr": tfidf.indptr.astype(np.int64),

@@ -56,6 +56,20 @@ class HybridParams:
     publisher_weight: float = 0.0  # the same for publisher rows
     popularity_exponent: float = 0.0  # CF column j scaled by readers_j^-exponent
     keep: int = 1000  # weights kept per row of the item-item matrix (largest magnitude)
+    # Sparse item-kNN over a wider catalogue (issue 15: the knn_items most-read books with
+    # two readers or more): cosine with shrinkage, knn_k neighbours per book, user rows
+    # weighted |u|^-knn_user_norm. 0 = off. Scores are the history times its matrix, like
+    # the dense core's; knn_weight adds them to the core books' scores, knn_tail_weight
+    # scales them for books outside the core (which only this component can list), and
+    # knn_tail_slots reserves that many of the last list positions (at most k // 4) for
+    # such books when they have evidence.
+    knn_items: int = 0
+    knn_k: int = 200
+    knn_shrink: float = 10.0
+    knn_user_norm: float = 0.0
+    knn_weight: float = 0.0
+    knn_tail_weight: float = 1.0
+    knn_tail_slots: int = 0
     explicit_weight: float = 0.0  # extra weight of an explicit rating (x rating/10)
     rp3_alpha: float = 1.0
     rp3_beta: float = 0.5
@@ -180,6 +194,19 @@ class HybridRecommender:
         self.content_in_cf = (
             self.cf_pos[self.content_items] >= 0 if n_rows else np.empty(0, bool)
         )
+        # The sparse item-kNN over the wider catalogue (absent from older artifacts).
+        self.knn_items = a.get("knn_items", np.empty(0, np.int32))
+        n_knn = len(self.knn_items)
+        if n_knn:
+            self.knn_pos = np.full(len(self.isbns), -1, np.int32)
+            self.knn_pos[self.knn_items] = np.arange(n_knn, dtype=np.int32)
+            self.knn_weights = sp.csr_matrix(
+                (a["knn_data"], a["knn_indices"], a["knn_indptr"]), shape=(n_knn, n_knn))
+            self.knn_core = self.cf_pos[self.knn_items]
+            self.knn_work = self.work_of_item[self.knn_items]
+            # books only the kNN can list: outside the core, with a book row if required
+            self.knn_tail_ok = (self.knn_core < 0) & (
+                self.has_meta[self.knn_items] if self.params.require_metadata else True)
         # The TF-IDF vocabulary and idf (models trained before they were stored lack them:
         # then a book the model does not know has no similar books, as before).
         self.vocabulary: StringTable | None = None
@@ -214,6 +241,8 @@ class HybridRecommender:
         "reachability"); content and popular fill reach others only for short lists."""
         mask = np.zeros(len(self.isbns), bool)
         mask[self.cf_items[self.cf_ok]] = True
+        if len(self.knn_items):
+            mask[self.knn_items[self.knn_tail_ok]] = True
         return mask
 
     def knows_user(self, user_id: int) -> bool:
@@ -277,14 +306,17 @@ class HybridRecommender:
 
     # ---- scoring cores -------------------------------------------------------------------
 
-    def _cf_input(self, hists: Sequence[History]) -> sp.csr_matrix:
-        """Histories as CF input weights over the CF items (one row per history)."""
-        n_cf = len(self.cf_items)
+    def _cf_input(self, hists: Sequence[History], pos_of: np.ndarray | None = None,
+                  n_cf: int | None = None) -> sp.csr_matrix:
+        """Histories as CF input weights over the CF items (one row per history); with
+        ``pos_of``/``n_cf``, over another item-item component's catalogue (the kNN's)."""
+        if pos_of is None:
+            pos_of, n_cf = self.cf_pos, len(self.cf_items)
         r_idx, c_idx, vals = [], [], []
         for r, (items, ratings) in enumerate(hists):
             if not len(items):
                 continue
-            pos = self.cf_pos[items]
+            pos = pos_of[items]
             ok = pos >= 0
             r_idx.append(np.full(int(ok.sum()), r))
             c_idx.append(pos[ok])
@@ -298,27 +330,94 @@ class HybridRecommender:
         )
 
     def _cf_ranked(self, hists: Sequence[History], n: int, exclude_works: list[np.ndarray]):
-        """Per history, up to ``n`` CF item positions (best first, one per work) and scores."""
+        """Per history, up to ``n`` CF items (global ids, best first, one per work) and
+        scores: the dense core's, plus the kNN's when the model has a kNN component.
+
+        The kNN's scores are put on the core's scale per reader: ``c = `` the reader's best
+        core score / their best kNN score among core books (among all books when no core
+        book has one). ``knn_weight * c * knn`` is added to the core books' scores and
+        books outside the core rank by ``knn_tail_weight * c * knn``: with weight 1, a
+        tail book as strongly linked to the history as the best core book ranks level
+        with the best core pick."""
         x = self._cf_input(hists)
-        if x.shape[1] == 0:
-            return [(np.empty(0, np.int64), np.empty(0, np.float32)) for _ in hists], x
-        scores = np.asarray((x @ self.cf_weights).toarray(), dtype=np.float32)
+        p = self.params
+        n_cf = len(self.cf_items)
+        scores = np.asarray((x @ self.cf_weights).toarray(), dtype=np.float32) if n_cf \
+            else np.zeros((len(hists), 0), np.float32)
         has_input = np.diff(x.indptr) > 0
-        scores[~has_input] = -np.inf
-        scores[:, ~self.cf_ok] = -np.inf
-        for r in np.flatnonzero(has_input):
-            scores[r, np.isin(self.cf_work, exclude_works[r])] = -np.inf
-        if self.params.cf_positive_only:
-            # Zero scores mean "no evidence": leave those to content and popularity.
-            scores[scores <= 0] = -np.inf
-        ids, best = top_n(scores, n + 10)
+        core_input = has_input.copy()
+        knn = None
+        if len(self.knn_items):
+            xk = self._cf_input(hists, self.knn_pos, len(self.knn_items))
+            knn = sp.csr_matrix(xk @ self.knn_weights)
+            knn_input = np.diff(xk.indptr) > 0
+            if p.knn_weight:
+                core_input |= knn_input
+            has_input |= knn_input
+        if n_cf:
+            scores[~core_input] = -np.inf
+            scores[:, ~self.cf_ok] = -np.inf
+            for r in np.flatnonzero(core_input):
+                scores[r, np.isin(self.cf_work, exclude_works[r])] = -np.inf
+        scale = np.ones(len(hists), np.float32)
+        tails: list[tuple[np.ndarray, np.ndarray]] = []
+        if knn is not None:
+            best_core = scores.max(axis=1) if n_cf else np.full(len(hists), -np.inf)
+            for r in range(len(hists)):
+                lo, hi = knn.indptr[r], knn.indptr[r + 1]
+                cols, vals = knn.indices[lo:hi], knn.data[lo:hi]
+                if len(cols) and len(exclude_works[r]):
+                    ok = ~np.isin(self.knn_work[cols], exclude_works[r])
+                    cols, vals = cols[ok], vals[ok]
+                ok = vals > 0
+                cols, vals = cols[ok], vals[ok]
+                if len(cols) and best_core[r] > 0:
+                    core = self.knn_core[cols] >= 0
+                    ref = vals[core].max() if core.any() else vals.max()
+                    scale[r] = best_core[r] / ref
+                if p.knn_weight and n_cf and len(cols):
+                    core = self.knn_core[cols]
+                    on = core >= 0
+                    scores[r, core[on]] += np.float32(p.knn_weight) * scale[r] * vals[on]
+                tail = self.knn_tail_ok[cols]
+                tails.append((cols[tail], vals[tail] * np.float32(p.knn_tail_weight) * scale[r]))
+        if n_cf:
+            if p.cf_positive_only:
+                # Zero scores mean "no evidence": leave those to content and popularity.
+                scores[scores <= 0] = -np.inf
+            ids, best = top_n(scores, n + 10)
         out = []
+        slots = min(p.knn_tail_slots, n // 4)
         for r in range(len(hists)):
-            keep = ids[r] >= 0
-            pid, psc = ids[r][keep], best[r][keep]
-            _, first = np.unique(self.cf_work[pid], return_index=True)
+            if n_cf:
+                keep = ids[r] >= 0
+                items, vals = self.cf_items[ids[r][keep]].astype(np.int64), best[r][keep]
+            else:
+                items, vals = np.empty(0, np.int64), np.empty(0, np.float32)
+            tail_items = np.empty(0, np.int64)
+            if tails and len(tails[r][0]):
+                cols, tv = tails[r]
+                if len(cols) > n + 10:
+                    part = np.argpartition(-tv, n + 9)[: n + 10]
+                    cols, tv = cols[part], tv[part]
+                tail_items = self.knn_items[cols].astype(np.int64)
+                items = np.concatenate([items, tail_items])
+                vals = np.concatenate([vals, tv.astype(np.float32)])
+            order = np.lexsort((items, -vals))
+            items, vals = items[order], vals[order]
+            _, first = np.unique(self.work_of_item[items], return_index=True)
             first.sort()
-            out.append((pid[first][:n], psc[first][:n]))
+            items, vals = items[first], vals[first]
+            if slots and len(tail_items) and len(items) > n:
+                is_tail = np.isin(items, tail_items)
+                want = min(slots, int(is_tail.sum()))
+                if int(is_tail[:n].sum()) < want:
+                    # the best tail books replace the last core ones (rank order kept)
+                    head = np.flatnonzero(~is_tail)[: n - want]
+                    tail = np.flatnonzero(is_tail)[:want]
+                    pick = np.sort(np.concatenate([head, tail]))
+                    items, vals = items[pick], vals[pick]
+            out.append((items[:n], vals[:n]))
         return out, x
 
     def _content_scores(self, items: np.ndarray, weights: np.ndarray | None = None):
@@ -531,9 +630,9 @@ class HybridRecommender:
         for start in range(0, len(hists), 1024):
             chunk = hists[start : start + 1024]
             cf, _ = self._cf_ranked(chunk, k, exclude_works[start : start + 1024])
-            for offset, (pos, scores) in enumerate(cf):
+            for offset, (items, scores) in enumerate(cf):
                 results[start + offset] = [
-                    (int(self.cf_items[p]), float(s), CF) for p, s in zip(pos, scores, strict=True)
+                    (int(i), float(s), CF) for i, s in zip(items, scores, strict=True)
                 ]
         # Content slots for little-read books: at most one per five list positions, so
         # short lists stay CF.
@@ -575,25 +674,38 @@ class HybridRecommender:
                                                                                  strict=True)]
 
     def _cf_reasons(self, hist: History, picked: list[int]) -> dict[int, int]:
-        """For each CF pick, the history item that contributed most to its score."""
+        """For each CF pick, the history item that contributed most to its score: through
+        the dense core for core books, through the kNN for the others (and for core books
+        whose score came from the kNN blend alone)."""
+        out = self._reasons_from(hist, picked, self.cf_weights, self.cf_pos, len(self.cf_items))
+        if len(self.knn_items):
+            rest = [i for i in picked if i not in out]
+            if rest:
+                out.update(self._reasons_from(hist, rest, self.knn_weights, self.knn_pos,
+                                              len(self.knn_items)))
+        return out
+
+    def _reasons_from(self, hist: History, picked: list[int], w: sp.csr_matrix,
+                      pos_of: np.ndarray, n_pos: int) -> dict[int, int]:
+        """``_cf_reasons`` through one item-item matrix ``w`` over the catalogue ``pos_of``."""
         items, ratings = hist
+        picked = [i for i in picked if pos_of[i] >= 0]
         if not len(items) or not picked:
             return {}
-        pos = self.cf_pos[items]
+        pos = pos_of[items]
         ok = pos >= 0
         if not ok.any():
             return {}
         hist_items, hist_pos = items[ok], pos[ok]
         weights = 1.0 + self.params.explicit_weight * ratings[ok].astype(np.float32) / 10.0
-        w = self.cf_weights
         starts, ends = w.indptr[hist_pos], w.indptr[hist_pos + 1]
         lengths = ends - starts
         flat = np.repeat(starts - np.cumsum(np.r_[0, lengths[:-1]]), lengths) + np.arange(
             lengths.sum()
         )
         owner = np.repeat(np.arange(len(hist_pos)), lengths)
-        slot = np.full(len(self.cf_items), -1, np.int64)
-        slot[self.cf_pos[np.asarray(picked)]] = np.arange(len(picked))
+        slot = np.full(n_pos, -1, np.int64)
+        slot[pos_of[np.asarray(picked)]] = np.arange(len(picked))
         pick_of = slot[w.indices[flat]]
         hit = pick_of >= 0
         contrib = w.data[flat][hit] * weights[owner[hit]]
@@ -767,6 +879,26 @@ class HybridRecommender:
                     continue
                 taken.add(w)
                 out.append(self._make(cand, s, CF, f"readers of {label} also read this"))
+        if len(out) < k and len(self.knn_items):
+            # The wider kNN catalogue: neighbours for books outside the dense core too.
+            k_editions = np.flatnonzero(self.knn_work == work)
+            if len(k_editions):
+                best_k = k_editions[np.argmax(self.item_counts[self.knn_items[k_editions]])]
+                lo, hi = self.knn_weights.indptr[best_k], self.knn_weights.indptr[best_k + 1]
+                cols, vals = self.knn_weights.indices[lo:hi], self.knn_weights.data[lo:hi]
+                listable = self.knn_tail_ok[cols] | (
+                    (self.knn_core[cols] >= 0) & self.cf_ok[np.maximum(self.knn_core[cols], 0)])
+                cols, vals = cols[listable & (vals > 0)], vals[listable & (vals > 0)]
+                order = np.lexsort((cols, -vals))
+                for c in order:
+                    if len(out) >= k:
+                        break
+                    cand = int(self.knn_items[cols[c]])
+                    w = int(self.work_of_item[cand])
+                    if w in taken:
+                        continue
+                    taken.add(w)
+                    out.append(self._make(cand, vals[c], CF, f"readers of {label} also read this"))
         vector = None
         if len(out) < k and self.content_row[item] < 0 and book is not None:
             vector = self.text_vector(book.get("title"), book.get("author"),

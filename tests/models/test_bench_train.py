@@ -51,3 +51,35 @@ def test_dumped_seeds_combine_to_the_same_table(tmp_path):
     dump_seeds(per_seed[1:], tmp_path / "b")
     loaded = load_seeds(tmp_path / "a") + load_seeds(tmp_path / "b")
     assert seed_table(loaded, n_boot=50) == seed_table(per_seed, n_boot=50)
+
+
+def test_variants_share_fitted_components_and_match_a_fresh_fit():
+    """``--variant`` recipes reuse the served model's CF (and each other's kNN) on a split,
+    and score what a model fitted from scratch scores."""
+    from bench.bench_train import extra_seeds, score_variants
+    from bookrec import training
+    from bookrec.evaluation import holdout_split
+    from bookrec.models.dataset import build_dataset
+    from bookrec.models.fit import fit_hybrid
+
+    from .conftest import clustered_frames
+
+    ratings, books = clustered_frames()
+    base = {"l2": 10.0, "max_items": 20, "keep": 20}
+    config = training.TrainConfig(hyperparameters=base, baselines=("ease_plain",),
+                                  cold_test_users=0)
+    components: list[dict] = []
+    per_seed = extra_seeds(ratings, books, config, [42, 43], components)
+    assert len(components) == 2 and all(len(c) == 2 for c in components)
+    variants = {"knn": {**base, "knn_items": 100, "knn_k": 20},
+                "knn_slots": {**base, "knn_items": 100, "knn_k": 20, "knn_tail_slots": 3}}
+    score_variants(ratings, books, config, [42, 43], variants, per_seed, components)
+    assert set(per_seed[1]) == {"served", "ease_plain", "knn", "knn_slots"}
+    dataset = build_dataset(ratings, books)
+    split = holdout_split(dataset.matrix, seed=43, cold_users=0)
+    fresh = fit_hybrid(dataset.with_matrix(split.train), variants["knn_slots"])
+    expected = training._evaluate_model(fresh, split)
+    assert per_seed[1]["knn_slots"]["ndcg@20"] == pytest.approx(expected["ndcg@20"])
+    assert per_seed[1]["knn_slots"]["coverage@20"] == pytest.approx(expected["coverage@20"])
+    rows = {r["model"]: r for r in seed_table(per_seed, n_boot=50)}
+    assert "ndcg@20 ratio" in rows["knn"]

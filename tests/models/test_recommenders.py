@@ -10,9 +10,12 @@ from bookrec.models.base import Recommender, top_n
 from bookrec.models.cf import (
     EASERecommender,
     ImplicitALS,
+    ItemKNNRecommender,
     ImplicitItemKNN,
     RP3BetaRecommender,
+    knn_similarity,
     prune_rows,
+    top_k_rows,
     user_norm_weights,
 )
 from bookrec.models.content import ContentRecommender
@@ -116,6 +119,34 @@ class TestRP3Beta(RecommenderSuite):
 class TestItemKNN(RecommenderSuite):
     def build(self):
         return ImplicitItemKNN(k=10)
+
+
+class TestItemKNNShrunk(RecommenderSuite):
+    """Our item-kNN (cosine with shrinkage, damped heavy readers) over a subset."""
+
+    def build(self):
+        return ItemKNNRecommender(k=9, shrink=2.0, max_items=20, user_norm=0.5)
+
+
+def test_knn_similarity_matches_the_shrunk_cosine():
+    x = sp.random(300, 60, density=0.1, random_state=1, format="csr", dtype=np.float32)
+    x.data[:] = 1.0
+    gram = (x.T @ x).toarray()
+    norms = np.sqrt(np.diag(gram))
+    full = gram / (np.outer(norms, norms) + 5.0)
+    np.fill_diagonal(full, 0.0)
+    sim = knn_similarity(x, 8, shrink=5.0).toarray()
+    assert np.all((sim != 0).sum(axis=1) <= 8) and np.all(np.diag(sim) == 0)
+    for i in range(60):
+        got = np.flatnonzero(sim[i])
+        assert np.allclose(sim[i, got], full[i, got], atol=1e-5)
+        # the kept neighbours are the 8 largest shrunk similarities
+        assert full[i, got].min() >= np.sort(full[i])[-8] - 1e-6
+
+
+def test_top_k_rows_keeps_the_largest_entries():
+    m = sp.csr_matrix(np.array([[0, 3, 1, 2], [5, 0, 0, 0], [1, 1, 1, 0]], np.float32))
+    assert top_k_rows(m, 2).toarray().tolist() == [[0, 3, 0, 2], [5, 0, 0, 0], [1, 1, 0, 0]]
 
 
 class TestALS(RecommenderSuite):

@@ -10,8 +10,8 @@ from bookrec.models.base import Recommender, top_n
 from bookrec.models.cf import (
     EASERecommender,
     ImplicitALS,
-    ItemKNNRecommender,
     ImplicitItemKNN,
+    ItemKNNRecommender,
     RP3BetaRecommender,
     knn_similarity,
     prune_rows,

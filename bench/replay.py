@@ -390,6 +390,68 @@ def prepare(work: Path, *, seed: int = 42, eval_readers: int = 3000,
     return out
 
 
+def simulate(work: Path, champion: str, candidate: str, *, readers: int = 2000, k: int = 10,
+             p_shown: float = 0.9, ratings_per_reader: int = 2, level: float = 0.9875,
+             seed: int = 0) -> dict[str, Any]:
+    """Offline preview of an interleaving scenario (no API): each sampled reader's two lists
+    from their training ratings, team-draft interleaved (``bookrec.rollout.team_draft``),
+    rated as the replay does; returns the share of readers with a credit, the mean
+    per-reader preference for the candidate and its spread, and roughly how many readers
+    with a credit the rule needs to decide at ``level`` (normal approximation)."""
+    import gzip
+
+    import numpy as np
+    import pandas as pd
+
+    from bookrec import columns as C
+    from bookrec.models.persist import load_model
+    from bookrec.rollout import team_draft
+
+    truth = load_truth(work / "truth.json")
+    rng = random.Random(seed)
+    sample = rng.sample(sorted(truth), min(readers, len(truth)))
+    with gzip.open(work / "train_ratings.csv.gz", "rt") as f:
+        train = pd.read_csv(f, dtype={C.ISBN: str})
+    train = train[train[C.USER_ID].isin(sample)]
+    hist = {int(u): dict(zip(g[C.ISBN], g[C.RATING].astype(int), strict=True))
+            for u, g in train.groupby(C.USER_ID)}
+    lists = {}
+    for name in (champion, candidate):
+        model = load_model(work / "models" / VERSIONS[name])
+        recs = model.recommend_histories([hist.get(u, {}) for u in sample], k=k, reasons=False)
+        lists[name] = [[r.isbn for r in rs] for rs in recs]
+        del model
+    prefs = []
+    for i, uid in enumerate(sample):
+        mixed = team_draft(lists[champion][i], lists[candidate][i], k, f"sim:{uid}")
+        team = dict(mixed)
+        shown = [b for b, _ in mixed]
+        held, rated, credit = truth[uid], set(), [0, 0]
+        for _ in range(ratings_per_reader):
+            hits = [b for b in shown if b in held and b not in rated]
+            rest = [b for b in held if b not in rated and b not in shown]
+            if not hits and not rest:
+                break
+            if hits and (rng.random() < p_shown or not rest):
+                book = rng.choice(hits)
+                credit[team[book]] += 1
+            else:
+                book = rng.choice(rest)
+            rated.add(book)
+        prefs.append((credit[1] - credit[0], sum(credit) > 0))
+    d = np.array([p for p, informative in prefs if informative], dtype=float)
+    z = {0.95: 1.96, 0.975: 2.24, 0.9833: 2.39, 0.9875: 2.5}.get(round(level, 4), 2.5)
+    mean, sd = (float(d.mean()), float(d.std())) if d.size else (0.0, 0.0)
+    need = int(np.ceil((z * sd / abs(mean)) ** 2)) if mean else None
+    return {"champion": champion, "candidate": candidate, "readers": len(sample),
+            "with_credit_share": round(d.size / len(sample), 4),
+            "mean_preference": round(mean, 4), "sd": round(sd, 4),
+            "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
+            "informative_needed": need,
+            "interleaved_readers_needed": (int(np.ceil(need / (d.size / len(sample))))
+                                           if need and d.size else None)}
+
+
 # ---- the scenario driver ----------------------------------------------------------------
 
 
@@ -540,7 +602,7 @@ def scenario(name: str, work: Path, *, rate: float, bake_minutes: float, check_e
         say(f"[{name}] API {api} ({workers} workers) ready in {time.monotonic() - t:.0f} s")
 
         key = _bookrec(["apikeys", "create", "bench-replay", "--rate-per-minute",
-                        "100000000", "--json"], env)["key"]
+                        "1000000", "--json"], env)["key"]
         truth = load_truth(work / "truth.json")
         params = [f"--param={k}={v}" for k, v in rule.items()]
         rollout_cmd = [sys.executable, "-m", "cli.main", "rollout", candidate,
@@ -655,8 +717,11 @@ def _order(variants: dict[str, Any], offline: dict[str, Any], champion: str,
     }
     if offline[champion] == offline[candidate]:
         out["agree"] = None  # the same model: nothing to order
-    elif online_champ is not None and online_cand is not None and off_champ is not None:
+    elif (online_champ is not None and online_cand is not None and off_champ is not None
+          and online_champ != online_cand):
         out["agree"] = (online_cand > online_champ) == (off_cand > off_champ)
+    else:
+        out["agree"] = None  # no online difference to order
     return out
 
 
@@ -673,6 +738,11 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--seed", type=int, default=42)
     prep.add_argument("--eval-readers", type=int, default=3000)
     prep.add_argument("--params", default="{}", help="hybrid parameters as JSON")
+
+    sim = verbs.add_parser("simulate", help="offline preview of an interleaving scenario")
+    sim.add_argument("name", choices=sorted(SCENARIOS))
+    sim.add_argument("--work", type=Path, required=True)
+    sim.add_argument("--readers", type=int, default=2000)
 
     rep = verbs.add_parser("replay", help="replay readers against a running API")
     rep.add_argument("--api", required=True)
@@ -709,6 +779,11 @@ def main(argv: list[str] | None = None) -> int:
         out = prepare(args.work, seed=args.seed, eval_readers=args.eval_readers,
                       params=json.loads(args.params) or None, data=args.data)
         print(json.dumps(out, indent=2))
+        return 0
+    if args.verb == "simulate":
+        champion, candidate, _ = SCENARIOS[args.name]
+        print(json.dumps(simulate(args.work, champion, candidate, readers=args.readers),
+                         indent=2))
         return 0
     if args.verb == "replay":
         stop = threading.Event()

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         None, description="Rollout spec the promotion gate uses instead of promoting"
     )
 
+    # Test-only fault switch (serving/faults.py), "<version>=<rate>": that version fails this
+    # share of the recommendation requests it answers. Unset by default; refused in production.
+    test_fault_version_error_rate: str | None = Field(
+        None, description="Test only: VERSION=RATE makes a model version fail requests"
+    )
+
     # Redis: unset means an in-process cache and no pub/sub.
     redis_url: str | None = None
     redis_socket_timeout_s: float = 0.05
@@ -132,7 +138,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "database_url", "artifacts_uri", "redis_url", "s3_endpoint_url", "prefect_api_url",
-        "alert_webhook", "rollout_default", mode="before",
+        "alert_webhook", "rollout_default", "test_fault_version_error_rate", mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -150,6 +156,9 @@ class Settings(BaseSettings):
             raise ValueError(
                     "BOOKREC_ADMIN_TOKEN is a placeholder or shorter than 16 characters"
                 )
+        if self.test_fault_version_error_rate and self.environment == "production":
+            raise ValueError("BOOKREC_TEST_FAULT_VERSION_ERROR_RATE is a test switch; it is "
+                             "refused in production")
         return self
 
     @property

@@ -145,7 +145,13 @@ def _stop(args: argparse.Namespace) -> int:
     registry = Registry.from_settings(settings)
     who = f"{getpass.getuser()}@{socket.gethostname()}"
     reason = f"stopped by {who}: {args.reason.strip()}"
-    ended = registry.end_rollout(args.stop, "stopped", reason)  # RegistryError: one line
+    record = registry.rollout(args.stop)  # an invalid id: RegistryError, one line
+    if record is None:
+        raise CommandError(f"no rollout {args.stop}")
+    if record.get("ended_at"):
+        raise CommandError(f"rollout {args.stop} ended already ({record.get('decision')}: "
+                           f"{record.get('reason')})")
+    ended = registry.end_rollout(args.stop, "stopped", reason)
     engine = get_engine(settings)
     figures = online_rollout.figures(engine, ended)
     from tasks.rollout import summary

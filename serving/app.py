@@ -24,6 +24,7 @@ from serving.apilog import ApiLogWriter, now
 from serving.cache import Cache
 from serving.catalog import Catalog
 from serving.errors import register_error_handlers
+from serving.faults import FaultSwitch
 from serving.impressions import ImpressionWriter
 from serving.jsonbody import BoundedChunkedBody, RequestJSONProvider
 from serving.metrics import Metrics
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
         apikeys=ApiKeys(settings.api_key_cache_ttl_s, catalog.engine),
         impressions=ImpressionWriter(settings, metrics, catalog.engine),
         search=SearchIndexHolder(catalog.engine, settings.search_refresh_s, metrics),
+        faults=FaultSwitch(settings.test_fault_version_error_rate),
     )
     app.extensions["bookrec"] = svc
     init_rate_limits(app, settings, metrics, svc.apikeys)

@@ -71,6 +71,9 @@ def user_recommendations(user_id: str):
     if variant == CANARY:
         model = ctx.model = variants.candidate  # headers, logs and impressions name it
     key_version, key_extra = model.version, ()
+    # test-only (BOOKREC_TEST_FAULT_VERSION_ERROR_RATE): the versions answering may fail it
+    svc.faults.check(model.version, *((variants.candidate.version,) if variant == INTERLEAVE
+                                      else ()))
 
     if variant == INTERLEAVE:
         candidate = variants.candidate

@@ -4,7 +4,7 @@ the blueprints share to reach them and to build JSON responses."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -15,6 +15,7 @@ from serving.apikeys import ApiKeys
 from serving.apilog import ApiLogWriter
 from serving.cache import Cache
 from serving.catalog import Catalog
+from serving.faults import FaultSwitch
 from serving.impressions import ImpressionWriter
 from serving.metrics import Metrics
 from serving.model_holder import ModelHolder
@@ -38,6 +39,7 @@ class Services:
     apikeys: ApiKeys
     impressions: ImpressionWriter
     search: SearchIndexHolder
+    faults: FaultSwitch = field(default_factory=lambda: FaultSwitch(None))  # test-only
     background: bool = False
 
     def __post_init__(self) -> None:

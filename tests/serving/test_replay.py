@@ -51,3 +51,36 @@ def test_token_bucket_paces_requests():
     assert 0.4 <= time.monotonic() - started <= 1.6
     stop.set()
     assert bucket.take(stop) is False
+
+
+def test_the_test_fault_switch_is_off_by_default_and_refused_in_production():
+    import pydantic
+    import pytest
+
+    from bookrec.settings import Settings
+    from serving.faults import FaultSwitch, parse_rates
+    from serving.validation import ApiError
+
+    assert parse_rates(None) == {} and parse_rates(" ") == {}
+    assert parse_rates("v1=0.05, v2=1") == {"v1": 0.05, "v2": 1.0}
+    for bad in ("v1", "v1=2", "=0.1", "v1=x"):
+        with pytest.raises(ValueError, match="expected VERSION=RATE"):
+            parse_rates(bad)
+    FaultSwitch(None).check("v1")  # unset: never fails
+    always = FaultSwitch("v1=1")
+    always.check("v2")
+    with pytest.raises(ApiError) as failed:
+        always.check("v2", "v1")
+    assert (failed.value.status, failed.value.code) == (500, "injected_fault")
+    sometimes = FaultSwitch("v1=0.05", seed=1)
+    fails = 0
+    for _ in range(4000):
+        try:
+            sometimes.check("v1")
+        except ApiError:
+            fails += 1
+    assert 120 <= fails <= 280  # 5% of 4000 is 200
+    assert Settings().test_fault_version_error_rate is None
+    with pytest.raises(pydantic.ValidationError, match="refused in production"):
+        Settings(environment="production", admin_token="x" * 32,
+                 test_fault_version_error_rate="v1=0.05")

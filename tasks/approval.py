@@ -11,11 +11,7 @@ infrastructure); without one it runs in a detached local process, paused.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -27,21 +23,14 @@ from bookrec.db import get_engine
 from bookrec.registry import Registry
 from bookrec.reports import SAMPLE_READERS, approval_markdown
 from bookrec.settings import get_settings
+from tasks.runs import launch_flow_run
 
 APPROVAL_ENTRYPOINT = "flows/approval.py:approval_flow"
-_REPO = Path(__file__).resolve().parents[1]
 
 
 def deadline_after(seconds: float, now: datetime | None = None) -> str:
     """The ISO time an approval asked now expires."""
     return ((now or datetime.now(UTC)) + timedelta(seconds=seconds)).isoformat()
-
-
-def flow_run_url(flow_run_id: str) -> str | None:
-    """The Prefect UI address of a flow run (from PREFECT_UI_URL or the API URL)."""
-    from prefect.utilities.urls import url_for
-
-    return url_for("flow-run", obj_id=flow_run_id)
 
 
 @task(name="start-approval-run", cache_policy=NO_CACHE)
@@ -54,45 +43,18 @@ def start_approval_run(parameters: dict[str, Any]) -> dict[str, Any]:
     with Prefect's own engine (``python -m prefect.flow_engine``), logging to the log dir.
     Never retried: a retry could start a second waiting run.
     """
-    from prefect import get_client
-    from prefect.deployments import run_deployment
-    from prefect.exceptions import ObjectNotFound
     from prefect.runtime import deployment
-    from prefect.settings import get_current_settings
+
+    from flows.approval import approval_flow
 
     settings = get_settings()
     deadline = deadline_after(settings.approval_timeout_s)
     parameters = {**parameters, "deadline": deadline, "timeout_s": settings.approval_timeout_s,
                   "poll_s": settings.approval_poll_s}
-    name = f"approval/{deployment.name or 'local'}"
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_deployment_by_name(name)
-            found = True
-        except ObjectNotFound:
-            found = False
-        if found:
-            run = run_deployment(name, parameters=parameters, timeout=0, as_subflow=False)
-            return {"flow_run_id": str(run.id), "url": flow_run_url(str(run.id)),
-                    "deadline": deadline, "via": f"deployment {name}"}
-        from flows.approval import approval_flow
-
-        run = client.create_flow_run(approval_flow, parameters=parameters,
-                                     name=f"approval-{parameters['candidate']}")
-    env = {**os.environ, "PREFECT__FLOW_RUN_ID": str(run.id)}
-    api_url = get_current_settings().api.url
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-    settings.log_dir.mkdir(parents=True, exist_ok=True)
-    log = settings.log_dir / f"approval-{run.id}.log"
-    with open(log, "ab") as out:
-        subprocess.Popen(  # noqa: S603 - our own interpreter and Prefect's engine module
-            [sys.executable, "-m", "prefect.flow_engine", APPROVAL_ENTRYPOINT],
-            cwd=_REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-            start_new_session=True,
-        )
-    return {"flow_run_id": str(run.id), "url": flow_run_url(str(run.id)),
-            "deadline": deadline, "via": f"local process (log {log})"}
+    run = launch_flow_run(approval_flow, APPROVAL_ENTRYPOINT,
+                          f"approval/{deployment.name or 'local'}", parameters,
+                          f"approval-{parameters['candidate']}")
+    return {**run, "deadline": deadline}
 
 
 @task(name="mark-awaiting-approval")

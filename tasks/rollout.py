@@ -9,11 +9,7 @@ when refused; reading figures retries transient database failures.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -25,10 +21,10 @@ from bookrec.db import get_engine
 from bookrec.registry import Registry
 from bookrec.settings import get_settings
 from tasks.retries import IO_RETRIES
+from tasks.runs import launch_flow_run
 
 ROLLOUT_ENTRYPOINT = "flows/rollout.py:rollout_flow"
 MAX_CHECKS_KEPT = 200  # checks kept in the audit row and the artifact (the newest)
-_REPO = Path(__file__).resolve().parents[1]
 
 
 def _registry() -> Registry:
@@ -118,13 +114,6 @@ def publish_rollout(rollout: dict[str, Any], checks: list[dict[str, Any]],
     create_markdown_artifact(text, key=key, description=f"rollout {what}")
 
 
-def flow_run_url(flow_run_id: str) -> str | None:
-    """The Prefect UI address of a flow run."""
-    from prefect.utilities.urls import url_for
-
-    return url_for("flow-run", obj_id=flow_run_id)
-
-
 def launch_run(parameters: dict[str, Any], deployment_name: str | None = None) -> dict[str, Any]:
     """Start a ``rollout`` flow run that outlives the caller: its id, UI address and how.
 
@@ -133,42 +122,13 @@ def launch_run(parameters: dict[str, Any], deployment_name: str | None = None) -
     otherwise creates the run and executes it in a detached process with Prefect's own
     engine, logging to ``<home>/logs/rollout-<run id>.log`` (as the approval run does).
     """
-    from prefect import get_client
-    from prefect.deployments import run_deployment
-    from prefect.exceptions import ObjectNotFound
     from prefect.runtime import deployment
-    from prefect.settings import get_current_settings
 
-    settings = get_settings()
+    from flows.rollout import rollout_flow
+
     name = f"rollout/{deployment_name or deployment.name or 'local'}"
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_deployment_by_name(name)
-            found = True
-        except ObjectNotFound:
-            found = False
-        if found:
-            run = run_deployment(name, parameters=parameters, timeout=0, as_subflow=False)
-            return {"flow_run_id": str(run.id), "url": flow_run_url(str(run.id)),
-                    "via": f"deployment {name}"}
-        from flows.rollout import rollout_flow
-
-        run = client.create_flow_run(rollout_flow, parameters=parameters,
-                                     name=f"rollout-{parameters['version']}")
-    env = {**os.environ, "PREFECT__FLOW_RUN_ID": str(run.id)}
-    api_url = get_current_settings().api.url
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-    settings.log_dir.mkdir(parents=True, exist_ok=True)
-    log = settings.log_dir / f"rollout-{run.id}.log"
-    with open(log, "ab") as out:
-        subprocess.Popen(  # noqa: S603 - our own interpreter and Prefect's engine module
-            [sys.executable, "-m", "prefect.flow_engine", ROLLOUT_ENTRYPOINT],
-            cwd=_REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-            start_new_session=True,
-        )
-    return {"flow_run_id": str(run.id), "url": flow_run_url(str(run.id)),
-            "via": f"local process (log {log})"}
+    return launch_flow_run(rollout_flow, ROLLOUT_ENTRYPOINT, name, parameters,
+                           f"rollout-{parameters['version']}")
 
 
 @task(name="start-rollout-run", cache_policy=NO_CACHE)

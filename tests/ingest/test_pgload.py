@@ -57,15 +57,19 @@ def test_first_load_swaps_in_twins_with_the_same_indexes(clean_db, settings):
             ).scalar_one()
             == report["files"]["ratings"]["inserted"]
         )
-        # and the trigram index serves a search
+        # and the full-text index serves the database's search path
+        conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
         plan = (
             conn.execute(
-                sa.text("EXPLAIN SELECT isbn FROM books WHERE title ILIKE '%mockingbird%'")
+                sa.text(
+                    "EXPLAIN SELECT isbn FROM books "
+                    "WHERE search_doc @@ to_tsquery('simple', 'mockingbird')"
+                )
             )
             .scalars()
             .all()
         )
-    assert any("ix_books_title_trgm" in line for line in plan), plan
+    assert any("ix_books_search_doc" in line for line in plan), plan
 
 
 def test_a_second_load_upserts_into_the_same_tables(clean_db, settings):

@@ -91,10 +91,27 @@ def _handle(args: argparse.Namespace) -> int:
     minutes, and joining it costs up to a second at the end of every flow run."""
     if getattr(args, "heartbeats", True):
         return int(args.handler(args) or 0)
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.context import SettingsContext, get_settings_context
 
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    context = get_settings_context()
+    with SettingsContext(profile=context.profile, settings=without_heartbeats(context.settings)):
         return int(args.handler(args) or 0)
+
+
+_NO_HEARTBEATS: dict[int, Any] = {}
+
+
+def without_heartbeats(settings: Any) -> Any:
+    """``settings`` with the flow heartbeat off, built once per settings object: validating
+    a copy of Prefect's settings costs a few hundred milliseconds, so the warm flow runner
+    builds it before it forks (``cli/warm.py``) and each short command reuses it."""
+    key = id(settings)
+    if key not in _NO_HEARTBEATS:
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+        _NO_HEARTBEATS[key] = (settings, settings.copy_with_update(
+            updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
+    return _NO_HEARTBEATS[key][1]
 
 
 def _run_warm(args: argparse.Namespace) -> int:

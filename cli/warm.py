@@ -206,6 +206,11 @@ def serve(home: Path) -> int:
 
     for module in PRELOAD:
         importlib.import_module(module)
+    from prefect.context import get_settings_context
+
+    from cli.main import without_heartbeats
+
+    without_heartbeats(get_settings_context().settings)  # built once, inherited by each fork
     stamp = code_stamp()
     own_env = prefect_env(os.environ)
     path = socket_path(home)

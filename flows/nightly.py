@@ -1,9 +1,9 @@
-"""The nightly flow: ingest -> train -> promote -> reload, each a subflow, then metrics.
+"""The nightly flow: ingest -> train -> promote (each a subflow) -> reload, then metrics.
 
 Scheduled at 02:00 UTC by prefect.yaml with a deployment concurrency limit of 1, so two
 nightly runs never overlap. Without a ``source`` it skips ingest and trains on what
 PostgreSQL already holds (ratings posted through the API since the last run). A promotion
-runs the reload subflow itself (and emits the event that triggers the reload deployment);
+reloads serving itself (and emits the event that triggers the reload deployment);
 the nightly flow signals again only if that reload did not succeed.
 """
 

@@ -2,11 +2,11 @@
 
 Checks: metrics against the champion's (or most-popular for the first model), then a
 serving smoke test in a separate process. A pass moves the champion pointer by
-compare-and-swap, emits ``bookrec.model.promoted`` and runs the reload flow; a failure
-marks the candidate rejected (it stays in the store). A close call (or
-``require_approval``) starts the ``approval`` flow run, which waits for a human, and
-returns at once with ``awaiting_approval``: the champion does not move until approval.
-When online judgement is asked for (the ``rollout`` parameter, e.g. ``"interleave=0.5"``,
+compare-and-swap, emits ``bookrec.model.promoted`` and reloads serving (the reload steps,
+as tasks of this run); a failure marks the candidate rejected (it stays in the store). A
+close call (or ``require_approval``) starts the ``approval`` flow run, which waits for a
+human, and returns at once with ``awaiting_approval``: the champion does not move until
+approval. When online judgement is asked for (the ``rollout`` parameter, e.g. ``"interleave=0.5"``,
 or the ``BOOKREC_ROLLOUT_DEFAULT`` setting when the parameter is not given; ``"off"``
 overrides the setting), a candidate that passes with no concern gets the outcome
 ``rolling_out``: the flow starts a ``rollout`` flow run (its deployment, or a detached

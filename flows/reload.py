@@ -1,7 +1,8 @@
 """The reload flow: signal the serving tier that the champion changed.
 
-The promotion flow (and the nightly flow) call it after moving the champion pointer.
-Unreachable instances are reported, not fatal: they pick the new champion up from the
+An ad-hoc run (``bookrec reload``, the UI) signals the current champion again. Promotion,
+rollback, approval, rollout and nightly runs run the same steps (``tasks.reload``) as
+tasks of their own run after moving the champion pointer. Unreachable instances are reported, not fatal: they pick the new champion up from the
 pointer on their next poll. An instance that answers but fails to load fails the flow.
 """
 
@@ -9,14 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
-from tasks.reload import (
-    InstanceRefused,
-    list_serving_instances,
-    publish_reload_signal,
-    reload_instance,
-)
+from tasks.reload import reload_serving
 
 
 @flow(name="reload")
@@ -25,30 +21,7 @@ def reload_flow(version: str | None = None) -> dict[str, Any]:
     until every worker of each serves ``version`` (within ``BOOKREC_RELOAD_DEADLINE_S``).
 
     ``version`` is the champion the caller expects; each answer says whether it matches.
-    Returns ``{"signal": ..., "instances": {url: answer}}``.
+    Returns ``{"signal": ..., "instances": {url: answer}}``. Promotions, rollbacks and the
+    nightly run call the same steps in their own runs (``tasks.reload.run_reload``).
     """
-    logger = get_run_logger()
-    signal = publish_reload_signal(version)
-    urls = list_serving_instances()
-    futures = {url: reload_instance.submit(url, version) for url in urls}
-    answers: dict[str, Any] = {}
-    failed: list[str] = []
-    for url, future in futures.items():
-        future.wait()
-        state = future.state
-        if state.is_completed():
-            answer = state.result()
-            answers[url] = answer
-            if answer.get("status") == "failed" or answer.get("matches") is False:
-                failed.append(f"{url}: {answer.get('status')} {answer.get('error', '')}".strip())
-        else:
-            error = state.result(raise_on_failure=False)
-            answers[url] = {"status": "unreachable", "error": f"{type(error).__name__}: {error}"}
-            if isinstance(error, InstanceRefused):
-                failed.append(f"{url}: {error}")
-            else:
-                logger.warning("%s unreachable (it will poll the pointer): %s", url, error)
-    if failed:
-        raise RuntimeError("serving instances did not reload: " + "; ".join(failed))
-    logger.info("reload signal %s; instances: %s", signal, answers)
-    return {"signal": signal, "instances": answers}
+    return reload_serving(version)

@@ -5,7 +5,7 @@ recorded at its promotion), loads it with the serving loader (in this process: i
 the isolated smoke test when it was promoted) and checks that it answers the golden
 queries exactly as it did then, then
 moves the pointer by compare-and-swap, records 'rolled back', emits
-``bookrec.model.promoted`` and runs the reload flow. Any failed check refuses the
+``bookrec.model.promoted`` and reloads serving (tasks of this run). Any failed check refuses the
 rollback and leaves the champion unchanged.
 """
 

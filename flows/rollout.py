@@ -3,7 +3,7 @@
 Started by the promotion gate (its "roll out" outcome) or by hand (``bookrec rollout
 VERSION``). It starts the variant in the registry (a share of readers sees a team-draft
 interleaving of champion and candidate, a share the candidate alone) and signals serving
-(the reload flow), then bakes: every ``check_every_s`` it reads the online figures and
+(the reload steps), then bakes: every ``check_every_s`` it reads the online figures and
 rolls back at once on an error-rate or latency breach. At the end of the baking period it
 applies the rule of ``bookrec.rollout_rule`` (bootstrap intervals, Bonferroni over the
 looks): promote, roll back, or extend by ``extend_minutes`` (at most ``max_extensions``

@@ -55,13 +55,19 @@ def words(text: str) -> list[str]:
 
 
 class _Vocabulary:
-    """Sorted words as one byte string with offsets; a sequence for ``bisect``."""
+    """Sorted words as one byte string with offsets; a sequence for ``bisect``.
 
-    __slots__ = ("blob", "offsets")
+    Lookups bisect a plain list of every ``SAMPLE_STEP``-th word first, then only that
+    stretch of the blob: each probe of the blob is a Python-level ``__getitem__`` (a slice
+    and two array reads), so a full bisection of ~18 probes was 15% of a search's CPU."""
+
+    __slots__ = ("blob", "offsets", "_sample")
+    SAMPLE_STEP = 32
 
     def __init__(self, blob: bytes, offsets: np.ndarray):
         self.blob = blob
         self.offsets = offsets
+        self._sample = [self[i] for i in range(0, len(self), self.SAMPLE_STEP)]
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -69,14 +75,20 @@ class _Vocabulary:
     def __getitem__(self, i: int) -> bytes:
         return self.blob[self.offsets[i] : self.offsets[i + 1]]
 
+    def bisect_left(self, word: bytes) -> int:
+        """``bisect.bisect_left(self, word)``, with fewer probes of the blob."""
+        j = bisect.bisect_left(self._sample, word)  # sample[j - 1] < word <= sample[j]
+        step = self.SAMPLE_STEP
+        return bisect.bisect_left(self, word, max(0, (j - 1) * step), min(len(self), j * step))
+
     def find(self, word: bytes) -> int:
         """The id of ``word``, or -1."""
-        i = bisect.bisect_left(self, word)
+        i = self.bisect_left(word)
         return i if i < len(self) and self[i] == word else -1
 
     def prefix_range(self, prefix: bytes) -> tuple[int, int]:
         """Ids ``[lo, hi)`` of the words starting with ``prefix`` (UTF-8 has no 0xff byte)."""
-        return bisect.bisect_left(self, prefix), bisect.bisect_left(self, prefix + b"\xff")
+        return self.bisect_left(prefix), self.bisect_left(prefix + b"\xff")
 
 
 @dataclass(frozen=True)

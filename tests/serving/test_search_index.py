@@ -3,9 +3,11 @@ ordering rules, and how the serving tier keeps it fresh and falls back to Postgr
 
 from __future__ import annotations
 
+import bisect
 import random
 import time
 
+import numpy as np
 import pytest
 import requests
 import sqlalchemy as sa
@@ -329,3 +331,34 @@ def test_a_search_connection_the_server_closed_is_replaced_without_the_breaker(c
     assert catalog.search("dragon", index=holder.index) == first  # on a new connection
     assert catalog._local.conn.get_backend_pid() != backend
     assert not catalog.breaker.open
+
+
+def test_vocabulary_lookups_agree_with_a_plain_bisection():
+    # Thousands of words, so the sampled first step has many blocks; probes at and around
+    # every block boundary, before the first word and after the last.
+    rng = random.Random(5)
+    letters = "abcdeé"
+    vocab = sorted(
+        {
+            "".join(rng.choice(letters) for _ in range(rng.randint(1, 7))).encode()
+            for _ in range(5000)
+        }
+    )
+    offsets = [0]
+    for word in vocab:
+        offsets.append(offsets[-1] + len(word))
+    table = search._Vocabulary(b"".join(vocab), np.array(offsets, dtype=np.int64))
+    step = table.SAMPLE_STEP
+    assert len(table) == len(vocab) > 20 * step
+    probes = [b"", b"\x00", b"\xff", vocab[0], vocab[-1], vocab[-1] + b"a"]
+    for i in range(0, len(vocab), step):
+        for j in (i - 1, i, i + 1):
+            if 0 <= j < len(vocab):
+                probes += [vocab[j], vocab[j] + b"\x00", vocab[j][:-1], vocab[j] + b"\xff"]
+    probes += ["".join(rng.choice(letters) for _ in range(4)).encode() for _ in range(2000)]
+    for probe in probes:
+        expected = bisect.bisect_left(vocab, probe)
+        assert table.bisect_left(probe) == expected, probe
+        found = expected < len(vocab) and vocab[expected] == probe
+        assert table.find(probe) == (expected if found else -1)
+        assert table.prefix_range(probe) == (expected, bisect.bisect_left(vocab, probe + b"\xff"))

@@ -48,10 +48,11 @@ class Services:
         self.holder.prewarm = lambda model, previous: prewarm(self, model, previous)
 
     def start_background(self) -> None:
-        """Start the model loader, pub/sub listener, API-log, impression, metrics and search
-        index threads."""
+        """Start the model loader, pub/sub listener, API-log, impression, metrics, cache
+        writer and search index threads."""
         self.background = True
         self.metrics.start()
+        self.cache.start()
         self.holder.start()
         self.search.start()
         self.apilog.start()

@@ -34,3 +34,48 @@ def test_local_copy_is_small_when_redis_holds_the_cache(redis_url):
     metrics = Metrics()
     assert Cache(Settings(redis_url=redis_url), metrics).memory.maxsize == LOCAL_MAX_ENTRIES
     assert Cache(Settings(redis_url=None), metrics).memory.maxsize == MEMORY_MAX_ENTRIES
+
+
+def test_background_writer_fills_redis_for_other_workers(redis_url, redis_server):
+    import redis
+
+    metrics = Metrics()
+    worker = Cache(Settings(redis_url=redis_url), metrics)
+    other = Cache(Settings(redis_url=redis_url), metrics)  # another worker: its own memory
+    client = redis.Redis.from_url(redis_url)
+    worker.start()
+    try:
+        body = worker.get_or_compute("popular", "bookrec:api:v1:popular:10", lambda: (b"[1]", True))
+        assert body == b"[1]"
+        assert worker.memory.get("bookrec:api:v1:popular:10") == b"[1]"  # at once, here
+        deadline = time.monotonic() + 5
+        while client.get("bookrec:api:v1:popular:10") is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert client.get("bookrec:api:v1:popular:10") == b"[1]"  # in Redis, with its TTL
+        assert 0 < client.ttl("bookrec:api:v1:popular:10") <= worker.ttl_s
+        assert (
+            other.get_or_compute("popular", "bookrec:api:v1:popular:10", lambda: (b"no", True))
+            == b"[1]"
+        )
+    finally:
+        worker.close()
+        other.close()
+        client.close()
+
+    # Redis gone: a queued value stays in the worker's memory for the full TTL, and no
+    # request waits on the writes.
+    down = Cache(Settings(redis_url=redis_server["url"]), metrics)
+    down.start()
+    try:
+        redis_server["proc"].terminate()
+        redis_server["proc"].wait(timeout=10)
+        started = time.monotonic()
+        for i in range(50):
+            down.set(f"bookrec:api:v1:book:{i}", b"x")
+        assert time.monotonic() - started < 0.5
+        down.flush_fills()
+        assert down.breaker.open
+        assert down.memory._data["bookrec:api:v1:book:0"][0] > time.monotonic() + 60  # full TTL
+        assert all(down.memory.get(f"bookrec:api:v1:book:{i}") == b"x" for i in range(50))
+    finally:
+        down.close()

@@ -114,6 +114,8 @@ def test_redis_cache_is_shared_and_its_loss_is_survived(
     url = f"{server.url}/v1/users/4/recommendations?k=5"
     first = requests.get(url, timeout=5)
     client = redis.Redis.from_url(redis_server["url"])
+    # written to Redis by the worker's background cache writer, milliseconds after the answer
+    wait_for(lambda: client.keys("bookrec:api:*user:4:5:*"), 5)
     keys = [k.decode() for k in client.keys("bookrec:api:*user:4:5:*")]
     # The last part is the reader's generation ("r0": no rating posted yet).
     assert keys == [f"bookrec:api:{model_set.versions[0]}:user:4:5:r0"]

@@ -2,8 +2,8 @@
 
 Run:  .venv/bin/python bench/bench_serving.py [--duration 8] [--workers N] [--threads 4]
           [--memory-workers 4] [--max-items 5000]
-      A/B of the cached paths against the same API with another worker class, code tree or
-      environment (e.g. --compare-worker-class gthread, --compare-tree ../base,
+      A/B of the cached paths and uncached search against the same API with another worker
+      class, code tree or environment (e.g. --compare-worker-class gthread, --compare-tree ../base,
       --compare-env BOOKREC_RATE_LIMIT_SYNC_S=0), alone with --compare-only.
 
 What it does, all in one run and on the same gunicorn configuration (serving/gunicorn_conf.py;
@@ -356,6 +356,8 @@ def pooled_p99_ms(runs: list[dict]) -> float:
 
 ROUNDS = 2
 SEARCH_SLICE = 20_000  # distinct texts per measured search round (5,000 req/s for 4 s)
+COMPARE_SEARCH = "search (uncached)"
+COMPARE_SEARCH_SLICE = 5_000  # per round and server in the A/B (1,250 req/s for 4 s)
 
 
 def search_queries(books, rng: random.Random) -> list[str]:
@@ -458,15 +460,16 @@ def compare_servers(
     work: Path,
     api: Server,
     cached_paths: dict[str, list[str]],
+    searches: list[str],
     servers: list[Server],
     rclient,
 ) -> dict:
     """A/B: the API as configured ("this") against the same API with another worker class,
     code tree or environment ("other"), on the same data, Redis and database; each cached
-    path in ROUNDS interleaved rounds (ABBA), ``--duration`` seconds per server in all.
-    Besides req/s and pooled p99, the CPU the server's processes (and the Redis server)
-    spent per request in its rounds: on a loaded machine throughput follows the other load,
-    CPU per request much less."""
+    path and uncached search (distinct texts) in ROUNDS interleaved rounds (ABBA),
+    ``--duration`` seconds per server in all. Besides req/s and pooled p99, the CPU the
+    server's processes (and the Redis server) spent per request in its rounds: on a loaded
+    machine throughput follows the other load, CPU per request much less."""
     extra_env = dict(item.split("=", 1) for item in args.compare_env)
     extra_args = ("--worker-class", args.compare_worker_class) if args.compare_worker_class else ()
     other = Server(
@@ -492,15 +495,22 @@ def compare_servers(
     wrk(other.url, every, WARMUP_S)
     wrk(api.url, every, WARMUP_S)
     step = args.duration / ROUNDS
-    for name, paths in cached_paths.items():
+    # Uncached search too: each round of each server gets texts never asked before (the
+    # tail of the list, which the main measurement only uses for its unmeasured warm-up).
+    compared = {**cached_paths, COMPARE_SEARCH: searches[-COMPARE_SEARCH_SLICE * 2 * ROUNDS :]}
+    for name, paths in compared.items():
         runs: dict[str, list[dict]] = {"this": [], "other": []}
         cpu = {"this": 0.0, "other": 0.0}
         redis_cpu = {"this": 0.0, "other": 0.0}
         for i in range(ROUNDS):
             for which in ("other", "this") if i % 2 == 0 else ("this", "other"):
                 server = api if which == "this" else other
+                run_paths = paths
+                if name == COMPARE_SEARCH:
+                    at = (2 * i + (which == "this")) * COMPARE_SEARCH_SLICE
+                    run_paths = paths[at : at + COMPARE_SEARCH_SLICE]
                 before, redis_before = cpu_seconds(server), redis_cpu_seconds(rclient)
-                runs[which].append(wrk(server.url, paths, step, tail=True))
+                runs[which].append(wrk(server.url, run_paths, step, tail=True))
                 cpu[which] += cpu_seconds(server) - before
                 redis_cpu[which] += redis_cpu_seconds(rclient) - redis_before
         row = {}
@@ -659,7 +669,7 @@ def main() -> None:
 
         if compare:
             results["compare"] = compare_servers(
-                args, env, work, api, cached_paths, servers, rclient
+                args, env, work, api, cached_paths, searches, servers, rclient
             )
             if args.compare_only:
                 print(json.dumps(results, indent=1))

@@ -52,11 +52,11 @@ class Services:
         writer and search index threads."""
         self.background = True
         self.metrics.start()
-        self.cache.start()
         self.holder.start()
         self.search.start()
         self.apilog.start()
         self.impressions.start()
+        self.cache.start()
 
     def after_fork(self) -> None:
         """In a freshly forked worker: drop inherited connections, re-mark the model version,

@@ -12,7 +12,11 @@ import pandas as pd
 
 from bookrec import columns as C
 
-KAGGLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "book-crossing" / "kaggle"
+_DATA = Path("shared") / "data" / "book-crossing" / "kaggle"
+# Next to the checkout (/work/main -> /work/shared), also from a worktree one level deeper
+# (/work/wt/<name>); the first that exists.
+KAGGLE = next((p / _DATA for p in Path(__file__).resolve().parents[1:4] if (p / _DATA).is_dir()),
+              Path(__file__).resolve().parents[2] / _DATA)
 
 
 def _norm_isbn(values: pd.Series) -> pd.Series:

@@ -149,6 +149,24 @@ def test_top_k_rows_keeps_the_largest_entries():
     assert top_k_rows(m, 2).toarray().tolist() == [[0, 3, 0, 2], [5, 0, 0, 0], [1, 1, 0, 0]]
 
 
+
+def test_top_k_rows_matches_a_sort_of_each_row_with_ties():
+    # Reference: each row's entries sorted by value (descending), then column; first k.
+    rng = np.random.default_rng(7)
+    for _ in range(100):
+        n_rows, n_cols = int(rng.integers(1, 25)), int(rng.integers(1, 30))
+        k = int(rng.integers(1, 8))
+        dense = rng.integers(0, 5, size=(n_rows, n_cols)).astype(np.float32) / 4  # many ties
+        dense[rng.random((n_rows, n_cols)) < 0.4] = 0.0
+        got = top_k_rows(sp.csr_matrix(dense), k)
+        want = np.zeros_like(dense)
+        for r in range(n_rows):
+            cols = np.flatnonzero(dense[r])
+            best = cols[np.lexsort((cols, -dense[r, cols]))][:k]
+            want[r, best] = dense[r, best]
+        assert np.array_equal(got.toarray(), want)
+        assert got.nnz == np.count_nonzero(want)
+
 class TestALS(RecommenderSuite):
     def build(self):
         return ImplicitALS(factors=8, iterations=15, regularization=0.01, seed=3)

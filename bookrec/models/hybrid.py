@@ -164,6 +164,7 @@ class HybridRecommender:
         self.user_ids = a["user_ids"]
         self.isbns = a["isbns"]
         self.work_of_item = a["work_of_item"]
+        self._n_works = int(self.work_of_item.max()) + 1 if len(self.work_of_item) else 0
         self.item_counts = a["item_counts"]
         self.strings = {
             name: StringTable(a[f"{name}_blob"], a[f"{name}_offsets"]) for name in STRING_FIELDS
@@ -354,11 +355,17 @@ class HybridRecommender:
             if p.knn_weight:
                 core_input |= knn_input
             has_input |= knn_input
+        # a reader's excluded works as a mask over works (set and cleared per reader: a
+        # gather per catalogue, where np.isin sorted the catalogue for every reader)
+        banned = np.zeros(self._n_works, bool)
         if n_cf:
             scores[~core_input] = -np.inf
             scores[:, ~self.cf_ok] = -np.inf
             for r in np.flatnonzero(core_input):
-                scores[r, np.isin(self.cf_work, exclude_works[r])] = -np.inf
+                if len(exclude_works[r]):
+                    banned[exclude_works[r]] = True
+                    scores[r, banned[self.cf_work]] = -np.inf
+                    banned[exclude_works[r]] = False
         scale = np.ones(len(hists), np.float32)
         tails: list[tuple[np.ndarray, np.ndarray]] = []
         if knn is not None:
@@ -367,7 +374,9 @@ class HybridRecommender:
                 lo, hi = knn.indptr[r], knn.indptr[r + 1]
                 cols, vals = knn.indices[lo:hi], knn.data[lo:hi]
                 if len(cols) and len(exclude_works[r]):
-                    ok = ~np.isin(self.knn_work[cols], exclude_works[r])
+                    banned[exclude_works[r]] = True
+                    ok = ~banned[self.knn_work[cols]]
+                    banned[exclude_works[r]] = False
                     cols, vals = cols[ok], vals[ok]
                 ok = vals > 0
                 cols, vals = cols[ok], vals[ok]

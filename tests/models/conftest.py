@@ -91,11 +91,17 @@ def world():
 
 @pytest.fixture(scope="session")
 def world_model(world):
-    """A hybrid fitted on the small world; the CF catalogue is the 12 main books."""
+    """A hybrid fitted on the small world; the CF catalogue is the 12 main books (the
+    dense core alone: the kNN stage, which would list the little-read books by CF, is
+    off, explicitly, so they exercise the content path; tests/models/test_knn_hybrid.py has
+    the kNN).
+    Publisher rows are off too: every book of this world has the same publisher, which
+    they would turn into a link between every pair of books."""
     from bookrec.models.dataset import build_dataset
     from bookrec.models.fit import fit_hybrid
 
-    return fit_hybrid(build_dataset(*world), {"l2": 1.0, "max_items": 12, "keep": 12})
+    return fit_hybrid(build_dataset(*world), {"l2": 1.0, "max_items": 12, "keep": 12,
+                                              "knn_items": 0, "publisher_weight": 0.0})
 
 
 def clustered_frames(seed: int = 0, n_users: int = 240, per_topic: int = 15, topics: int = 4):

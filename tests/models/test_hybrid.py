@@ -141,7 +141,7 @@ def test_content_slots_never_take_over_a_short_list(world):
 
     model = fit_hybrid(build_dataset(*world), {
         "l2": 1.0, "max_items": 12, "keep": 12, "content_slots": 5,
-        "content_min_similarity": 0.05,
+        "content_min_similarity": 0.05, "knn_items": 0, "publisher_weight": 0.0,
     })
     for user in (1, 2, 3):
         assert [r.source for r in model.recommend(user, k=2)] == ["cf", "cf"]

@@ -18,8 +18,15 @@ from .conftest import clustered_frames
 
 KNN = ("knn_items", "knn_indptr", "knn_indices", "knn_data")
 # a dense core of 20 books out of 60; the kNN covers every book with two readers
-BASE = {"l2": 10.0, "max_items": 20, "keep": 20, "author_weight": 0.0}
-WITH_KNN = {**BASE, "knn_items": 1000, "knn_k": 30, "knn_shrink": 2.0}
+BASE = {"l2": 10.0, "max_items": 20, "keep": 20, "author_weight": 0.0, "publisher_weight": 0.0,
+        "knn_items": 0}
+# the kNN's own ranking dials at their neutral values (explicit, so a change of defaults leaves these tests alone)
+WITH_KNN = {**BASE, "knn_items": 1000, "knn_k": 30, "knn_shrink": 2.0, "knn_user_norm": 0.0,
+            "knn_weight": 0.0, "knn_tail_weight": 1.0, "knn_tail_slots": 0}
+# the issue 15 candidate's dials (heavy readers damped, blended into the core, tail weight
+# 0.5, 2 tail slots; docs/models.md "Issue 15") on the same small catalogue
+RECIPE_DIALS = {**WITH_KNN, "knn_user_norm": 0.5, "knn_weight": 0.3, "knn_tail_weight": 0.5,
+                "knn_tail_slots": 2}
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +39,9 @@ def plain(data):
     return fit_hybrid(data, BASE)
 
 
-@pytest.fixture(scope="module")
-def knn(data):
-    return fit_hybrid(data, WITH_KNN)
+@pytest.fixture(scope="module", params=["neutral", "recipe_dials"])
+def knn(request, data):
+    return fit_hybrid(data, WITH_KNN if request.param == "neutral" else RECIPE_DIALS)
 
 
 USERS = list(range(1, 241, 7))

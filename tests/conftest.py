@@ -188,22 +188,47 @@ def spawn() -> Iterator:
 def up_prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A Prefect server started the way ``bookrec up`` starts it (its own session, SQLite
     under <home>/prefect, <home>/run/prefect-server.pid naming its URL) on a free port.
-    Yields ``{"home", "url", "pid_file"}``; stopped at the end of the session."""
+    Yields ``{"home", "url", "pid_file", "proactive_s"}``; stopped at the end of the session.
+    Its triggers service evaluates proactive automations every ``proactive_s`` seconds
+    (Prefect's default is 5) so that the watchdog test waits less."""
     from cli import prefect_server, processes
 
     home = tmp_path_factory.mktemp("up-prefect-home")
     settings = Settings(home=home)
-    env = {**prefect_server.server_env(settings), "PREFECT_HOME": str(home / "prefect")}
+    proactive_s = 1
+    env = {**prefect_server.server_env(settings), "PREFECT_HOME": str(home / "prefect"),
+           "PREFECT_SERVER_EVENTS_PROACTIVE_GRANULARITY": f"PT{proactive_s}S"}
     url, _ = prefect_server.start_local_server(settings, free_port(), env, timeout=300)
     service = processes.services(settings)["prefect-server"]
-    yield {"home": home, "url": url, "pid_file": service.pid_file}
+    yield {"home": home, "url": url, "pid_file": service.pid_file, "proactive_s": proactive_s}
     service.stop()
 
 
 @pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """Prefect's test harness (a temporary server on SQLite) for the whole session."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_harness(up_prefect_server: dict) -> Iterator[None]:
+    """A real Prefect server (on SQLite) for this process's flow runs, for the whole session:
+    the ``up_prefect_server``, so that a session boots one Prefect server, not two (its
+    start-up runs Prefect's migrations, the costliest fixture of the suite).
 
-    with prefect_test_harness(server_startup_timeout=120):
+    Flow runs in this process send no heartbeats (as ``bookrec``'s short flow commands,
+    cli/main.py): the heartbeat thread only marks runs that stop reporting as crashed after
+    minutes, and joining it costs up to a second at the end of every flow and subflow run."""
+    from prefect.context import _temporary_global_settings_context, get_settings_context
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
+
+    with temporary_settings(
+        updates={PREFECT_API_URL: up_prefect_server["url"], PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    ), _temporary_global_settings_context(get_settings_context()):
+        # (as prefect_test_harness does: threads that start with an empty context, such as
+        # Prefect's log and event workers, see these settings too, not an ephemeral server)
         yield
+        # send what this process still holds (logs, events) before the server stops
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all()
+        EventsWorker.drain_all()

@@ -11,9 +11,12 @@ from bookrec.settings import get_settings
 
 
 @pytest.fixture
-def emf_settings(monkeypatch, tmp_path):
+def emf_settings(monkeypatch, tmp_path, database_url):
     monkeypatch.setenv("BOOKREC_CLOUDWATCH_METRICS", "emf")
     monkeypatch.setenv("BOOKREC_HOME", str(tmp_path / "home"))
+    # the session database: without one the flow would start an embedded PostgreSQL under
+    # the home folder and leave it running after the tests
+    monkeypatch.setenv("BOOKREC_DATABASE_URL", database_url)
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()

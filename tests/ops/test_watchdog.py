@@ -68,14 +68,19 @@ def receiver():
     server.server_close()
 
 
-def _run_nightly(api_url: str, tmp_path, outcome: str) -> str:
-    """Run a flow named ``nightly`` against the server in a fresh process; its run id."""
+def _start_nightly(spawn, api_url: str, tmp_path, outcome: str) -> subprocess.Popen:
+    """Start a flow named ``nightly`` against the server in a fresh process (``spawn``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BOOKREC_", "PREFECT_"))}
-    env.update({"PREFECT_API_URL": api_url, "PREFECT_HOME": str(tmp_path / "client-home")})
-    proc = subprocess.run([sys.executable, "-c", _NIGHTLY, outcome], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip().splitlines()[-1]
+    env.update({"PREFECT_API_URL": api_url, "PREFECT_HOME": str(tmp_path / f"client-{outcome}")})
+    return spawn([sys.executable, "-c", _NIGHTLY, outcome], env=env, cwd=REPO,
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _run_id(proc: subprocess.Popen) -> str:
+    """The run id the process printed (it must have succeeded)."""
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return out.strip().splitlines()[-1]
 
 
 def test_declared_automations_are_valid_prefect_automations():
@@ -91,11 +96,14 @@ def test_declared_automations_are_valid_prefect_automations():
     assert all(a.actions[0].type == "do-nothing" for a in built.values())  # no webhook set
 
 
-def test_watchdog_alerts_reach_the_webhook(up_prefect_server, receiver, tmp_path):
+def test_watchdog_alerts_reach_the_webhook(up_prefect_server, receiver, tmp_path, spawn):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     url = up_prefect_server["url"]
-    settings = Settings(home=tmp_path / "home", alert_webhook=receiver.url, nightly_deadline_s=10)
+    proactive_s = up_prefect_server["proactive_s"]  # how often the server evaluates deadlines
+    deadline_s = 10  # the shortest deadline the settings accept
+    settings = Settings(home=tmp_path / "home", alert_webhook=receiver.url,
+                        nightly_deadline_s=deadline_s)
     with temporary_settings(updates={PREFECT_API_URL: url}):
         first = watchdog.apply_automations(settings)
         again = watchdog.apply_automations(settings)  # idempotent: updated in place
@@ -107,9 +115,12 @@ def test_watchdog_alerts_reach_the_webhook(up_prefect_server, receiver, tmp_path
     assert [a["id"] for a in again] == [a["id"] for a in first]
     assert stored.actions[0].type == "call-webhook"
 
-    time.sleep(3)  # the triggers service loads new automations periodically
-    failed_run = _run_nightly(url, tmp_path, "fail")
-    completed_run = _run_nightly(url, tmp_path, "complete")
+    # the triggers service reloads changed automations on its periodic evaluation
+    time.sleep(proactive_s + 1)
+    completed_started = time.monotonic()  # the completed run's events all come after this
+    failing = _start_nightly(spawn, url, tmp_path, "fail")  # both runs at once, each in its process
+    completing = _start_nightly(spawn, url, tmp_path, "complete")
+    failed_run, completed_run = _run_id(failing), _run_id(completing)
 
     def alerts_for(run_id: str) -> set[str]:
         return {b["alert"] for b in receiver.bodies if b.get("flow_run", "").endswith(run_id)}
@@ -117,9 +128,10 @@ def test_watchdog_alerts_reach_the_webhook(up_prefect_server, receiver, tmp_path
     deadline = time.monotonic() + 120
     want = {"bookrec-nightly-failed", "bookrec-nightly-not-completed"}
     while time.monotonic() < deadline and alerts_for(failed_run) != want:
-        time.sleep(1)
+        time.sleep(0.5)
     assert alerts_for(failed_run) == want, receiver.bodies
     failure = next(b for b in receiver.bodies if b["alert"] == "bookrec-nightly-failed")
     assert failure["last_state"] == "prefect.flow-run.Failed"
-    time.sleep(12)  # past the completed run's deadline too
+    # past the completed run's deadline too, with two evaluations and a margin to spare
+    time.sleep(max(0.0, completed_started + deadline_s + 2 * proactive_s + 2 - time.monotonic()))
     assert alerts_for(completed_run) == set(), receiver.bodies

@@ -65,6 +65,12 @@ def test_pubsub_and_admin_reload_reach_every_worker(
     wait_for(lambda: len(worker_versions(server.url)) == WORKERS, 60)  # all workers booted
     assert set(worker_versions(server.url).values()) == {old}
 
+    # each worker subscribes from a background thread once it has booted: wait until Redis
+    # counts them all (a worker that never subscribes fails here)
+    client = redis.Redis.from_url(settings.redis_url)
+    channel = settings.reload_channel
+    wait_for(lambda: dict(client.pubsub_numsub(channel)).get(channel.encode()) == WORKERS, 30)
+    client.close()
     Registry.from_settings(settings).promote(new, by="test", reason="pubsub")
     heard = publish_signal(settings, new)
     assert heard["receivers"] == WORKERS  # every worker subscribes (polling is off here)

@@ -20,6 +20,8 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] || [ ! -x .venv/bin/book
     .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps -e .
     echo "$want" > "$stamp"
 fi
-# BOOKREC_TEST_WORKERS=2 runs the tests in two processes (pytest-xdist), each with its own
-# PostgreSQL database and Redis database (tests/conftest.py); one process by default.
-exec .venv/bin/python -m pytest -n "${BOOKREC_TEST_WORKERS:-0}" "$@"
+# The tests run in two processes (pytest-xdist), each with its own PostgreSQL database,
+# Redis database and Prefect server (tests/conftest.py): on two cores the default suite
+# takes about 60 % of one process's wall time, since much of a test's time is spent
+# waiting on servers and subprocesses. BOOKREC_TEST_WORKERS=0 runs it in this process.
+exec .venv/bin/python -m pytest -n "${BOOKREC_TEST_WORKERS:-2}" "$@"

@@ -285,7 +285,8 @@ def fit_most_popular(dataset: Any, params: dict[str, Any] | None = None) -> Any:
     from bookrec.models.fit import fit_hybrid
 
     return fit_hybrid(dataset, {**(params or {}), "content_fill_min_similarity": 2.0,
-                                "content_slots": 0}, cf_model=NoCF())
+                                "content_slots": 0, "knn_items": 0},
+                      cf_model=NoCF())
 
 
 def offline_scores(model: Any, histories: list[dict[str, int]], truth: list[set[str]],

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from bookrec import search
+from serving.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,10 @@ class SearchIndexHolder:
         self.last_result: dict[str, Any] = {"status": "not_built"}
         self.builds = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # A build now, then a stamp check every refresh_s seconds; the thread is niced, so
+        # building yields the CPU to requests.
+        self._thread = Periodic("search-index", refresh_s, self.refresh, first=True,
+                                final=False, nice=BUILDER_NICE)
 
     def stamp(self, conn: sa.Connection) -> str:
         """What changes when the books table changes."""
@@ -104,28 +107,12 @@ class SearchIndexHolder:
     @property
     def started(self) -> bool:
         """True while the refresh thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread.alive
 
     def start(self) -> None:
         """Start the thread: a build now, then a stamp check every ``refresh_s`` seconds."""
-        if self.started:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="search-index", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         """Stop the thread (a build under way finishes first, up to 10 s)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _run(self) -> None:
-        with contextlib.suppress(OSError):
-            # This thread only: building yields the CPU to requests.
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BUILDER_NICE)
-        while not self._stop.is_set():
-            self.refresh()
-            if self._stop.wait(self.refresh_s):
-                break
+        self._thread.stop()

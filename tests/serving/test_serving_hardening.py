@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -148,6 +149,33 @@ def test_periodic_logs_a_failing_step_and_keeps_running(caplog):
     assert periodic.failures == 1
     failed = [r for r in caplog.records if "test-periodic" in r.getMessage()]
     assert failed and failed[0].exc_info[0] is RuntimeError
+
+
+def test_periodic_first_final_and_nice_options():
+    """``first`` steps before the first wait, ``final=False`` skips the step on stop, and
+    ``nice`` lowers the thread's own priority, not the process's."""
+    seen: list[tuple[str, int]] = []
+    stepped = threading.Event()
+
+    def step() -> None:
+        seen.append((threading.current_thread().name,
+                     os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        stepped.set()
+
+    process_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    periodic = Periodic("test-first", 3600, step, first=True, final=False, nice=5)
+    periodic.start()
+    assert stepped.wait(5), "no step before the first (hour-long) wait"
+    assert periodic.alive
+    periodic.stop()
+    assert not periodic.alive
+    assert seen == [("test-first", min(process_nice + 5, 19))]  # one step: none on stop
+    assert os.getpriority(os.PRIO_PROCESS, 0) == process_nice
+
+    plain = Periodic("test-plain", 3600, step)
+    plain.start()
+    plain.stop()
+    assert len(seen) == 2 and seen[-1][0] == "MainThread"  # the final step, in the caller
 
 
 def test_pending_metric_samples_are_bounded(monkeypatch):

@@ -3,7 +3,8 @@
 Started by the promotion gate (its "roll out" outcome) or by hand (``bookrec rollout
 VERSION``). It starts the variant in the registry (a share of readers sees a team-draft
 interleaving of champion and candidate, a share the candidate alone) and signals serving
-(the reload steps), then bakes: every ``check_every_s`` it reads the online figures and
+(the reload steps, which wait until every worker of every instance holds the candidate),
+then bakes: every ``check_every_s`` it reads the online figures and
 rolls back at once on an error-rate or latency breach. At the end of the baking period it
 applies the rule of ``bookrec.rollout_rule`` (bootstrap intervals, Bonferroni over the
 looks): promote, roll back, or extend by ``extend_minutes`` (at most ``max_extensions``
@@ -138,7 +139,8 @@ def rollout_flow(
                             champion_before=before, champion_after=before,
                             thresholds=rollout_rule.RuleConfig(**rule).to_json(),
                             decided_by="rollout", online_figures={"rollout": rollout})
-        run_reload(before)  # serving picks the rollout up
+        # Every worker holds the candidate before the bake's clock runs.
+        run_reload(before, check_rollout=True, rollout=rollout["id"])
         verdict, figures, stopped = _bake(rollout, rule, checks, bake_minutes, extend_minutes,
                                           check_every_s, max_extensions, interleave, canary)
     except BaseException as exc:
@@ -181,7 +183,7 @@ def rollout_flow(
                             thresholds=thresholds, decided_by="rollout",
                             online_figures=online, **metrics)
             announce_champion(version, "promoted", before, actor)
-            reload = run_reload(version)
+            reload = run_reload(version, check_rollout=True, rollout=None)
             outcome = {**base, "decision": PROMOTED, "reason": reason, "champion": version,
                        "verdict": verdict, "reload": reload, "status_write": status}
             publish_rollout(rollout, checks, verdict, outcome)
@@ -196,7 +198,7 @@ def rollout_flow(
     record_decision(candidate=version, decision=AUDIT_ROLLED_BACK, reason=reason, actor=actor,
                     champion_before=before, champion_after=before, thresholds=thresholds,
                     decided_by="rollout", online_figures=online, **metrics)
-    reload = run_reload(before)
+    reload = run_reload(before, check_rollout=True, rollout=None)
     outcome = {**base, "decision": ROLLED_BACK, "reason": reason, "champion": before,
                "verdict": verdict, "reload": reload}
     publish_rollout(rollout, checks, verdict, outcome)

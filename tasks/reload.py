@@ -89,26 +89,48 @@ def instance_workers(settings: Settings, url: str) -> dict[str, Any]:
     return _admin_call(settings, "GET", f"{url}/admin/model")
 
 
+def _rollouts_match(info: dict[str, Any], workers: dict[str, str], rollout: str | None) -> bool:
+    """Whether every live worker holds the candidate of rollout ``rollout`` (None: no worker
+    holds any candidate)."""
+    held = info.get("workers_rollouts") or {}
+    if rollout is None:
+        return not any(pid in held for pid in workers)
+    return all(held.get(pid) == rollout for pid in workers)
+
+
 def reload_and_wait(
-    settings: Settings, url: str, version: str | None, deadline_s: float | None = None
+    settings: Settings,
+    url: str,
+    version: str | None,
+    deadline_s: float | None = None,
+    *,
+    check_rollout: bool = False,
+    rollout: str | None = None,
 ) -> dict[str, Any]:
     """Ask ``url`` to reload, then poll until every worker serves ``version`` (or, with no
-    version given, one and the same version) or the deadline passes.
+    version given, one and the same version) or the deadline passes. With
+    ``check_rollout``, every worker must also hold the candidate of rollout ``rollout``
+    (None: hold no candidate), as a rollout's start and end need.
 
     Returns ``status`` (``reloaded``, or ``timeout`` with ``matches`` False), the version,
-    ``workers`` and the seconds it took.
+    ``workers`` (and ``workers_rollouts`` with ``check_rollout``) and the seconds it took.
     """
     deadline_s = settings.reload_deadline_s if deadline_s is None else deadline_s
     started = time.monotonic()
     accepted = call_instance(settings, url, version)
+    want = f"{version or 'one version'}"
+    if check_rollout:
+        want += f" with rollout {rollout}" if rollout else " with no rollout candidate"
     while True:
         info = instance_workers(settings, url)
         workers = info.get("workers") or {}
         served = set(workers.values())
         done = bool(workers) and (served == {version} if version else len(served) == 1)
+        if done and check_rollout:
+            done = _rollouts_match(info, workers, rollout)
         elapsed = round(time.monotonic() - started, 3)
         if done:
-            return {
+            answer = {
                 "status": "reloaded",
                 "pid": accepted.get("pid"),
                 "version": next(iter(served)),
@@ -116,6 +138,9 @@ def reload_and_wait(
                 "workers": workers,
                 "seconds": elapsed,
             }
+            if check_rollout:
+                answer["workers_rollouts"] = info.get("workers_rollouts") or {}
+            return answer
         if elapsed >= deadline_s:
             last = info.get("last_reload") or {}
             return {
@@ -125,7 +150,8 @@ def reload_and_wait(
                 "matches": False,
                 "workers": workers,
                 "seconds": elapsed,
-                "error": f"not every worker serves {version or 'one version'} after "
+                "workers_rollouts": info.get("workers_rollouts") or {},
+                "error": f"not every worker serves {want} after "
                 f"{deadline_s:g} s (last reload here: {last.get('status')} "
                 f"{last.get('error', '')})".strip(),
             }
@@ -146,17 +172,24 @@ def list_serving_instances() -> list[str]:
 
 
 @task(name="reload-serving-instance", **_INSTANCE_RETRIES)
-def reload_instance(url: str, version: str | None = None) -> dict[str, Any]:
-    """Ask one instance to reload and wait until all its workers serve ``version``."""
-    return reload_and_wait(get_settings(), url, version)
+def reload_instance(url: str, version: str | None = None, check_rollout: bool = False,
+                    rollout: str | None = None) -> dict[str, Any]:
+    """Ask one instance to reload and wait until all its workers serve ``version`` (and,
+    with ``check_rollout``, hold rollout ``rollout``'s candidate, or none)."""
+    return reload_and_wait(get_settings(), url, version, check_rollout=check_rollout,
+                           rollout=rollout)
 
 
-def reload_serving(version: str | None = None) -> dict[str, Any]:
+def reload_serving(version: str | None = None, *, check_rollout: bool = False,
+                   rollout: str | None = None) -> dict[str, Any]:
     """Publish the reload signal, call ``POST /admin/reload`` on every instance and wait
     until every worker of each serves ``version`` (within ``BOOKREC_RELOAD_DEADLINE_S``),
     as tasks of the flow that calls it (the reload flow, or a promotion's own run).
 
     ``version`` is the champion the caller expects; each answer says whether it matches.
+    With ``check_rollout`` the wait also covers the rollout each worker follows: the
+    candidate of ``rollout`` held by every worker (a rollout's start), or by none (None:
+    a rollout's end).
     Unreachable instances are reported, not fatal: they pick the new champion up from the
     pointer on their next poll. An instance that answers but fails or refuses the reload
     raises ``RuntimeError``. Returns ``{"signal": ..., "instances": {url: answer}}``.
@@ -166,7 +199,8 @@ def reload_serving(version: str | None = None) -> dict[str, Any]:
     logger = get_run_logger()
     signal = publish_reload_signal(version)
     urls = list_serving_instances()
-    futures = {url: reload_instance.submit(url, version) for url in urls}
+    futures = {url: reload_instance.submit(url, version, check_rollout, rollout)
+               for url in urls}
     answers: dict[str, Any] = {}
     failed: list[str] = []
     for url, future in futures.items():
@@ -190,7 +224,8 @@ def reload_serving(version: str | None = None) -> dict[str, Any]:
     return {"signal": signal, "instances": answers}
 
 
-def run_reload(version: str) -> dict[str, Any]:
+def run_reload(version: str, *, check_rollout: bool = False,
+               rollout: str | None = None) -> dict[str, Any]:
     """``reload_serving`` inside the calling flow; its failure is reported, not raised,
     because the champion pointer has already moved and serving instances also poll it.
 
@@ -201,7 +236,8 @@ def run_reload(version: str) -> dict[str, Any]:
     Returns ``{"status": "ok", "result": ...}`` or ``{"status": "failed", "error": ...}``.
     """
     try:
-        return {"status": "ok", "result": reload_serving(version)}
+        return {"status": "ok", "result": reload_serving(version, check_rollout=check_rollout,
+                                                          rollout=rollout)}
     except Exception as exc:  # noqa: BLE001 - reported in the result and the CLI's JSON
         from prefect import get_run_logger
 

@@ -185,3 +185,41 @@ def test_polling_alone_starts_and_ends_the_rollout_on_every_worker(
     registry.end_rollout(record["id"], "promoted", "test")
     wait_for(lambda: worker_rollouts(server.url) == {}, 30)
     assert {(v, m) for _, v, m, _ in _answers(server.url, 1)} == {(None, candidate)}
+
+
+def test_the_reload_wait_covers_the_rollout_every_worker_holds(
+    start_gunicorn, serving_settings, model_set, redis_server
+):
+    """The rollout flow's reload (``check_rollout``) returns only once every worker holds
+    the rollout's candidate at its start, and none at its end; a rollout no worker can
+    hold times out, where a wait on the champion alone would have returned at once."""
+    from tasks.reload import reload_and_wait
+
+    champion, candidate = model_set.versions
+    settings = serving_settings.model_copy(
+        update={"redis_url": redis_server["url"], "model_poll_interval_s": 3600.0}
+    )
+    server = start_gunicorn(settings, workers=2)
+    wait_for(lambda: len(worker_versions(server.url)) == 2, 60)
+    registry = Registry.from_settings(settings)
+    record = registry.start_rollout(candidate, interleave=0.5, canary=0.5, started_by="tests")
+
+    stuck = reload_and_wait(settings, server.url, champion, deadline_s=3,
+                            check_rollout=True, rollout="0" * 32)
+    assert stuck["status"] == "timeout" and stuck["matches"] is False
+    assert "with rollout " + "0" * 32 in stuck["error"]
+    assert reload_and_wait(settings, server.url, champion, deadline_s=3)["status"] == "reloaded"
+
+    assert publish_signal(settings, None)["receivers"] == 2
+    started = reload_and_wait(settings, server.url, champion, check_rollout=True,
+                              rollout=record["id"])
+    assert started["status"] == "reloaded", started
+    assert set(started["workers"]) == set(started["workers_rollouts"])
+    assert set(started["workers_rollouts"].values()) == {record["id"]}
+    assert worker_rollouts(server.url) == started["workers_rollouts"]
+
+    registry.end_rollout(record["id"], "rolled_back", "test")
+    publish_signal(settings, None)
+    ended = reload_and_wait(settings, server.url, champion, check_rollout=True, rollout=None)
+    assert ended["status"] == "reloaded" and ended["workers_rollouts"] == {}
+    assert len(ended["workers"]) == 2 and worker_rollouts(server.url) == {}

@@ -46,6 +46,17 @@ def deployed(prefect_harness, tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with get_client(sync_client=True) as client:
         yield client
+        # The server is the session's: leave it as it was, or later tests' approval runs
+        # would go to an `approval/local` deployment that no worker serves.
+        for deployment in client.read_deployments():
+            if deployment.name != "local":
+                continue
+            resource = f"prefect.deployment.{deployment.id}"
+            for automation in client.read_resource_related_automations(resource):
+                client.delete_automation(automation.id)
+            client.delete_deployment(deployment.id)
+        client.delete_work_pool("local-process")
+        assert not [d for d in client.read_deployments() if d.name == "local"]
 
 
 def test_nine_local_deployments_run_in_the_checkout(deployed):

@@ -61,6 +61,32 @@ class RequestIds:
 _new_request_id = RequestIds()
 
 
+class _App(Flask):
+    """Flask with its views, hooks and error handlers called as they are: the stock
+    ``ensure_sync`` inspects each of them on every request for ``async def`` (~6 calls per
+    function, 3-4 per request). The API has none; ``create_app`` checks that once."""
+
+    def ensure_sync(self, func):
+        """``func`` itself (``_check_sync`` has made sure it is not a coroutine function)."""
+        return func
+
+
+def _check_sync(app: Flask) -> None:
+    """Refuse an ``async def`` view, hook or error handler (``_App`` would not run it)."""
+    from inspect import iscoroutinefunction
+
+    functions = list(app.view_functions.values())
+    for registry in (app.before_request_funcs, app.after_request_funcs,
+                     app.teardown_request_funcs):
+        functions += [f for funcs in registry.values() for f in funcs]
+    for handlers in app.error_handler_spec.values():
+        for by_code in handlers.values():
+            functions += list(by_code.values())
+    coroutines = [f for f in functions if iscoroutinefunction(f)]
+    if coroutines:
+        raise TypeError(f"async functions are not supported by the API app: {coroutines}")
+
+
 def create_app(settings: Settings | None = None, test_config: dict[str, Any] | None = None):
     """Build the API app.
 
@@ -68,7 +94,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     background threads; the model is still loaded once, synchronously).
     """
     settings = settings or get_settings()
-    app = Flask(__name__)
+    app = _App(__name__)
     app.json = RequestJSONProvider(app)  # request bodies: bounded nesting, errors are 400s
     app.config.update(JSON_SORT_KEYS=False, BOOKREC_BACKGROUND=True, MAX_CONTENT_LENGTH=64 * 1024)
     if test_config:
@@ -104,6 +130,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     app.after_request(_finish_request)
     for blueprint in (recommendations.bp, books.bp, ratings.bp, admin.bp, health.bp, pages.bp):
         app.register_blueprint(blueprint)
+    _check_sync(app)
 
     svc.holder.check(reason="startup")
     if app.config["BOOKREC_BACKGROUND"]:
@@ -138,37 +165,53 @@ def _configure_logging() -> None:
 def _start_request() -> None:
     """Stamp the request: start time, request id, and the model snapshot it will use."""
     ctx = g._get_current_object()  # plain objects: the proxies cost a lookup per access
-    req = request._get_current_object()
-    ctx.started = now()
-    incoming = req.environ.get("HTTP_X_REQUEST_ID", "")  # the header, without EnvironHeaders
-    ctx.request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else _new_request_id()
-    holder = current_app.extensions["bookrec"].holder
-    ctx.model = holder.model
-    ctx.variants = holder.variants  # the rollout and its candidate, or None
-    ctx.variant = None  # set by a view that assigned the reader to a variant
-    ctx.rollout_id = None
-    ctx.version_label = None  # set when the answer is not one model's (interleaving)
-    ctx.source = None
-    ctx.user_id = None
+    environ = request._get_current_object().environ
+    svc = current_app.extensions["bookrec"]
+    holder = svc.holder
+    incoming = environ.get("HTTP_X_REQUEST_ID", "")  # the header, without EnvironHeaders
+    # One update of the namespace's dict: ``g`` sets attributes through a Python-level
+    # ``__setattr__``, a call per attribute.
+    vars(ctx).update(
+        started=now(),
+        request_id=(
+            incoming if incoming and _REQUEST_ID.fullmatch(incoming) else _new_request_id()
+        ),
+        svc=svc,
+        model=holder.model,
+        variants=holder.variants,  # the rollout and its candidate, or None
+        variant=None,  # set by a view that assigned the reader to a variant
+        rollout_id=None,
+        version_label=None,  # set when the answer is not one model's (interleaving)
+        source=None,
+        user_id=None,
+    )
 
 
 def _finish_request(response: Response) -> Response:
     """Add the version and request-id headers, count the request, log it."""
     ctx = g._get_current_object()
     req = request._get_current_object()
-    svc = current_app.extensions["bookrec"]
-    started = getattr(ctx, "started", None)  # None: refused before _start_request ran
-    model = ctx.model if started is not None else svc.holder.model
+    attrs = vars(ctx)
+    started = attrs.get("started")  # None: refused before _start_request ran
+    if started is not None:
+        svc = attrs["svc"]
+        model = attrs["model"]
+        variant = attrs["variant"]
+    else:
+        svc = current_app.extensions["bookrec"]
+        model = svc.holder.model
+        variant = None
     version = model.version if model is not None else "none"
-    variant = getattr(ctx, "variant", None)
     if variant is not None:
-        version = ctx.version_label or version
-    request_id = getattr(ctx, "request_id", None) or _new_request_id()
+        version = attrs["version_label"] or version
+    request_id = attrs.get("request_id") or _new_request_id()
     headers = response.headers
-    headers["X-Model-Version"] = version
-    headers["X-Request-Id"] = request_id
+    # Headers the response cannot have yet (no view or error handler sets them): ``add``
+    # appends, where item assignment scans the list for an existing value first.
+    headers.add("X-Model-Version", version)
+    headers.add("X-Request-Id", request_id)
     if variant is not None:
-        headers["X-Variant"] = variant
+        headers.add("X-Variant", variant)
     rule = req.url_rule
     route = rule.rule if rule is not None else "<unmatched>"
     elapsed = now() - started if started is not None else 0.0
@@ -188,11 +231,11 @@ def _finish_request(response: Response) -> Response:
             "status": status,
             "latency_ms": round(elapsed * 1000, 3),
             "model_version": version,
-            "source": getattr(ctx, "source", None),
-            "user_id": getattr(ctx, "user_id", None),
+            "source": attrs.get("source"),
+            "user_id": attrs.get("user_id"),
             "client": req.remote_addr,
             "variant": variant,
-            "rollout_id": getattr(ctx, "rollout_id", None),
+            "rollout_id": attrs.get("rollout_id"),
         }
     )
     return response

@@ -108,6 +108,22 @@ class BatchWriter:
         """Store one batch (one statement); raise on failure."""
         raise NotImplementedError
 
+    def _copy(self, statement: str, text: str) -> None:
+        """Run ``COPY ... FROM STDIN`` with ``text`` (rows in COPY's text format) in its own
+        transaction."""
+        import io
+
+        raw = self._engine().raw_connection()
+        try:
+            with raw.cursor() as cur:
+                cur.copy_expert(statement, io.StringIO(text), size=1 << 16)
+            raw.commit()
+        except Exception:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()
+
     def _execute(self, statement: str, document: str) -> None:
         """Run ``statement`` with the JSON array ``document`` in its own transaction."""
         raw = self._engine().raw_connection()

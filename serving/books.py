@@ -11,7 +11,7 @@ from serving import validation as v
 from serving.cache import Cache
 from serving.catalog import CatalogUnavailable, QueryFailed
 from serving.openapi import operation
-from serving.services import dumps, json_response, require_model, services, shown
+from serving.services import dumps, json_response, query_arg, require_model, services, shown
 
 if TYPE_CHECKING:  # the bodies' types (serving/schemas.py)
     from serving.schemas import Book
@@ -31,7 +31,7 @@ _IMAGE_KEYS = ("image_url_s", "image_url_m", "image_url_l")
 def similar_books(isbn: str):
     """Books that readers of this book also liked, blended with content similarity."""
     canonical = v.parse_isbn(isbn)
-    k = v.parse_k(request.args.get("k"))
+    k = v.parse_k(query_arg("k"))
     model = require_model()
     svc = services()
     g.source = "cache"
@@ -66,7 +66,7 @@ def similar_books(isbn: str):
 )
 def popular_books():
     """The most popular books (Bayesian-averaged ratings weighted by how many readers)."""
-    k = v.parse_k(request.args.get("k"))
+    k = v.parse_k(query_arg("k"))
     model = require_model()
     g.source = "cache"
 

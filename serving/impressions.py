@@ -4,8 +4,9 @@ log).
 
 The request path appends one tuple holding a reference to the response body it already has
 (cached or not) and counts a metrics sample: no parsing, no encoding, no I/O. The thread
-takes the ISBNs out of the bodies (orjson), inserts each batch as one JSON array through
-``json_to_recordset`` (the housekeeping flow keeps the day partitions), and retries attributing
+takes the ISBNs out of the bodies (orjson, once per body object: a cached body is shared by
+the requests that show it), writes each batch with one ``COPY`` (the housekeeping flow keeps
+the day partitions), and retries attributing
 this worker's recent ratings whose list was still in some worker's queue when they were
 posted. The queue holds at most ``MAX_QUEUE`` lists; beyond that, and when PostgreSQL is
 down, lists are dropped and counted (``bookrec_impressions_dropped_total``). Without the
@@ -15,6 +16,7 @@ thread (the Flask test client) lists wait for an explicit ``flush()``.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -34,14 +36,41 @@ log = logging.getLogger(__name__)
 MAX_QUEUE = 50_000
 RETRY_ATTRIBUTION_S = 30.0  # how long a posted rating waits for its list to be written
 MAX_PENDING_ATTRIBUTIONS = 10_000
-_INSERT = (
-    "INSERT INTO impressions (shown_at, request_id, user_id, model_version, kind, isbns, "
-    "variant, rollout_id, teams) "
-    "SELECT shown_at, request_id, user_id, model_version, kind, isbns, variant, rollout_id, "
-    "teams FROM json_to_recordset(%s::json) AS r(shown_at timestamptz, request_id text, "
-    "user_id integer, model_version text, kind text, isbns text[], variant text, "
-    "rollout_id text, teams smallint[])"
+MAX_REMEMBERED_BODIES = 1_024  # bodies whose ISBN columns are kept for the next batches
+_COPY = (
+    "COPY impressions (shown_at, request_id, user_id, model_version, kind, isbns, variant, "
+    "rollout_id, teams) FROM STDIN"
 )
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_NULL = "\\N"
+
+
+_SPECIAL = re.compile(r"[\\\t\n\r]")
+
+
+def _field(value: object) -> str:
+    """A value in COPY's text format (NULL for None)."""
+    if value is None:
+        return _NULL
+    text = str(value)
+    return text.translate(_COPY_ESCAPES) if _SPECIAL.search(text) else text
+
+
+def _array(values: list | None, quote: bool) -> str:
+    """An array literal in COPY's text format (NULL for None); ``quote`` the elements
+    (text), else write them as they are (numbers)."""
+    if values is None:
+        return _NULL
+    if quote:
+        values = ['"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]
+    return _field("{" + ",".join(str(v) for v in values) + "}")
+
+
+def list_columns(body: bytes) -> tuple[str, str]:
+    """The ``isbns`` and ``teams`` columns of a list body, in COPY's text format."""
+    payload = orjson.loads(body)
+    items = payload.get("items") or []
+    return _array([item["isbn"] for item in items], True), _array(payload.get("teams"), False)
 
 
 class ImpressionWriter(BatchWriter):
@@ -56,6 +85,7 @@ class ImpressionWriter(BatchWriter):
         self.metrics = metrics
         self.window_s = settings.attribution_window_days * 86400.0
         self._pending: deque[tuple[float, int]] = deque()  # (posted, event id) unattributed
+        self._columns: dict[tuple, str] = {}  # (body, version, kind, ...) -> their columns
         self._lock = threading.Lock()
 
     def record(
@@ -89,25 +119,32 @@ class ImpressionWriter(BatchWriter):
         return written
 
     def _insert(self, batch: list[tuple]) -> None:
-        records = []
+        """One ``COPY`` of the batch. A cached body is the same object request after
+        request, so the columns that come from it and from the list's model version, kind
+        and variant are formatted once (``list_columns``) and remembered for the next
+        batches."""
+        remembered = self._columns
+        if len(remembered) > MAX_REMEMBERED_BODIES:
+            remembered.clear()
+        lines = []
+        last_second, stamp = None, ""
         for ts, request_id, user_id, version, kind, body, variant, rollout_id in batch:
-            payload = orjson.loads(body)
-            items = payload.get("items") or []
-            shown = datetime.fromtimestamp(ts, UTC)
-            records.append(
-                {
-                    "shown_at": shown,
-                    "request_id": request_id,
-                    "user_id": user_id,
-                    "model_version": version,
-                    "kind": kind,
-                    "isbns": [item["isbn"] for item in items],
-                    "variant": variant,
-                    "rollout_id": rollout_id,
-                    "teams": payload.get("teams"),
-                }
-            )
-        self._execute(_INSERT, orjson.dumps(records).decode())
+            key = (body, version, kind, variant, rollout_id)  # a bytes object hashes once
+            tail = remembered.get(key)
+            if tail is None:
+                isbns, teams = list_columns(body)
+                tail = remembered[key] = "\t".join(
+                    (_field(version), _field(kind), isbns, _field(variant), _field(rollout_id),
+                     teams)
+                )
+            user = _NULL if user_id is None else str(int(user_id))
+            second = int(ts)
+            if second != last_second:  # the date and time to the second, once per second
+                last_second = second
+                stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            shown = f"{stamp}.{int((ts - second) * 1e6):06d}+00"
+            lines.append(f"{shown}\t{_field(request_id)}\t{user}\t{tail}")
+        self._copy(_COPY, "\n".join(lines) + "\n")
 
     def _retry_attributions(self) -> None:
         """Attribute this worker's recent unattributed ratings to the list they name; when

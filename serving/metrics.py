@@ -165,6 +165,7 @@ class Metrics:
         self._pending: deque[tuple] = deque()  # samples not yet folded in (append is atomic)
         self._flush_lock = threading.Lock()
         self._folder = Periodic("metrics-flush", flush_interval_s, self.flush)
+        self._queueing = False  # the folding thread runs (a plain flag: read per sample)
 
     # -- per-request samples ---------------------------------------------------------------
     def observe_request(
@@ -172,19 +173,19 @@ class Metrics:
     ) -> None:
         """Count one request and its latency (and, during a rollout, its variant)."""
         self._pending.append((route, method, status, seconds, variant))
-        if not self._folder.started or len(self._pending) >= MAX_PENDING_SAMPLES:
+        if not self._queueing or len(self._pending) >= MAX_PENDING_SAMPLES:
             self.flush()
 
     def cache_lookup(self, kind: str, hit: bool) -> None:
         """Count a cache hit or miss of ``kind``."""
         self._pending.append((kind, hit))
-        if not self._folder.started or len(self._pending) >= MAX_PENDING_SAMPLES:
+        if not self._queueing or len(self._pending) >= MAX_PENDING_SAMPLES:
             self.flush()
 
     def impression(self, version: str, kind: str, variant: str | None = None) -> None:
         """Count one list shown (and its variant during a rollout)."""
         self._pending.append((version, kind, variant))
-        if not self._folder.started or len(self._pending) >= MAX_PENDING_SAMPLES:
+        if not self._queueing or len(self._pending) >= MAX_PENDING_SAMPLES:
             self.flush()
 
     def flush(self) -> None:
@@ -235,9 +236,11 @@ class Metrics:
     def start(self) -> None:
         """Queue the per-request samples and fold them in once a second from now on."""
         self._folder.start()
+        self._queueing = True
 
     def stop(self) -> None:
         """Stop the background thread and fold in what is queued."""
+        self._queueing = False
         self._folder.stop()
 
     def set_model_version(self, new: str, old: str | None) -> None:

@@ -89,6 +89,7 @@ class SharedCounts:
         self.limiter = limiter
         self.sync_interval_s = sync_interval_s
         self._windows: dict[str, _Window] = {}
+        self._keys: dict[tuple[int, str], tuple[RateLimitItem, str]] = {}  # storage keys
         self._lock = threading.Lock()
         self._flusher: threading.Thread | None = None
 
@@ -96,7 +97,12 @@ class SharedCounts:
         """Count one hit of ``group`` against ``item``; whether it is within the limit."""
         if self.sync_interval_s <= 0:
             return self.limiter.hit(item, NAMESPACE, group)
-        key = item.key_for(NAMESPACE, group)
+        cached = self._keys.get((id(item), group))
+        if cached is None:  # the item is kept with its key, so its id is not reused
+            if len(self._keys) >= _MAX_WINDOWS:
+                self._keys.clear()
+            cached = self._keys[id(item), group] = (item, item.key_for(NAMESPACE, group))
+        key = cached[1]
         now = time.monotonic()
         with self._lock:
             window = self._windows.get(key)

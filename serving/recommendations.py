@@ -24,7 +24,7 @@ from serving import validation as v
 from serving.cache import Cache
 from serving.catalog import CatalogUnavailable
 from serving.openapi import operation
-from serving.services import json_response, require_model, services, shown
+from serving.services import json_response, query_arg, require_model, services, shown
 
 bp = Blueprint("recommendations", __name__)
 
@@ -56,7 +56,7 @@ def user_recommendations(user_id: str):
     Readers without ratings get the most popular books, marked ``source: popular``.
     """
     uid = v.parse_user_id(user_id)
-    k = v.parse_k(request.args.get("k"))
+    k = v.parse_k(query_arg("k"))
     model = require_model()
     svc = services()
     ctx = g._get_current_object()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from flask import Response, current_app, g
+from flask import Response, current_app, g, request
 
 from bookrec.settings import Settings
 from serving.apikeys import ApiKeys
@@ -87,12 +87,27 @@ def services() -> Services:
 def shown(kind: str, body: bytes, user_id: int | None = None) -> None:
     """Record that this request showed a list (an impression, written in the background),
     with the reader's variant and the rollout while one runs."""
-    ctx = g._get_current_object()
-    variant = getattr(ctx, "variant", None)
-    version = (ctx.version_label if variant is not None else None) or ctx.model.version
-    current_app.extensions["bookrec"].impressions.record(
-        ctx.request_id, user_id, version, kind, body, variant, getattr(ctx, "rollout_id", None)
+    attrs = vars(g._get_current_object())
+    variant = attrs["variant"]
+    version = (attrs["version_label"] if variant is not None else None) or attrs["model"].version
+    attrs["svc"].impressions.record(
+        attrs["request_id"], user_id, version, kind, body, variant, attrs["rollout_id"]
     )
+
+
+def query_arg(name: str) -> str | None:
+    """The first value of query parameter ``name`` (``request.args.get(name)``), read from
+    a plain query string (ASCII, no escapes) without building ``request.args``."""
+    query = request.environ.get("QUERY_STRING", "")
+    if not query:
+        return None
+    if not query.isascii() or "%" in query or "+" in query:
+        return request.args.get(name)  # escapes or non-ASCII: werkzeug decodes them
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if key == name:
+            return value
+    return None
 
 
 def require_model() -> Any:
@@ -116,7 +131,7 @@ def dumps(payload: Any) -> bytes:
 
 def json_response(body: bytes, status: int = 200) -> Response:
     """A response from an already-serialised JSON body (what the cache stores)."""
-    return Response(body, status=status, mimetype="application/json")
+    return Response(body, status=status, content_type="application/json")
 
 
 def rec_to_dict(rec: Any) -> Recommendation:

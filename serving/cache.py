@@ -7,7 +7,9 @@ request is answered from the in-process cache (computing the value if needed), a
 counts it, and Redis is left alone for a second before it is tried again. With Redis, a
 short-lived in-process copy (5 s) sits in front of it so hot keys cost no round trip.
 A reader's lists are keyed by their generation as well (``user_generation``): a posted
-rating bumps it, so no worker anywhere serves the old list (see serving/recommendations.py).
+rating bumps it, so no worker anywhere serves the old list (see serving/recommendations.py);
+each worker keeps the generations it read, and the rating's POST makes every worker drop
+its copy before it answers (``serving/generations.py``).
 
 Under gunicorn (``start()``) a computed value is stored in the worker's memory at once and
 written to Redis by a background thread, a pipeline per batch, instead of a round trip on
@@ -27,6 +29,7 @@ from collections.abc import Callable
 
 from bookrec.settings import Settings
 from serving.breaker import Breaker
+from serving.generations import LocalGenerations
 from serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -103,6 +106,7 @@ class Cache:
     def __init__(self, settings: Settings, metrics: Metrics):
         """Connect lazily to Redis when ``settings.redis_url`` is set."""
         self.ttl_s = settings.cache_ttl_s
+        self.redis_url = settings.redis_url
         self.metrics = metrics
         self.memory = MemoryCache(LOCAL_MAX_ENTRIES if settings.redis_url else MEMORY_MAX_ENTRIES)
         self.breaker = Breaker()
@@ -111,7 +115,12 @@ class Cache:
         self._fill_wake = threading.Event()
         self._fill_stop = threading.Event()
         self._filler: threading.Thread | None = None
+        self.generations: LocalGenerations | None = None  # with Redis, once started
+        self._writes = None  # a client for rating writes (waits longer than a lookup)
         if settings.redis_url:
+            self.generations = LocalGenerations(
+                settings.redis_url, settings.redis_socket_timeout_s
+            )
             import redis
             from redis.backoff import NoBackoff
             from redis.retry import Retry
@@ -190,10 +199,19 @@ class Cache:
             self._redis_failed(exc)
 
     def user_generation(self, user_id: int) -> str | None:
-        """The reader's list generation from Redis ("0" before their first posted rating),
-        or None without Redis or when it fails (the caller checks PostgreSQL instead)."""
+        """The reader's list generation ("0" before their first posted rating), or None
+        without Redis or when it fails (the caller checks PostgreSQL instead). With the
+        background threads running, from this worker's copy when it holds a usable one
+        (``serving/generations.py``), else from Redis (and then kept)."""
         if self.redis is None or self.breaker.open:
             return None
+        generations = self.generations
+        mark = None
+        if generations is not None and generations.started:
+            kept = generations.get(user_id)
+            if kept is not None:
+                return kept
+            mark = generations.mark()
         import redis
 
         try:
@@ -201,20 +219,32 @@ class Cache:
         except redis.RedisError as exc:
             self._redis_failed(exc)
             return None
-        return value.decode() if value is not None else "0"
+        generation = value.decode() if value is not None else "0"
+        if mark is not None:
+            generations.put(user_id, generation, mark)
+        return generation
 
     def bump_user_generation(self, user_id: int) -> bool:
         """Give the reader a new, unique generation (after a rating is stored), so every
         cached list of theirs, in Redis or in any worker's memory, is missed from now on.
-        It lives twice the cache TTL: by then every entry keyed by an older one expired."""
+        It lives twice the cache TTL: by then every entry keyed by an older one expired.
+        Then every worker's copy of the old generation is dropped (or made unusable)
+        before this returns (``LocalGenerations.invalidate``)."""
         if self.redis is None:
             return False
         import redis
 
         try:
-            self.redis.set(
+            if self._writes is None:
+                # BLPOP waits up to 0.5 s for acknowledgements: longer than a lookup's timeout
+                self._writes = redis.Redis.from_url(
+                    self.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                    health_check_interval=0,
+                )
+            self._writes.set(
                 GENERATION_PREFIX + str(user_id), uuid.uuid4().hex[:16], ex=2 * self.ttl_s
             )
+            self.generations.invalidate(self._writes, user_id)
         except redis.RedisError as exc:
             self._redis_failed(exc)
             return False
@@ -239,8 +269,12 @@ class Cache:
 
     # -- background writes to Redis ----------------------------------------------------------
     def start(self) -> None:
-        """Write computed values to Redis from a background thread from now on (with Redis)."""
-        if self.redis is None or (self._filler is not None and self._filler.is_alive()):
+        """Write computed values to Redis from a background thread from now on, and keep
+        readers' generations in memory (both with Redis)."""
+        if self.redis is None:
+            return
+        self.generations.start()
+        if self._filler is not None and self._filler.is_alive():
             return
         self._fill_stop.clear()
         self._filler = threading.Thread(target=self._fill_loop, name="cache-writer", daemon=True)
@@ -285,6 +319,10 @@ class Cache:
             self._fill_wake.set()
             self._filler.join(timeout=5)
             self._filler = None
+        if self.generations is not None and self.generations.started:
+            self.generations.stop()
         if self.redis is not None:
             self.flush_fills()
             self.redis.close()
+        if self._writes is not None:
+            self._writes.close()

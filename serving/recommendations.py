@@ -2,7 +2,8 @@
 
 Read your writes: a reader's cached lists are keyed by a freshness token, read on every
 request from the store all workers and instances share: their generation in Redis (bumped
-by ``POST /v1/users/<id>/ratings``), or, without Redis (or while it fails), the count and
+by ``POST /v1/users/<id>/ratings``, which makes every worker drop the copy it keeps of it
+before answering: ``serving/generations.py``), or, without Redis (or while it fails), the count and
 newest ``updated_at`` of their ratings in PostgreSQL. A posted rating therefore changes
 the key, and no worker's copy of the old list is served again.
 
@@ -16,7 +17,7 @@ and still reads their writes.
 
 from __future__ import annotations
 
-from flask import Blueprint, g, request
+from flask import Blueprint, g
 
 from bookrec.rollout import CANARY, INTERLEAVE, assign
 from serving import bodies

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import redis
 import requests
 from pydantic import SecretStr
 
 from bookrec.registry import Registry
 from bookrec.settings import get_settings
 from tasks.reload import InstanceRefused, call_instance, publish_signal, serving_urls
+from tests.serving.test_serving_gunicorn import wait_for
 from tests.utils.serving import ADMIN_TOKEN
 
 
@@ -31,6 +33,12 @@ def test_reload_flow_signals_and_reports_each_instance(
     settings, monkeypatch = flow_env
     old, new = model_set.versions
     server = start_gunicorn(settings, workers=2)
+    # each worker subscribes from a background thread after it has booted: wait until Redis
+    # counts both (ready is about the model, not the subscription)
+    client = redis.Redis.from_url(settings.redis_url)
+    channel = settings.reload_channel
+    wait_for(lambda: dict(client.pubsub_numsub(channel)).get(channel.encode()) == 2, 30)
+    client.close()
     dead = "http://127.0.0.1:9"  # nothing listens on the discard port
     monkeypatch.setenv("BOOKREC_SERVING_URLS", f"{server.url},{dead}")
     monkeypatch.setenv("BOOKREC_REDIS_URL", settings.redis_url)

@@ -8,38 +8,49 @@ are compared in constant time. The key is shown once, when it is created.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
 import secrets
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+if TYPE_CHECKING:  # pragma: no cover
+    from sqlalchemy.engine import Engine
 
 KEY_SHAPE = re.compile(r"^bk_([0-9a-f]{8})_[A-Za-z0-9_-]{43}$")
 DEFAULT_RATE_PER_MINUTE = 60
 MAX_RATE_PER_MINUTE = 1_000_000
 
-_INSERT = sa.text(
+_INSERT = (
     "INSERT INTO api_keys (name, prefix, key_sha256, rate_per_minute, user_ids) "
     "VALUES (:name, :prefix, :digest, :rate, :user_ids) "
     "ON CONFLICT (prefix) DO NOTHING RETURNING id, created_at"
 )
-_LIST = sa.text(
+_LIST = (
     "SELECT id, name, prefix, rate_per_minute, user_ids, created_at, revoked_at "
     "FROM api_keys ORDER BY id"
 )
-_REVOKE = sa.text(
+_REVOKE = (
     "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = :id "
     "RETURNING revoked_at"
 )
-_BY_PREFIX = sa.text(
+_BY_PREFIX = (
     "SELECT id, name, key_sha256, rate_per_minute, user_ids, revoked_at IS NOT NULL AS revoked "
     "FROM api_keys WHERE prefix = :prefix"
 )
+
+
+@functools.cache
+def _sql(statement: str):
+    """``statement`` as SQLAlchemy text. SQLAlchemy is imported here, not with the module:
+    every ``bookrec`` command registers the ``apikeys`` verbs (and reads the defaults
+    above), and importing SQLAlchemy costs ~0.2 s of each command's start."""
+    import sqlalchemy as sa
+
+    return sa.text(statement)
 
 
 class ApiKeyError(ValueError):
@@ -115,7 +126,7 @@ def create_key(
             "user_ids": user_ids,
         }
         with engine.begin() as conn:
-            row = conn.execute(_INSERT, params).first()
+            row = conn.execute(_sql(_INSERT), params).first()
         if row is not None:
             return {
                 "id": int(row.id),
@@ -140,14 +151,14 @@ def list_keys(engine: Engine) -> list[ApiKey]:
                 created_at=r.created_at,
                 revoked_at=r.revoked_at,
             )
-            for r in conn.execute(_LIST)
+            for r in conn.execute(_sql(_LIST))
         ]
 
 
 def revoke_key(engine: Engine, key_id: int) -> datetime:
     """Revoke a key (idempotent); returns when it was revoked. Unknown id: ``ApiKeyError``."""
     with engine.begin() as conn:
-        row = conn.execute(_REVOKE, {"id": key_id}).first()
+        row = conn.execute(_sql(_REVOKE), {"id": key_id}).first()
     if row is None:
         raise ApiKeyError(f"id: no API key {key_id}")
     return row.revoked_at
@@ -160,7 +171,7 @@ def find_key(engine: Engine, key: str) -> KeyRecord | None:
     if match is None:
         return None
     with engine.connect() as conn:
-        row = conn.execute(_BY_PREFIX, {"prefix": match.group(1)}).first()
+        row = conn.execute(_sql(_BY_PREFIX), {"prefix": match.group(1)}).first()
     if row is None or not hmac.compare_digest(row.key_sha256, digest(key)):
         return None
     return KeyRecord(

@@ -15,7 +15,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import itemgetter
 from typing import TYPE_CHECKING
 
 import ftfy
@@ -94,12 +93,19 @@ def normalize_isbns(values: object) -> list[str | None]:
     accepted in bulk; every other value goes through ``normalize_isbn``, so the result
     is identical to calling it one value at a time.
     """
-    items = list(values)  # type: ignore[call-overload]
-    result: list[str | None] = [None] * len(items)
-    fast = [i for i, v in enumerate(items) if type(v) is str and len(v) == 10]
-    accepted: set[int] = set()
-    if fast:
-        joined = "".join(items[i] for i in fast).encode("ascii", "replace")
+    items = np.empty(len(values), dtype=object)  # type: ignore[arg-type]
+    items[:] = list(values)  # type: ignore[call-overload]
+    result = np.full(len(items), None, dtype=object)
+    plain = list(map(type, items.tolist()))
+    is_str = np.fromiter((t is str for t in plain), dtype=bool, count=len(items))
+    lengths = np.zeros(len(items), dtype=np.int64)
+    lengths[is_str] = np.fromiter(
+        map(len, items[is_str].tolist()), dtype=np.int64, count=int(is_str.sum())
+    )
+    fast = np.flatnonzero(lengths == 10)
+    accepted = np.zeros(len(items), dtype=bool)
+    if len(fast):
+        joined = "".join(items[fast].tolist()).encode("ascii", "replace")
         codes = np.frombuffer(joined, dtype=np.uint8).reshape(-1, 10).astype(np.int64)
         digits = codes - 48
         is_digit = (digits >= 0) & (digits <= 9)
@@ -107,13 +113,12 @@ def normalize_isbns(values: object) -> list[str | None]:
         shaped = is_digit[:, :9].all(axis=1) & (is_digit[:, 9] | last_x)
         digits[:, 9] = np.where(last_x, 10, digits[:, 9])
         ok = shaped & ((digits @ np.arange(10, 0, -1)) % 11 == 0)
-        for i in np.asarray(fast)[ok].tolist():
-            result[i] = items[i]
-            accepted.add(i)
-    for i, value in enumerate(items):
-        if i not in accepted:
-            result[i] = normalize_isbn(value)
-    return result
+        accepted[fast[ok]] = True
+        result[fast[ok]] = items[fast[ok]]
+    rest = np.flatnonzero(~accepted)
+    if len(rest):
+        result[rest] = [normalize_isbn(value) for value in items[rest].tolist()]
+    return result.tolist()
 
 
 def isbn_rejection_reason(raw: object) -> str:
@@ -284,7 +289,13 @@ def split_location(value: object) -> tuple[str | None, str | None, str | None]:
     text = clean_text(value)
     if text is None:
         return None, None, None
-    parts = [clean_text(p) for p in text.split(",")]
+    return _split_parts([clean_text(p) for p in text.split(",")])
+
+
+def _split_parts(parts: list[str | None]) -> tuple[str | None, str | None, str | None]:
+    """(city, region, country) of a location's cleaned parts (none: all None)."""
+    if not parts:
+        return None, None, None
     if len(parts) == 1:
         return parts[0], None, None
     if len(parts) == 2:
@@ -336,12 +347,205 @@ def map_unique(series: pd.Series, rule: Callable[[object], object]) -> pd.Series
     return pd.Series(mapped[codes], index=series.index, dtype=object)
 
 
-def map_unique_isbns(series: pd.Series) -> pd.Series:
-    """``normalize_isbn`` over a column, once per distinct value, with the bulk fast path."""
+# Bytes of text that no rule touches: printable ASCII except '&' and '<' (entities, tags).
+_PLAIN_BYTES = np.zeros(256, dtype=bool)
+_PLAIN_BYTES[0x20:0x7F] = True
+_PLAIN_BYTES[[ord("&"), ord("<")]] = False
+_SPACE = ord(" ")
+
+
+@dataclass
+class _Joined:
+    """Many strings as one UTF-8 buffer (NUL between them): where each one's bytes are."""
+
+    data: np.ndarray  # uint8
+    starts: np.ndarray
+    ends: np.ndarray
+    lengths: np.ndarray  # in characters
+
+    def marked(self, mask: np.ndarray) -> np.ndarray:
+        """Whether ``mask`` (one flag per byte of ``data``, separators unmarked) marks a
+        byte of each string."""
+        hits = np.zeros(len(self.starts), dtype=bool)
+        positions = np.flatnonzero(mask)
+        hits[np.searchsorted(self.starts, positions, side="right") - 1] = True
+        return hits
+
+    def edge_bytes(self) -> tuple[np.ndarray, np.ndarray]:
+        """First and last byte of each string (0 for an empty one)."""
+        filled = self.ends > self.starts
+        first = np.where(filled, self.data[np.minimum(self.starts, len(self.data) - 1)], 0)
+        last = np.where(filled, self.data[np.maximum(self.ends - 1, 0)], 0)
+        return first, last
+
+
+def _join_strings(values: list) -> _Joined | None:
+    """``values`` joined for byte-level checks, or None when one is not a str or holds a
+    NUL (callers then go value by value)."""
+    if not values or not set(map(type, values)) <= {str}:
+        return None
+    data = np.frombuffer("\x00".join(values).encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    separators = np.flatnonzero(data == 0)
+    if len(separators) != len(values) - 1:
+        return None
+    starts = np.concatenate(([0], separators + 1))
+    ends = np.concatenate((separators, [len(data)]))
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    return _Joined(data, starts, ends, lengths)
+
+
+def text_needs_work(values: list) -> np.ndarray:
+    """For each value, whether ``clean_text`` might change it: True wherever ``_needs_work``
+    is (and for a few more, which ``clean_text`` then returns as they are), in a handful of
+    numpy passes over the joined bytes instead of one Python call per value."""
+    joined = _join_strings(values)
+    if joined is None:
+        return np.fromiter(
+            (not isinstance(v, str) or _needs_work(v) for v in values),
+            dtype=bool,
+            count=len(values),
+        )
+    data = joined.data
+    odd = ~_PLAIN_BYTES[data]  # non-ASCII, control (tab, newlines), '&', '<'
+    odd[joined.ends[:-1]] = False  # the separators
+    odd[:-1] |= (data[:-1] == _SPACE) & (data[1:] == _SPACE)  # two spaces in a row
+    first, last = joined.edge_bytes()
+    return joined.marked(odd) | (first == _SPACE) | (last == _SPACE) | (joined.lengths <= 7)
+
+
+def clean_texts(values: list) -> list[str | None]:
+    """``clean_text`` of each value; values it would return unchanged are found in bulk
+    (``text_needs_work``) and kept as they are."""
+    mapped = np.empty(len(values), dtype=object)
+    mapped[:] = values
+    work = np.flatnonzero(text_needs_work(values))
+    if len(work):
+        mapped[work] = [clean_text(value) for value in mapped[work].tolist()]
+    return mapped.tolist()
+
+
+def map_unique_text(series: pd.Series) -> pd.Series:
+    """``clean_text`` over a column, once per distinct value (``clean_texts``)."""
     codes, uniques = pd.factorize(series, use_na_sentinel=False)
     mapped = np.empty(len(uniques), dtype=object)
-    mapped[:] = normalize_isbns(np.asarray(uniques, dtype=object).tolist())
+    mapped[:] = clean_texts(np.asarray(uniques, dtype=object).tolist())
     return pd.Series(mapped[codes], index=series.index, dtype=object)
+
+
+_ISBN10_WEIGHTS = np.arange(10, 0, -1)
+_KEY_BASE = 11 ** np.arange(9, -1, -1, dtype=np.int64)  # an ISBN-10 as a base-11 number
+_ISBN13_KEYS = 11**10  # 979 ISBN-13 keys start past every ISBN-10 key
+
+
+def _isbn10_rows(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """For 10-character strings: which are a canonical ISBN-10 (nine digits, then a digit
+    or 'X', checksum holds), and a number for each (equal strings, equal numbers)."""
+    codes = np.frombuffer("".join(values).encode("ascii", "replace"), dtype=np.uint8)
+    digits = codes.reshape(-1, 10).astype(np.int64) - 48
+    is_digit = (digits >= 0) & (digits <= 9)
+    last_x = digits[:, 9] == ord("X") - 48
+    digits[:, 9] = np.where(last_x, 10, digits[:, 9])
+    valid = is_digit[:, :9].all(axis=1) & (is_digit[:, 9] | last_x)
+    valid &= (digits @ _ISBN10_WEIGHTS) % 11 == 0
+    return valid, np.where(valid, digits @ _KEY_BASE, -1)
+
+
+def _isbn_key(isbn: str | None) -> int:
+    """``_isbn10_rows``' number of a canonical ISBN (a 979 ISBN-13 past them all); -1 for None."""
+    if isbn is None:
+        return -1
+    if len(isbn) == 13:
+        return _ISBN13_KEYS + int(isbn)
+    return int(_isbn10_rows([isbn])[1][0])
+
+
+def map_isbns(series: pd.Series, strip: bool = False) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """``normalize_isbn`` over a column. Returns the canonical ISBNs (None where invalid);
+    per row, 1 where the raw key (stripped first with ``strip``) already was the canonical
+    ISBN, else 0 (the dedupe rules prefer such rows); and per row a number standing for the
+    canonical ISBN (equal ISBNs, equal numbers; -1 where invalid), for deduplicating
+    without hashing strings.
+
+    Nearly every raw key already is a canonical ISBN-10: those rows are recognised in bulk
+    (numpy over the joined keys) and keep their string; the others go through
+    ``normalize_isbn`` once per distinct value."""
+    values = series.tolist()
+    n = len(values)
+    isbns = np.empty(n, dtype=object)
+    isbns[:] = values
+    canonical = np.zeros(n, dtype=np.int8)
+    keys = np.full(n, -1, dtype=np.int64)
+    done = np.zeros(n, dtype=bool)
+    if n and set(map(type, values)) <= {str}:
+        ten = np.flatnonzero(np.fromiter(map(len, values), dtype=np.int64, count=n) == 10)
+        if len(ten):
+            valid, numbers = _isbn10_rows(isbns[ten].tolist())
+            rows = ten[valid]
+            done[rows] = True
+            canonical[rows] = 1
+            keys[rows] = numbers[valid]
+    rest = np.flatnonzero(~done)
+    if len(rest):
+        codes, uniques = pd.factorize(isbns[rest], use_na_sentinel=False)
+        raw = np.asarray(uniques, dtype=object).tolist()
+        mapped = [normalize_isbn(v) for v in raw]
+        stripped = [v.strip() if isinstance(v, str) else None for v in raw] if strip else raw
+        same = [int(m is not None and k == m) for k, m in zip(stripped, mapped, strict=True)]
+        unique_isbns = np.empty(len(raw), dtype=object)
+        unique_isbns[:] = mapped
+        isbns[rest] = unique_isbns[codes]
+        canonical[rest] = np.asarray(same, dtype=np.int8)[codes]
+        keys[rest] = np.asarray([_isbn_key(m) for m in mapped], dtype=np.int64)[codes]
+    return pd.Series(isbns, index=series.index, dtype=object), canonical, keys
+
+
+def map_unique_ints(series: pd.Series, rule: Callable[[object], int | None]) -> np.ndarray:
+    """A rule giving a non-negative integer or None over a column, once per distinct value:
+    an int64 array, -1 where the rule gave None."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=False)
+    mapped = np.fromiter(
+        (-1 if v is None else v for v in map(rule, np.asarray(uniques, dtype=object).tolist())),
+        dtype=np.int64,
+        count=len(uniques),
+    )
+    return mapped[codes]
+
+
+def clean_urls(values: list) -> list[str | None]:
+    """Image URLs: stripped, empty or NA-like to None (no other text repair applies). The
+    values that are long enough and start and end with a visible ASCII character, nearly
+    all, are found in bulk and kept as they are."""
+
+    def one(v: object) -> str | None:
+        return None if not isinstance(v, str) or (len(v) <= 7 and is_na(v)) else v.strip() or None
+
+    joined = _join_strings(values)
+    if joined is None:
+        return [one(v) for v in values]
+    first, last = joined.edge_bytes()
+    visible = (first > _SPACE) & (first < 0x7F) & (last > _SPACE) & (last < 0x7F)
+    mapped = np.empty(len(values), dtype=object)
+    mapped[:] = values
+    work = np.flatnonzero(~visible | (joined.lengths <= 7))
+    if len(work):
+        mapped[work] = [one(v) for v in mapped[work].tolist()]
+    return mapped.tolist()
+
+
+def split_locations(values: list) -> tuple[list, list, list]:
+    """``split_location`` of each value as three lists (city, region, country): the texts
+    and their comma-separated parts are cleaned once per distinct string (``clean_texts``)."""
+    texts = clean_texts(values)
+    pieces = [text.split(",") if text is not None else [] for text in texts]
+    distinct = list({part: None for parts in pieces for part in parts})
+    cleaned = dict(zip(distinct, clean_texts(distinct), strict=True))
+    cities, regions, countries = [], [], []
+    for parts in pieces:
+        city, region, country = _split_parts([cleaned[p] for p in parts])
+        cities.append(city)
+        regions.append(region)
+        countries.append(country)
+    return cities, regions, countries
 
 
 # ---------------------------------------------------------------- files
@@ -380,12 +584,27 @@ def _quarantine_frame(parsed: ParsedFile, rejected: np.ndarray, reasons: list[st
     return pd.DataFrame(rows, columns=["line_number", "raw", "reason", "raw_format"])
 
 
-def _dedupe(frame: pd.DataFrame, keys: list[str], priority: list[str]) -> tuple[pd.DataFrame, int]:
-    """Keep one row per key: the one that sorts last by ``priority`` (documented per file)."""
-    dup = frame.duplicated(keys, keep=False)
+def _dedupe(
+    frame: pd.DataFrame,
+    keys: list[str],
+    priority: list[str],
+    key: np.ndarray | None = None,
+    prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> tuple[pd.DataFrame, int]:
+    """Keep one row per key: the one that sorts last by ``priority`` (documented per file).
+
+    ``key`` (one integer per row, equal where the keys are) finds the duplicates without
+    hashing the key columns; ``prepare`` adds priority columns to the duplicated rows only."""
+    if key is not None:
+        dup = pd.Series(key).duplicated(keep=False).to_numpy()
+    else:
+        dup = frame.duplicated(keys, keep=False).to_numpy()
     if not dup.any():
         return frame, 0
-    ordered = frame[dup].sort_values(keys + priority, kind="stable")
+    subset = frame[dup]
+    if prepare is not None:
+        subset = prepare(subset)
+    ordered = subset.sort_values(keys + priority, kind="stable")
     losers = ordered.index[ordered.duplicated(keys, keep="last")]
     return frame.drop(index=losers), len(losers)
 
@@ -416,15 +635,6 @@ def _finish(kind, parsed, df, positions, reasons, merged) -> CleanFile:
     )
 
 
-def _urls(series: pd.Series) -> pd.Series:
-    """Image URLs: stripped, empty or NA-like to None (no other text repair applies)."""
-    values = [
-        None if not isinstance(v, str) or (len(v) <= 7 and is_na(v)) else v.strip() or None
-        for v in series.tolist()
-    ]
-    return pd.Series(values, index=series.index, dtype=object)
-
-
 def clean_books(parsed: ParsedFile, layout: str) -> CleanFile:
     """Books: ISBN normalised and checked, text repaired, implausible years to NULL.
 
@@ -434,27 +644,32 @@ def clean_books(parsed: ParsedFile, layout: str) -> CleanFile:
     """
     df = _named(parsed, C.BOOK_COLUMNS)
     raw_isbn = df[C.ISBN]
-    df[C.ISBN] = map_unique_isbns(raw_isbn)
+    df[C.ISBN], canonical, isbn_key = map_isbns(raw_isbn, strip=True)
     for col in (C.TITLE, C.AUTHOR, C.PUBLISHER):
         if layout == "kaggle":
             df[col] = map_unique(df[col], repair_kaggle_escapes)
-        df[col] = map_unique(df[col], clean_text)
+        df[col] = map_unique_text(df[col])
     for col in (C.IMAGE_S, C.IMAGE_M, C.IMAGE_L):
-        df[col] = _urls(df[col])
+        df[col] = pd.Series(clean_urls(df[col].tolist()), index=df.index, dtype=object)
     max_year = max_plausible_year()
-    df[C.YEAR] = map_unique(
-        df[C.YEAR], lambda v: plausible_year(v, max_year)
-    ).astype("Int16")
+    df[C.YEAR] = map_unique(df[C.YEAR], lambda v: plausible_year(v, max_year)).astype("Int16")
 
     reasons = pd.Series(None, index=df.index, dtype=object)
     reasons[df[C.TITLE].isna()] = "missing_title"
-    bad_isbn = df[C.ISBN].isna()
+    bad_isbn = isbn_key < 0
     reasons[bad_isbn] = map_unique(raw_isbn[bad_isbn], isbn_rejection_reason)
-    canonical = (raw_isbn.str.strip() == df[C.ISBN]).astype(np.int8)
     df, positions, why = _reject(df, reasons)
-    df["_canonical"] = canonical[df.index]
-    df["_filled"] = df[C.BOOK_COLUMNS].notna().sum(axis=1)
-    df, merged = _dedupe(df, [C.ISBN], ["_canonical", "_filled", "_pos"])
+    kept = df["_pos"].to_numpy()
+
+    def prepare(dups: pd.DataFrame) -> pd.DataFrame:
+        return dups.assign(
+            _canonical=canonical[dups["_pos"].to_numpy()],
+            _filled=dups[C.BOOK_COLUMNS].notna().sum(axis=1),
+        )
+
+    df, merged = _dedupe(
+        df, [C.ISBN], ["_canonical", "_filled", "_pos"], key=isbn_key[kept], prepare=prepare
+    )
     return _finish("books", parsed, df, positions, why, merged)
 
 
@@ -465,25 +680,43 @@ def clean_ratings(parsed: ParsedFile, layout: str) -> CleanFile:
     (1-10) beats an implicit 0, then the row whose raw ISBN was already canonical wins,
     then the later line.
     """
-    df = _named(parsed, C.RATING_COLUMNS)
-    raw_isbn = df[C.ISBN]
-    df[C.USER_ID] = map_unique(df[C.USER_ID], parse_user_id)
-    df[C.ISBN] = map_unique_isbns(raw_isbn)
-    df[C.RATING] = map_unique(df[C.RATING], parse_rating)
+    frame = parsed.frame
+    raw_isbn = frame.iloc[:, 1]
+    user_ids = map_unique_ints(frame.iloc[:, 0], parse_user_id)
+    isbns, canonical, isbn_key = map_isbns(raw_isbn)
+    ratings = map_unique_ints(frame.iloc[:, 2], parse_rating)
 
-    reasons = pd.Series(None, index=df.index, dtype=object)
-    reasons[df[C.RATING].isna()] = "invalid_rating"
-    bad_isbn = df[C.ISBN].isna()
-    reasons[bad_isbn] = map_unique(raw_isbn[bad_isbn], isbn_rejection_reason)
-    reasons[df[C.USER_ID].isna()] = "invalid_user_id"
-    canonical = (raw_isbn == df[C.ISBN]).astype(np.int8)
-    df, positions, why = _reject(df, reasons)
-    df[C.USER_ID] = df[C.USER_ID].astype("int64")
-    df[C.RATING] = df[C.RATING].astype("int16")
-    df["_explicit"] = (df[C.RATING] > 0).astype(np.int8)
-    df["_canonical"] = canonical[df.index]
-    df, merged = _dedupe(df, [C.USER_ID, C.ISBN], ["_explicit", "_canonical", "_pos"])
-    return _finish("ratings", parsed, df, positions, why, merged)
+    reasons = np.full(len(frame), None, dtype=object)
+    reasons[ratings < 0] = "invalid_rating"
+    bad_isbn = isbn_key < 0
+    if bad_isbn.any():
+        reasons[bad_isbn] = map_unique(raw_isbn[bad_isbn], isbn_rejection_reason).to_numpy()
+    reasons[user_ids < 0] = "invalid_user_id"
+    rejected = reasons != None  # noqa: E711 - elementwise
+    positions = np.flatnonzero(rejected)
+    kept = np.flatnonzero(~rejected)
+    df = pd.DataFrame(
+        {
+            C.USER_ID: user_ids[kept],
+            C.ISBN: isbns.to_numpy()[kept],
+            C.RATING: ratings[kept].astype(np.int16),
+            "_pos": kept,
+        },
+        index=kept,
+    )
+
+    def prepare(dups: pd.DataFrame) -> pd.DataFrame:
+        return dups.assign(
+            _explicit=(dups[C.RATING] > 0).astype(np.int8),
+            _canonical=canonical[dups["_pos"].to_numpy()],
+        )
+
+    isbn_codes, isbn_numbers = pd.factorize(isbn_key[kept])
+    key = user_ids[kept] * len(isbn_numbers) + isbn_codes
+    df, merged = _dedupe(
+        df, [C.USER_ID, C.ISBN], ["_explicit", "_canonical", "_pos"], key=key, prepare=prepare
+    )
+    return _finish("ratings", parsed, df, positions, reasons[positions].tolist(), merged)
 
 
 def clean_users(parsed: ParsedFile, layout: str) -> CleanFile:
@@ -497,14 +730,18 @@ def clean_users(parsed: ParsedFile, layout: str) -> CleanFile:
     reasons[df[C.USER_ID].isna()] = "invalid_user_id"
     df, positions, why = _reject(df, reasons)
     df[C.USER_ID] = df[C.USER_ID].astype("int64")
-    locations = df[C.LOCATION]
-    df[C.LOCATION] = map_unique(locations, clean_text)
-    parts = map_unique(locations, split_location)
-    df[C.CITY] = parts.map(itemgetter(0))
-    df[C.REGION] = parts.map(itemgetter(1))
-    df[C.COUNTRY] = parts.map(itemgetter(2))
+    codes, uniques = pd.factorize(df[C.LOCATION], use_na_sentinel=False)
+    locations = np.asarray(uniques, dtype=object).tolist()
+    for name, values in zip(
+        (C.LOCATION, C.CITY, C.REGION, C.COUNTRY),
+        (clean_texts(locations), *split_locations(locations)),
+        strict=True,
+    ):
+        column = np.empty(len(values), dtype=object)
+        column[:] = values
+        df[name] = pd.Series(column[codes], index=df.index, dtype=object)
     df[C.AGE] = map_unique(df[C.AGE], plausible_age).astype("Int16")
-    df, merged = _dedupe(df, [C.USER_ID], ["_pos"])
+    df, merged = _dedupe(df, [C.USER_ID], ["_pos"], key=df[C.USER_ID].to_numpy())
     return _finish("users", parsed, df, positions, why, merged)
 
 

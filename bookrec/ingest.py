@@ -118,7 +118,7 @@ def run_ingest(
                     paths[kind], kind, resolved, files[kind].uri, Path(tmp)
                 )
                 cleaned = time.perf_counter()
-                staged = pgload.stage_spool(engine, kind, spool.data_path, schema)
+                staged = pgload.stage_spool(engine, kind, spool.data_paths, schema)
                 say(f"{kind}: {spool.rows_read:,} rows read, {spool.rows_clean:,} clean, "
                     f"{spool.quarantined:,} quarantined ({cleaned - began:.1f} s); "
                     f"staged ({time.perf_counter() - cleaned:.1f} s)")

@@ -45,6 +45,7 @@ class ParsedFile:
     bad: list[tuple[int, int, str]] = field(default_factory=list)
     escaped: dict[int, str] = field(default_factory=dict)  # start line -> escaped raw
     _lines: list[str] | None = None
+    _line_starts: np.ndarray | None = None
 
     @property
     def rows_read(self) -> int:
@@ -56,18 +57,27 @@ class ParsedFile:
         return self.raw_many([(start, end)])[0]
 
     def raw_many(self, spans: list[tuple[int, int]]) -> list[str]:
-        """The original text of each (start, end) line span, in one forward scan of the text
-        (a few quarantined rows must not cost a split of the whole file into lines)."""
+        """The original text of each (start, end) line span (1-based, inclusive)."""
+        if not spans:
+            return []
         if self._lines is not None:
             return ["".join(self._lines[a - 1 : b]).rstrip("\r\n") for a, b in spans]
-        wanted = sorted({line for a, b in spans for line in (a, b + 1)})
-        text, offsets, line, position = self.text, {}, 1, 0
-        for target in wanted:
-            while line < target and position != -1:
-                position = text.find("\n", position) + 1 or -1
-                line += 1
-            offsets[target] = len(text) if position == -1 else position
-        return [text[offsets[a] : offsets[b + 1]].rstrip("\r\n") for a, b in spans]
+        starts = self.line_starts()
+        last = len(starts)
+        text = self.text
+
+        def offset(line: int) -> int:  # where line ``line`` starts; the end for lines past it
+            return int(starts[line - 1]) if line <= last else len(text)
+
+        return [text[offset(a) : offset(b + 1)].rstrip("\r\n") for a, b in spans]
+
+    def line_starts(self) -> np.ndarray:
+        """Where each physical line starts in ``text`` (entry 0: line 1), found by numpy in
+        one pass: the text encoded one byte per character (latin-1, anything else as '?')."""
+        if self._line_starts is None:
+            data = np.frombuffer(self.text.encode("latin-1", "replace"), dtype=np.uint8)
+            self._line_starts = np.concatenate(([0], np.flatnonzero(data == 10) + 1))
+        return self._line_starts
 
 
 def _norm_header(name: str) -> str:
@@ -120,8 +130,9 @@ def _parse_fast(text: str, layout: str, kind: str, name: str, width: int) -> Par
     if layout == "kaggle":
         options.pop("escapechar", None)
     try:
-        frame = pd.read_csv(
-            io.StringIO(text),
+        frame = pd.read_csv(  # bytes: the parser's own input, no copy into a StringIO
+            io.BytesIO(text.encode("utf-8", "surrogatepass")),
+            encoding="utf-8",
             header=None,
             skiprows=1,
             names=names,
@@ -141,63 +152,84 @@ def _parse_fast(text: str, layout: str, kind: str, name: str, width: int) -> Par
     if len(frame) != _physical_lines(text) - 1:
         # Records with a quoted newline span several lines; count them from the fields.
         for col in frame.columns:
-            values = frame[col]
-            extra_lines += np.fromiter(
-                (v.count("\n") if type(v) is str and "\n" in v else 0 for v in values.tolist()),
-                dtype=np.int64,
-                count=len(values),
-            )
+            extra_lines += _newlines_per_value(frame[col].tolist())
         if len(frame) + int(extra_lines.sum()) != _physical_lines(text) - 1:
             return None  # blank lines or something else pandas saw differently
     starts = 2 + np.concatenate(([0], np.cumsum(extra_lines)[:-1])) + np.arange(len(frame))
     ends = starts + extra_lines
-    if extra_lines.any():
-        widths = _widths_by_csv(text, width, layout)
-        if widths is None or len(widths) != len(frame):
-            return None
-        frame["_width"] = widths
-    else:
-        frame["_width"] = _fast_widths(text, frame, width, layout)
+    widths = _fast_widths(text, frame, width, layout, starts, ends)
+    if widths is None:
+        return None  # the csv module reads a multi-line record differently
+    frame["_width"] = widths
     return _split_by_width(kind, name, text, frame, starts, ends, [], width, layout)
 
 
-def _fast_widths(text: str, frame: pd.DataFrame, width: int, layout: str) -> np.ndarray:
-    """Exact field counts for a one-record-per-line parse.
+def _newlines_per_value(values: list) -> np.ndarray:
+    """How many newlines each value holds: one C-level join and a search for the few
+    newlines there are, instead of a Python step per value."""
+    count = np.zeros(len(values), dtype=np.int64)
+    joined = "\x00".join(values) if set(map(type, values)) <= {str} else None
+    if joined is None or joined.count("\x00") != len(values) - 1:  # not text, or NULs
+        for i, v in enumerate(values):
+            if type(v) is str and "\n" in v:
+                count[i] = v.count("\n")
+        return count
+    if "\n" not in joined:
+        return count
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    starts = np.concatenate(([0], np.cumsum(lengths + 1)[:-1]))
+    positions = np.fromiter((m.start() for m in re.finditer("\n", joined)), dtype=np.int64)
+    np.add.at(count, np.searchsorted(starts, positions, side="right") - 1, 1)
+    return count
+
+
+def _fast_widths(
+    text: str, frame: pd.DataFrame, width: int, layout: str, starts: np.ndarray, ends: np.ndarray
+) -> np.ndarray | None:
+    """Exact field counts for a parse whose records span the lines ``starts``..``ends``.
 
     pandas pads short records with '' and cannot tell 'a;b;c;' from 'a;b;c', so the
-    rows that might be off (an empty last field, a surplus field, a line ending in the
+    records that might be off (an empty last field, a surplus field, a line ending in the
     delimiter) are re-counted with the csv module; all others have ``width`` fields.
+    Records on several lines are re-read too, and must be one record of exactly those
+    lines to the csv module as well: None when one is not (the caller then goes record by
+    record).
     """
     delimiter = DIALECTS[layout]["delimiter"]
     suspect = np.array((frame[f"f{width - 1}"] == "") | (frame[f"f{width}"] != ""), dtype=bool)
+    multi = ends > starts
+    suspect |= multi
     newlines = 0
     position = 0
     for match in re.finditer(re.escape(delimiter) + r"\r?$", text, re.M):
         newlines += text.count("\n", position, match.start())
         position = match.start()
-        if newlines >= 1:
-            suspect[newlines - 1] = True
+        line = newlines + 1  # 1-based; line 1 is the header
+        record = int(np.searchsorted(starts, line, side="right")) - 1
+        if record >= 0 and ends[record] >= line:
+            suspect[record] = True
     widths = np.full(len(frame), width, dtype=np.int64)
     indices = np.flatnonzero(suspect)
     if len(indices):
         lines = io.StringIO(text, newline="\n").readlines()
         dialect = DIALECTS[layout]
         for i in indices.tolist():
-            line = lines[i + 1]
-            if len(line) >= csv.field_size_limit():  # an over-long line is counted, not an error
-                csv.field_size_limit(len(line) + 1)
-            widths[i] = len(next(csv.reader([line], **dialect), []))
+            record_lines = lines[starts[i] - 1 : ends[i]]
+            size = sum(map(len, record_lines))
+            if size >= csv.field_size_limit():  # an over-long line is counted, not an error
+                csv.field_size_limit(size + 1)
+            reader = csv.reader(record_lines, **dialect)
+            if not multi[i]:
+                widths[i] = len(next(reader, []))
+                continue
+            try:
+                fields = next(reader, [])
+                if reader.line_num != len(record_lines) or next(reader, None) is not None:
+                    return None
+            except csv.Error:
+                return None
+            widths[i] = len(fields)
     return widths
-
-
-def _widths_by_csv(text: str, width: int, layout: str) -> np.ndarray | None:
-    """Field counts of every record from the csv module (files with multi-line records)."""
-    lines = io.StringIO(text, newline="\n").readlines()
-    reader = csv.reader(iter(lines[1:]), **DIALECTS[layout])
-    try:
-        return np.fromiter((len(r) for r in reader if r), dtype=np.int64)
-    except csv.Error:
-        return None
 
 
 def _parse_slow(text: str, layout: str, kind: str, name: str, width: int) -> ParsedFile:

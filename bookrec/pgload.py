@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import psycopg2
 import sqlalchemy as sa
@@ -63,6 +64,12 @@ INGEST_LOCK = 72210002
 # INDEX_SESSIONS sessions (CPU-bound, but the longest must not wait for the short ones).
 MAINTENANCE_WORK_MEM = "256MB"
 INDEX_SESSIONS = 4
+# A large file is spooled in parts that are COPY-ed side by side (PostgreSQL parses COPY
+# data and computes generated columns in one process per session): one part per
+# PART_ROWS rows, at most COPY_SESSIONS (this machine's cores).
+PART_ROWS = 100_000
+COPY_SESSIONS = 2
+COPY_BUFFER = 1 << 18
 
 # Objects that make a table unsafe to replace by another one with the same name.
 _SWAP_BLOCKERS = """
@@ -92,7 +99,7 @@ class SpoolFile:
     merged: int
     quarantined: int
     reasons: dict[str, int]
-    data_path: str
+    data_paths: list[str]  # the rows in order, in parts COPY-ed side by side
     quarantine_path: str
     modified_at: str | None = None  # the file's mtime / S3 LastModified, ISO 8601 UTC
 
@@ -108,53 +115,89 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
         csv.writer(fh, lineterminator="\n").writerows(zip(*columns, strict=True))
 
 
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
 _COPY_NULL = "\\N"
+
+
+def _escape_copy_texts(values: list[str]) -> list[str]:
+    """COPY text escaping of many strings: backslash, tab, newline, carriage return.
+
+    One C-level join tells whether any value needs it at all (almost never); when some do,
+    the joined column is escaped by ``str.replace`` and split again (a NUL cannot be in a
+    value PostgreSQL stores, so it separates them), not value by value."""
+    joined = "\x00".join(values)
+    if not any(char in joined for char, _ in _COPY_ESCAPES):
+        return values
+    if joined.count("\x00") != len(values) - 1:  # a value holds a NUL: COPY will refuse it
+        escaped = values
+        for char, escape in _COPY_ESCAPES:
+            escaped = [v.replace(char, escape) for v in escaped]
+        return escaped
+    for char, escape in _COPY_ESCAPES:
+        joined = joined.replace(char, escape)
+    return joined.split("\x00")
 
 
 def _copy_text_column(col: pd.Series) -> list[str]:
     """One column as PostgreSQL COPY text fields: backslash, tab, newline and carriage
     return escaped, missing values as ``\\N``.
 
-    Escaping is per column: one C-level join tells whether any value needs it at all
-    (almost never), so the usual cost is a ``tolist``. Numbers need no escaping.
+    Integers are formatted once per distinct value (pandas' ``astype(str)`` builds a
+    string array first, several times slower); text is escaped per column
+    (``_escape_copy_texts``).
     """
     missing = col.isna().to_numpy()
     has_missing = bool(missing.any())
-    if not pd.api.types.is_numeric_dtype(col.dtype):  # object or string dtypes
-        values = col.tolist()
-        if has_missing:  # placeholders until the escaping is done, then \N
-            values = ["" if m else v for v, m in zip(values, missing.tolist(), strict=True)]
-        values = [v if type(v) is str else str(v) for v in values]
-        joined = "".join(values)
-        if "\\" in joined or "\t" in joined or "\n" in joined or "\r" in joined:
-            values = [v.translate(_COPY_ESCAPES) for v in values]
-    else:
+    if pd.api.types.is_integer_dtype(col.dtype):
+        numbers = col.to_numpy(dtype=np.int64, na_value=0) if has_missing else col.to_numpy()
+        codes, uniques = pd.factorize(numbers)  # format each distinct number once
+        texts = np.empty(len(uniques), dtype=object)
+        texts[:] = list(map(str, uniques.tolist()))
+        values = texts[codes].tolist()
+    elif pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
         values = (
             col.astype(object).astype(str).tolist() if has_missing else col.astype(str).tolist()
         )
+    else:  # object or string dtypes
+        values = col.tolist()
+        if has_missing:  # placeholders until the escaping is done, then \N
+            values = ["" if m else v for v, m in zip(values, missing.tolist(), strict=True)]
+        if not set(map(type, values)) <= {str}:
+            values = [v if type(v) is str else str(v) for v in values]
+        values = _escape_copy_texts(values)
     if has_missing:
         values = [_COPY_NULL if m else v for v, m in zip(values, missing.tolist(), strict=True)]
     return values
 
 
-def _write_copy_text(path: Path, frame: pd.DataFrame) -> None:
-    """Write ``frame`` in PostgreSQL's COPY text format (tab-separated, ``\\N`` for NULL):
-    lines are joined in C, twice as fast as the csv module's per-field quoting checks."""
+def _write_copy_text(paths: list[Path], frame: pd.DataFrame) -> None:
+    """Write ``frame`` in PostgreSQL's COPY text format (tab-separated, ``\\N`` for NULL),
+    its rows in order split evenly over ``paths``: lines are joined in C, twice as fast as
+    the csv module's per-field quoting checks."""
     columns = [_copy_text_column(frame[name]) for name in frame.columns]
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        if len(frame):
-            fh.write("\n".join(map("\t".join, zip(*columns, strict=True))))
-            fh.write("\n")
+    bounds = np.linspace(0, len(frame), len(paths) + 1).round().astype(int).tolist()
+    for path, start, stop in zip(paths, bounds, bounds[1:], strict=False):
+        with open(path, "w", encoding="utf-8", newline="") as fh:
+            if stop > start:
+                rows = zip(*(column[start:stop] for column in columns), strict=True)
+                fh.write("\n".join(map("\t".join, rows)))
+                fh.write("\n")
+
+
+def spool_parts(rows: int) -> int:
+    """How many parts a file of ``rows`` clean rows is spooled in: one per ``PART_ROWS``,
+    at most ``COPY_SESSIONS``."""
+    return max(1, min(COPY_SESSIONS, -(-rows // PART_ROWS)))
 
 
 def write_spool(clean: CleanFile, spool_dir: Path) -> SpoolFile:
-    """Write one cleaned file into ``spool_dir``: its rows in COPY text format, its
-    quarantine as CSV; returns the paths and the counts."""
+    """Write one cleaned file into ``spool_dir``: its rows in COPY text format (in
+    ``spool_parts`` parts), its quarantine as CSV; returns the paths and the counts."""
     spool_dir.mkdir(parents=True, exist_ok=True)
-    data_path = spool_dir / f"{clean.kind}.copy"
+    parts = spool_parts(len(clean.frame))
+    data_paths = [spool_dir / f"{clean.kind}.{i}.copy" for i in range(parts)]
     quarantine_path = spool_dir / f"{clean.kind}.quarantine.csv"
-    _write_copy_text(data_path, clean.frame)
+    _write_copy_text(data_paths, clean.frame)
     _write_csv(quarantine_path, clean.quarantine)
     reasons = Counter(_reason_code(r) for r in clean.quarantine["reason"])
     return SpoolFile(
@@ -165,15 +208,13 @@ def write_spool(clean: CleanFile, spool_dir: Path) -> SpoolFile:
         merged=clean.merged,
         quarantined=len(clean.quarantine),
         reasons=dict(sorted(reasons.items())),
-        data_path=str(data_path),
+        data_paths=[str(path) for path in data_paths],
         quarantine_path=str(quarantine_path),
     )
 
 
-
 def _reason_code(reason: str) -> str:
     return reason.split(":", 1)[0]
-
 
 
 @dataclass
@@ -195,7 +236,8 @@ def _raw(conn) -> psycopg2.extensions.cursor:
 
 
 def _copy_sql(table: str, kind: str) -> str:
-    return f"COPY {table} ({', '.join(TARGET_COLUMNS[kind])}) FROM STDIN"  # text format
+    # text format; the spool's bytes are UTF-8 whatever the connection's client encoding
+    return f"COPY {table} ({', '.join(TARGET_COLUMNS[kind])}) FROM STDIN WITH (ENCODING 'UTF8')"
 
 
 def create_stage(engine: Engine) -> str:
@@ -303,8 +345,33 @@ def _build_indexes(engine: Engine, creates: list[str], constraints: list[str]) -
             _raw(conn).execute(statement)
 
 
-def stage_spool(engine: Engine, kind: str, data_path: str, schema: str) -> StagedFile:
-    """COPY one spool file into ``schema.kind``; for an empty target, build a swappable twin."""
+def _copy_file(cur, table: str, kind: str, path: str) -> int:
+    """COPY one spool part into ``table``; the rows it held (the file's UTF-8 bytes go
+    to PostgreSQL as they are, not decoded and encoded again)."""
+    with open(path, "rb") as fh:
+        cur.copy_expert(_copy_sql(table, kind), fh, size=COPY_BUFFER)
+    return int(cur.rowcount)
+
+
+def _copy_in_sessions(engine: Engine, table: str, kind: str, paths: list[str]) -> int:
+    """COPY the parts into ``table`` side by side, each in its own session (PostgreSQL
+    parses the rows and, for books, computes the search vector in each); the rows."""
+
+    def copy(path: str) -> int:
+        with engine.begin() as conn:
+            conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
+            return _copy_file(_raw(conn), table, kind, path)
+
+    with ThreadPoolExecutor(max_workers=len(paths)) as pool:
+        return sum(future.result() for future in [pool.submit(copy, p) for p in paths])
+
+
+def stage_spool(engine: Engine, kind: str, data_paths: list[str], schema: str) -> StagedFile:
+    """COPY one spool file into ``schema.kind``; for an empty target, build a swappable twin.
+
+    A file in one part is COPY-ed in the transaction that creates its table; the parts
+    of a larger one in parallel sessions once the table exists (the stage schema is
+    private to this run, and dropped whatever happens)."""
     with engine.begin() as conn:
         conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
         cur = _raw(conn)
@@ -320,9 +387,10 @@ def stage_spool(engine: Engine, kind: str, data_path: str, schema: str) -> Stage
             cur.execute(
                 f"CREATE UNLOGGED TABLE {table} AS SELECT {columns} FROM {target} WITH NO DATA"
             )
-        with open(data_path, encoding="utf-8") as fh:
-            cur.copy_expert(_copy_sql(table, kind), fh)
-        rows = int(cur.rowcount)
+        if len(data_paths) == 1:
+            rows = _copy_file(cur, table, kind, data_paths[0])
+    if len(data_paths) > 1:
+        rows = _copy_in_sessions(engine, table, kind, data_paths)
     if twin:
         _build_indexes(engine, creates, constraints)
     return StagedFile(kind=kind, schema=schema, rows=rows, twin=twin)

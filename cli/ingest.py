@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("source", help="folder or s3://bucket/prefix holding the three files")
     parser.add_argument("--layout", choices=["auto", "kaggle", "original"], default="auto")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.set_defaults(handler=_ingest, prefect=True,
+    parser.set_defaults(handler=_ingest, prefect=True, heartbeats=False,
                         preload=("flows.ingest",))
 
 

@@ -216,7 +216,7 @@ def test_copy_text_spool_round_trips_awkward_values(engine, tmp_path):
         }
     )
     path = tmp_path / "frame.copy"
-    _write_copy_text(path, frame)
+    _write_copy_text([path], frame)
     with engine.begin() as conn:
         cur = conn.connection.dbapi_connection.cursor()
         cur.execute("CREATE TEMP TABLE round_trip (a text, b smallint, c bigint) ON COMMIT DROP")
@@ -359,3 +359,52 @@ def test_a_load_that_doubles_a_table_merges_into_a_twin_like_the_upsert(
     assert merged_summary == upserted_summary
     assert all(inserted > 0 and unchanged > 0 for inserted, _, unchanged in merged_summary.values())
     assert merged_summary["books"][1] == 1
+
+
+LOADED = {  # the loaded columns of each table, in key order (no bookkeeping columns)
+    "books": ("isbn", "isbn, title, author, year, publisher, image_url_s, image_url_m, image_url_l"),
+    "ratings": ("user_id, isbn", "user_id, isbn, rating"),
+    "users": ("user_id", "user_id, location, city, region, country, age"),
+}
+
+
+def _loaded(engine) -> dict[str, tuple[int, str]]:
+    with engine.connect() as conn:
+        return {
+            kind: tuple(
+                conn.execute(
+                    sa.text(
+                        f"SELECT count(*), md5(string_agg(row({columns})::text, '|' "
+                        f"ORDER BY {order})) FROM {kind}"
+                    )
+                ).one()
+            )
+            for kind, (order, columns) in LOADED.items()
+        }
+
+
+def test_files_over_part_rows_are_copied_in_parallel_parts(clean_db, settings, monkeypatch):
+    """A file of more than PART_ROWS clean rows is spooled in parts, COPY-ed side by side:
+    the tables hold the same rows as from one part, swapped in or upserted."""
+    run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"))
+    one_part = _loaded(clean_db)
+    with clean_db.begin() as conn:
+        conn.execute(sa.text("TRUNCATE books, ratings, users, ingest_runs CASCADE"))
+
+    parts: dict[str, int] = {}
+    stage_spool = pgload.stage_spool
+
+    def counting_stage_spool(engine, kind, data_paths, schema):
+        parts[kind] = len(data_paths)
+        return stage_spool(engine, kind, data_paths, schema)
+
+    monkeypatch.setattr(pgload, "PART_ROWS", 5_000)  # the forked cleaners inherit it
+    monkeypatch.setattr(pgload, "stage_spool", counting_stage_spool)
+    first = run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"))
+    assert parts == {"books": 2, "ratings": 2, "users": 2}
+    assert _loaded(clean_db) == one_part
+    assert all(c["inserted"] == c["rows_read"] - c["merged"] - c["quarantined"]
+               for c in first["files"].values())
+    again = run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"))  # the upsert path
+    assert all(c["inserted"] == c["updated"] == 0 for c in again["files"].values())
+    assert _loaded(clean_db) == one_part

@@ -3,14 +3,16 @@
 ``run_ingest`` is the one composition of the steps, run by the ingest flow (inside its
 ``ingest-files`` task), the tests and ``bench/bench_ingest.py``:
 
-1. ``sources.locate`` and ``sources.fetch``: the three files, local.
+1. ``sources.locate`` and ``sources.fetch``: the three files, local. Meanwhile, in a
+   thread, the caller's ``prepare`` (the flow's: the migrations) and ``create_stage``.
 2. ``clean_to_spool`` per file, each in a forked process: read and check the bytes
    (``sources.read_source``), parse (``bookrec.parse``), clean (``bookrec.cleaning``):
    every record ends as a clean row, a merged duplicate, or a quarantined row with its
    line number, raw text and reason; then ``pgload.write_spool``: the clean rows in COPY
-   text format, the quarantine as CSV, and the counts.
+   text format (a large file in parts), the quarantine as CSV, and the counts.
 3. ``pgload.stage_spool`` per file as soon as it is clean (COPY into a per-run stage
-   schema, indexes built there for a first load), then ``pgload.commit_staged``: ONE
+   schema, the parts of a large file side by side, indexes built there for a first
+   load), then ``pgload.commit_staged``: ONE
    transaction that swaps in or upserts every file (counting inserted / updated /
    unchanged) and stores the quarantine and an ``ingest_runs`` row. Until it commits,
    only the stage schema has changed, so a failure anywhere leaves the tables as they were.
@@ -25,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -92,50 +94,70 @@ def run_ingest(
     layout: str = "auto",
     spool_dir: Path | None = None,
     log: Callable[[str], object] | None = None,
+    prepare: Callable[[], object] | None = None,
 ) -> dict:
     """Ingest ``source`` (a folder or ``s3://`` prefix in ``layout``): locate and fetch the
     files, clean each in its own process and stage it as soon as it is clean, then the one
     commit. Returns the ingest report (``pgload.commit_staged``'s, plus ``duration_s``).
 
-    The spool files live in a temporary folder under ``spool_dir`` (default: the system's),
-    removed at the end like the stage schema. ``log`` receives a line per file as it is
-    cleaned and staged.
+    ``prepare`` (the ingest flow's: apply the migrations) runs in a thread while the files
+    are cleaned, then the stage schema is created; staging waits for both. The spool files
+    live in a temporary folder under ``spool_dir`` (default: the system's), removed at the
+    end like the stage schema. ``log`` receives a line per file as it is cleaned and staged.
     """
     say = log or (lambda _line: None)
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     resolved, files = sources.locate(source, layout, settings)
-    schema = pgload.create_stage(engine)
-    try:
-        with tempfile.TemporaryDirectory(prefix="ingest-", dir=spool_dir) as tmp:
-            paths = {
-                kind: sources.fetch(files[kind], Path(tmp) / "raw", settings) for kind in KINDS
-            }
+    schema: str | None = None
 
-            def clean_and_stage(kind: str) -> tuple[SpoolFile, StagedFile]:
-                began = time.perf_counter()
-                spool = clean_to_spool_in_subprocess(
-                    paths[kind], kind, resolved, files[kind].uri, Path(tmp)
+    def open_stage() -> str:
+        nonlocal schema
+        if prepare is not None:
+            began = time.perf_counter()
+            prepare()
+            say(f"database prepared ({time.perf_counter() - began:.1f} s)")
+        schema = pgload.create_stage(engine)
+        return schema
+
+    with ThreadPoolExecutor(max_workers=1) as opener:
+        stage_ready = opener.submit(open_stage)
+        try:
+            with tempfile.TemporaryDirectory(prefix="ingest-", dir=spool_dir) as tmp:
+                paths = {
+                    kind: sources.fetch(files[kind], Path(tmp) / "raw", settings) for kind in KINDS
+                }
+
+                def clean_and_stage(kind: str) -> tuple[SpoolFile, StagedFile]:
+                    began = time.perf_counter()
+                    spool = clean_to_spool_in_subprocess(
+                        paths[kind], kind, resolved, files[kind].uri, Path(tmp)
+                    )
+                    cleaned = time.perf_counter()
+                    staged = pgload.stage_spool(
+                        engine, kind, spool.data_paths, stage_ready.result()
+                    )
+                    say(
+                        f"{kind}: {spool.rows_read:,} rows read, {spool.rows_clean:,} clean, "
+                        f"{spool.quarantined:,} quarantined ({cleaned - began:.1f} s); "
+                        f"staged ({time.perf_counter() - cleaned:.1f} s)"
+                    )
+                    return spool, staged
+
+                with ThreadPoolExecutor(max_workers=len(KINDS)) as threads:
+                    futures = [threads.submit(clean_and_stage, kind) for kind in KINDS]
+                    done = [f.result() for f in futures]
+                report = pgload.commit_staged(
+                    engine,
+                    [staged for _, staged in done],
+                    [spool for spool, _ in done],
+                    source=source,
+                    layout=resolved,
+                    started_at=started,
                 )
-                cleaned = time.perf_counter()
-                staged = pgload.stage_spool(engine, kind, spool.data_paths, schema)
-                say(f"{kind}: {spool.rows_read:,} rows read, {spool.rows_clean:,} clean, "
-                    f"{spool.quarantined:,} quarantined ({cleaned - began:.1f} s); "
-                    f"staged ({time.perf_counter() - cleaned:.1f} s)")
-                return spool, staged
-
-            with ThreadPoolExecutor(max_workers=len(KINDS)) as threads:
-                futures = [threads.submit(clean_and_stage, kind) for kind in KINDS]
-                done = [f.result() for f in futures]
-            report = pgload.commit_staged(
-                engine,
-                [staged for _, staged in done],
-                [spool for spool, _ in done],
-                source=source,
-                layout=resolved,
-                started_at=started,
-            )
-    finally:
-        pgload.drop_stage(engine, schema)
+        finally:
+            wait([stage_ready])  # a failed file must not leave a stage schema behind
+            if schema is not None:
+                pgload.drop_stage(engine, schema)
     report["duration_s"] = round(time.perf_counter() - t0, 3)
     return report

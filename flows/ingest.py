@@ -7,7 +7,7 @@ from typing import Literal
 
 from prefect import flow
 
-from tasks.ingest import ingest_files, prepare_database, publish_ingest_report
+from tasks.ingest import ingest_files, publish_ingest_report
 
 
 @flow(name="ingest", flow_run_name="ingest-{layout}", log_prints=True)
@@ -22,7 +22,6 @@ def ingest_flow(
     being cleaned); one final transaction then applies all three.
     """
     t0 = time.perf_counter()
-    prepare_database()
     report = ingest_files(source, layout)
     report["duration_s"] = round(time.perf_counter() - t0, 3)
     publish_ingest_report(report)

@@ -1,4 +1,4 @@
-"""Prefect tasks for ingest: migrate the database, run the ingest, publish its report.
+"""Prefect tasks for ingest: run the ingest (migrating the database), publish its report.
 
 ``ingest-files`` runs ``bookrec.ingest.run_ingest``, the same composition the tests and
 ``bench/bench_ingest.py`` run: it cleans the three files in parallel processes and stages
@@ -17,23 +17,20 @@ from bookrec.settings import get_settings
 from tasks.retries import IO_RETRIES
 
 
-@task(name="prepare-database", **IO_RETRIES)
-def prepare_database() -> None:
-    """Apply the database migrations."""
-    db.upgrade(db.get_engine(get_settings()))
-
-
 @task(name="ingest-files", **IO_RETRIES)
 def ingest_files(source: str, layout: str) -> dict:
-    """Locate, clean, stage and commit the three files of ``source``; the ingest report.
+    """Apply the database migrations, then locate, clean, stage and commit the three files
+    of ``source``; the ingest report.
 
-    Spool files go to a temporary folder under ``<home>/spool``, removed afterwards; each
-    file's counts and timings are logged as it is staged."""
+    The migrations run while the files are cleaned (they need no database); staging waits
+    for them. Spool files go to a temporary folder under ``<home>/spool``, removed
+    afterwards; each file's counts and timings are logged as it is staged."""
     settings = get_settings()
+    engine = db.get_engine(settings)
     spool_dir = settings.home_dir / "spool"
     spool_dir.mkdir(parents=True, exist_ok=True)
-    return ingest.run_ingest(db.get_engine(settings), settings, source, layout,
-                             spool_dir=spool_dir, log=get_run_logger().info)
+    return ingest.run_ingest(engine, settings, source, layout, spool_dir=spool_dir,
+                             log=get_run_logger().info, prepare=lambda: db.upgrade(engine))
 
 
 @task(name="publish-ingest-report")

@@ -362,7 +362,10 @@ def test_a_load_that_doubles_a_table_merges_into_a_twin_like_the_upsert(
 
 
 LOADED = {  # the loaded columns of each table, in key order (no bookkeeping columns)
-    "books": ("isbn", "isbn, title, author, year, publisher, image_url_s, image_url_m, image_url_l"),
+    "books": (
+        "isbn",
+        "isbn, title, author, year, publisher, image_url_s, image_url_m, image_url_l",
+    ),
     "ratings": ("user_id, isbn", "user_id, isbn, rating"),
     "users": ("user_id", "user_id, location, city, region, country, age"),
 }
@@ -403,8 +406,43 @@ def test_files_over_part_rows_are_copied_in_parallel_parts(clean_db, settings, m
     first = run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"))
     assert parts == {"books": 2, "ratings": 2, "users": 2}
     assert _loaded(clean_db) == one_part
-    assert all(c["inserted"] == c["rows_read"] - c["merged"] - c["quarantined"]
-               for c in first["files"].values())
+    assert all(
+        c["inserted"] == c["rows_read"] - c["merged"] - c["quarantined"]
+        for c in first["files"].values()
+    )
     again = run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"))  # the upsert path
     assert all(c["inserted"] == c["updated"] == 0 for c in again["files"].values())
     assert _loaded(clean_db) == one_part
+
+
+def test_prepare_runs_while_the_files_are_cleaned_and_before_staging(
+    clean_db, settings, monkeypatch
+):
+    """The ingest flow migrates the database through ``prepare``: it runs beside the
+    cleaning, and no file is staged before it is done."""
+    events: list[str] = []
+    stage_spool = pgload.stage_spool
+
+    def recording_stage_spool(engine, kind, data_paths, schema):
+        events.append(f"staged {kind}")
+        return stage_spool(engine, kind, data_paths, schema)
+
+    monkeypatch.setattr(pgload, "stage_spool", recording_stage_spool)
+    report = run_ingest(
+        clean_db, settings, str(SAMPLE_DIR / "original"), prepare=lambda: events.append("prepared")
+    )
+    assert events[0] == "prepared"
+    assert sorted(events[1:]) == ["staged books", "staged ratings", "staged users"]
+    assert all(c["inserted"] > 0 for c in report["files"].values())
+
+
+def test_a_failed_prepare_stops_the_ingest_and_leaves_no_stage_schema(clean_db, settings):
+    before = db_fingerprint(clean_db)
+
+    def prepare():
+        raise RuntimeError("migration failed")
+
+    with pytest.raises(RuntimeError, match="migration failed"):
+        run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"), prepare=prepare)
+    assert db_fingerprint(clean_db) == before
+    assert _rows(clean_db, STAGES) == []

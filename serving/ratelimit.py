@@ -10,8 +10,12 @@ admitted in one interval, a rounding error for per-minute limits (a daemon threa
 the hits of clients that went quiet on a worker); a Redis call on every
 request cost ~120 us of worker CPU, half a cached request (measured in
 bench/bench_serving.py, see docs/serving.md). ``BOOKREC_RATE_LIMIT_SYNC_S=0`` asks Redis on
-every request. When Redis errors, the check falls back to the in-memory limiter for a second
-(``fallbacks{reason="redis_down"}``) and never fails the request.
+every request. When Redis errors, the worker counts on its own for a second
+(``fallbacks{reason="redis_down"}``): a client's hits are admitted while the global count
+as last settled plus the hits counted here stays within the limit, and those hits are sent
+with the next settlement; the request never fails. (The in-memory storage of ``limits``,
+used without Redis, starts a timer thread every 10 ms while it is used: ~10% of a worker's
+GIL samples when Redis timeouts under load opened the breaker.)
 
 No rate-limit headers on every response (they would cost storage reads); a 429 carries
 ``Retry-After``, the seconds until the client's window resets.
@@ -97,12 +101,7 @@ class SharedCounts:
         """Count one hit of ``group`` against ``item``; whether it is within the limit."""
         if self.sync_interval_s <= 0:
             return self.limiter.hit(item, NAMESPACE, group)
-        cached = self._keys.get((id(item), group))
-        if cached is None:  # the item is kept with its key, so its id is not reused
-            if len(self._keys) >= _MAX_WINDOWS:
-                self._keys.clear()
-            cached = self._keys[id(item), group] = (item, item.key_for(NAMESPACE, group))
-        key = cached[1]
+        key = self._key(item, group)
         now = time.monotonic()
         with self._lock:
             window = self._windows.get(key)
@@ -117,6 +116,30 @@ class SharedCounts:
                     self._flusher.start()
                 return window.base + window.pending <= item.amount
         return self._settle(window, now)
+
+    def _key(self, item: RateLimitItem, group: str) -> str:
+        """The storage key of ``group``'s window of ``item`` (remembered)."""
+        cached = self._keys.get((id(item), group))
+        if cached is None:  # the item is kept with its key, so its id is not reused
+            if len(self._keys) >= _MAX_WINDOWS:
+                self._keys.clear()
+            cached = self._keys[id(item), group] = (item, item.key_for(NAMESPACE, group))
+        return cached[1]
+
+    def hit_local(self, item: RateLimitItem, group: str, count: bool = True) -> tuple[bool, float]:
+        """While the storage is unavailable: count a hit of ``group`` here only (``count``;
+        False for a hit a failed settlement already kept). Whether the global count as last
+        settled plus the hits counted here stays within the limit, and the seconds until
+        the window ends. The hits are sent with the next settlement."""
+        key = self._key(item, group)
+        now = time.monotonic()
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None or now >= window.expires:
+                window = self._new_window(key, item, group, now)
+            if count:
+                window.pending += 1
+            return window.base + window.pending <= item.amount, window.expires - now
 
     def _settle(self, window: _Window, now: float) -> bool:
         """Send the window's hits counted here to the shared storage; whether the global
@@ -225,17 +248,23 @@ class RateLimits:
         (allowed, seconds until its window resets)."""
         item = item or self.item
         group = client_group(client)
+        shared = self.shared
         limiter = self.memory
-        if self.shared is not None and not self.breaker.open:
+        if shared is None:
+            allowed = self.memory.hit(item, NAMESPACE, group)
+        elif not self.breaker.open:
             try:
-                allowed = self.shared.hit(item, group)
-                limiter = self.shared.limiter
-            except Exception:  # noqa: BLE001 - any storage error: count in memory for a while
+                allowed = shared.hit(item, group)
+                limiter = shared.limiter
+            except Exception:  # noqa: BLE001 - any storage error: count here for a while
                 self.breaker.trip()
                 self.metrics.fallbacks.labels(reason="redis_down").inc()
-                allowed = self.memory.hit(item, NAMESPACE, group)
+                # a failed settlement kept this hit; the per-request path (interval 0) did not
+                allowed, reset_in = shared.hit_local(item, group, shared.sync_interval_s <= 0)
+                return (True, 0) if allowed else (False, max(1, int(reset_in + 0.999)))
         else:
-            allowed = self.memory.hit(item, NAMESPACE, group)
+            allowed, reset_in = shared.hit_local(item, group)
+            return (True, 0) if allowed else (False, max(1, int(reset_in + 0.999)))
         if allowed:
             return True, 0
         try:

@@ -116,3 +116,29 @@ def test_the_limiter_uses_only_public_names_of_limits():
     source = Path(module.__file__).read_text()
     assert not re.search(r"\._[A-Za-z]+__", source)  # name-mangled
     assert "storage.incr" not in source
+
+
+def test_while_the_breaker_is_open_hits_are_counted_here_and_sent_later(redis_url):
+    """After a Redis error the worker counts on its own (no storage call, no in-memory
+    storage of ``limits``), from the global count it last settled; the hits it counted go
+    to Redis with the next settlement."""
+    limits = RateLimits(
+        Settings(redis_url=redis_url, rate_limit="5 per minute", rate_limit_sync_s=0.05),
+        Metrics(),
+    )
+    client = redis.Redis.from_url(redis_url)
+    key = "bookrec:limits:" + limits.item.key_for(NAMESPACE, "10.0.0.9")
+    try:
+        assert limits.hit("10.0.0.9") == (True, 0)  # the first hit settles: Redis holds 1
+        assert int(client.get(key)) == 1
+        limits.breaker.trip()  # as a Redis timeout would
+        answers = [limits.hit("10.0.0.9") for _ in range(5)]
+        assert [allowed for allowed, _ in answers] == [True] * 4 + [False]
+        assert 1 <= answers[-1][1] <= 60  # Retry-After: the window's end
+        assert int(client.get(key)) == 1  # nothing was sent meanwhile
+        while limits.breaker.open:
+            time.sleep(0.05)
+        assert limits.hit("10.0.0.9")[0] is False  # settles the 5 kept and this one
+        assert int(client.get(key)) == 7
+    finally:
+        client.close()

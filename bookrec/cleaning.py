@@ -585,54 +585,54 @@ def _quarantine_frame(parsed: ParsedFile, rejected: np.ndarray, reasons: list[st
 
 
 def _dedupe(
-    frame: pd.DataFrame,
-    keys: list[str],
-    priority: list[str],
-    key: np.ndarray | None = None,
-    prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
-) -> tuple[pd.DataFrame, int]:
-    """Keep one row per key: the one that sorts last by ``priority`` (documented per file).
-
-    ``key`` (one integer per row, equal where the keys are) finds the duplicates without
-    hashing the key columns; ``prepare`` adds priority columns to the duplicated rows only."""
-    if key is not None:
-        dup = pd.Series(key).duplicated(keep=False).to_numpy()
-    else:
-        dup = frame.duplicated(keys, keep=False).to_numpy()
+    rows: np.ndarray,
+    key: np.ndarray,
+    priority: Callable[[np.ndarray], list[np.ndarray]] = lambda _rows: [],
+) -> tuple[np.ndarray, int]:
+    """Keep one row per key: the one that sorts last by ``priority`` (documented per file),
+    then by position. ``rows``: the candidate rows' positions, ascending; ``key``: one
+    integer each, equal where the keys are; ``priority(rows)``: for the rows that share a
+    key (few), the arrays to sort them by, most significant first. Returns the rows kept
+    and how many were merged away."""
+    dup = pd.Series(key).duplicated(keep=False).to_numpy()
     if not dup.any():
-        return frame, 0
-    subset = frame[dup]
-    if prepare is not None:
-        subset = prepare(subset)
-    ordered = subset.sort_values(keys + priority, kind="stable")
-    losers = ordered.index[ordered.duplicated(keys, keep="last")]
-    return frame.drop(index=losers), len(losers)
+        return rows, 0
+    shared, shared_key = rows[dup], key[dup]
+    order = np.lexsort((shared, *reversed(priority(shared)), shared_key))
+    ordered = shared_key[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = ordered[:-1] != ordered[1:]
+    losers = shared[order[~last]]
+    keep = np.ones(len(rows), dtype=bool)
+    keep[np.searchsorted(rows, losers)] = False
+    return rows[keep], len(losers)
 
 
-def _named(parsed: ParsedFile, names: list[str]) -> pd.DataFrame:
-    """The parsed rows with their column names and their row position in ``parsed``."""
-    df = parsed.frame.copy()
-    df.columns = names
-    df["_pos"] = np.arange(len(df))
-    return df
+def _reasons_given(reasons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions of the rows with a reason, positions of the others)."""
+    rejected = ~pd.isna(reasons)
+    return np.flatnonzero(rejected), np.flatnonzero(~rejected)
 
 
-def _reject(df: pd.DataFrame, reasons: pd.Series) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
-    """Split off the rows that have a reason; return (kept rows, rejected positions, reasons)."""
-    rejected = reasons.notna().to_numpy()
-    positions = df["_pos"].to_numpy()[rejected]
-    return df[~rejected].copy(), positions, reasons[rejected].tolist()
-
-
-def _finish(kind, parsed, df, positions, reasons, merged) -> CleanFile:
+def _finish(kind, parsed, columns: dict, rows, positions, reasons, merged) -> CleanFile:
+    """The clean rows ``rows`` of ``columns`` (name -> array or pandas array, one value per
+    parsed row) in file order, and the quarantine."""
+    frame = pd.DataFrame({name: columns[name][rows] for name in C.TARGET_COLUMNS[kind]})
     return CleanFile(
         kind,
         parsed.name,
         parsed.rows_read,
-        df[C.TARGET_COLUMNS[kind]].reset_index(drop=True),
-        _quarantine_frame(parsed, positions, reasons),
+        frame,
+        _quarantine_frame(parsed, positions, reasons[positions].tolist()),
         merged,
     )
+
+
+def _objects(values: list | pd.Series) -> np.ndarray:
+    """A one-dimensional object array of ``values``."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values.tolist() if isinstance(values, pd.Series) else values
+    return out
 
 
 def clean_books(parsed: ParsedFile, layout: str) -> CleanFile:
@@ -642,35 +642,38 @@ def clean_books(parsed: ParsedFile, layout: str) -> CleanFile:
     the row whose raw key was already canonical wins, then the one with more fields
     filled, then the later line.
     """
-    df = _named(parsed, C.BOOK_COLUMNS)
-    raw_isbn = df[C.ISBN]
-    df[C.ISBN], canonical, isbn_key = map_isbns(raw_isbn, strip=True)
+    frame = parsed.frame
+    fields = dict(zip(C.BOOK_COLUMNS, frame.columns, strict=True))
+    raw_isbn = frame[fields[C.ISBN]]
+    isbns, canonical, isbn_key = map_isbns(raw_isbn, strip=True)
+    columns: dict = {C.ISBN: isbns.to_numpy()}
     for col in (C.TITLE, C.AUTHOR, C.PUBLISHER):
+        values = frame[fields[col]]
         if layout == "kaggle":
-            df[col] = map_unique(df[col], repair_kaggle_escapes)
-        df[col] = map_unique_text(df[col])
+            values = map_unique(values, repair_kaggle_escapes)
+        columns[col] = map_unique_text(values).to_numpy()
     for col in (C.IMAGE_S, C.IMAGE_M, C.IMAGE_L):
-        df[col] = pd.Series(clean_urls(df[col].tolist()), index=df.index, dtype=object)
+        columns[col] = _objects(clean_urls(frame[fields[col]].tolist()))
     max_year = max_plausible_year()
-    df[C.YEAR] = map_unique(df[C.YEAR], lambda v: plausible_year(v, max_year)).astype("Int16")
-
-    reasons = pd.Series(None, index=df.index, dtype=object)
-    reasons[df[C.TITLE].isna()] = "missing_title"
-    bad_isbn = isbn_key < 0
-    reasons[bad_isbn] = map_unique(raw_isbn[bad_isbn], isbn_rejection_reason)
-    df, positions, why = _reject(df, reasons)
-    kept = df["_pos"].to_numpy()
-
-    def prepare(dups: pd.DataFrame) -> pd.DataFrame:
-        return dups.assign(
-            _canonical=canonical[dups["_pos"].to_numpy()],
-            _filled=dups[C.BOOK_COLUMNS].notna().sum(axis=1),
-        )
-
-    df, merged = _dedupe(
-        df, [C.ISBN], ["_canonical", "_filled", "_pos"], key=isbn_key[kept], prepare=prepare
+    columns[C.YEAR] = (
+        map_unique(frame[fields[C.YEAR]], lambda v: plausible_year(v, max_year))
+        .astype("Int16")
+        .array
     )
-    return _finish("books", parsed, df, positions, why, merged)
+
+    reasons = np.full(len(frame), None, dtype=object)
+    reasons[pd.isna(columns[C.TITLE])] = "missing_title"
+    bad_isbn = isbn_key < 0
+    if bad_isbn.any():
+        reasons[bad_isbn] = map_unique(raw_isbn[bad_isbn], isbn_rejection_reason).to_numpy()
+    positions, kept = _reasons_given(reasons)
+
+    def priority(rows: np.ndarray) -> list[np.ndarray]:
+        filled = sum(~pd.isna(columns[col][rows]) for col in C.BOOK_COLUMNS)
+        return [canonical[rows], np.asarray(filled)]
+
+    rows, merged = _dedupe(kept, isbn_key[kept], priority)
+    return _finish("books", parsed, columns, rows, positions, reasons, merged)
 
 
 def clean_ratings(parsed: ParsedFile, layout: str) -> CleanFile:
@@ -692,31 +695,20 @@ def clean_ratings(parsed: ParsedFile, layout: str) -> CleanFile:
     if bad_isbn.any():
         reasons[bad_isbn] = map_unique(raw_isbn[bad_isbn], isbn_rejection_reason).to_numpy()
     reasons[user_ids < 0] = "invalid_user_id"
-    rejected = reasons != None  # noqa: E711 - elementwise
-    positions = np.flatnonzero(rejected)
-    kept = np.flatnonzero(~rejected)
-    df = pd.DataFrame(
-        {
-            C.USER_ID: user_ids[kept],
-            C.ISBN: isbns.to_numpy()[kept],
-            C.RATING: ratings[kept].astype(np.int16),
-            "_pos": kept,
-        },
-        index=kept,
-    )
+    positions, kept = _reasons_given(reasons)
 
-    def prepare(dups: pd.DataFrame) -> pd.DataFrame:
-        return dups.assign(
-            _explicit=(dups[C.RATING] > 0).astype(np.int8),
-            _canonical=canonical[dups["_pos"].to_numpy()],
-        )
+    def priority(rows: np.ndarray) -> list[np.ndarray]:
+        return [(ratings[rows] > 0).astype(np.int8), canonical[rows]]
 
     isbn_codes, isbn_numbers = pd.factorize(isbn_key[kept])
     key = user_ids[kept] * len(isbn_numbers) + isbn_codes
-    df, merged = _dedupe(
-        df, [C.USER_ID, C.ISBN], ["_explicit", "_canonical", "_pos"], key=key, prepare=prepare
-    )
-    return _finish("ratings", parsed, df, positions, reasons[positions].tolist(), merged)
+    rows, merged = _dedupe(kept, key, priority)
+    columns = {
+        C.USER_ID: user_ids,
+        C.ISBN: isbns.to_numpy(),
+        C.RATING: ratings.astype(np.int16),
+    }
+    return _finish("ratings", parsed, columns, rows, positions, reasons, merged)
 
 
 def clean_users(parsed: ParsedFile, layout: str) -> CleanFile:
@@ -724,25 +716,23 @@ def clean_users(parsed: ParsedFile, layout: str) -> CleanFile:
 
     A user id that appears twice keeps its later line.
     """
-    df = _named(parsed, [C.USER_ID, C.LOCATION, C.AGE])
-    df[C.USER_ID] = map_unique(df[C.USER_ID], parse_user_id)
-    reasons = pd.Series(None, index=df.index, dtype=object)
-    reasons[df[C.USER_ID].isna()] = "invalid_user_id"
-    df, positions, why = _reject(df, reasons)
-    df[C.USER_ID] = df[C.USER_ID].astype("int64")
-    codes, uniques = pd.factorize(df[C.LOCATION], use_na_sentinel=False)
+    frame = parsed.frame
+    user_ids = map_unique_ints(frame.iloc[:, 0], parse_user_id)
+    reasons = np.full(len(frame), None, dtype=object)
+    reasons[user_ids < 0] = "invalid_user_id"
+    positions, kept = _reasons_given(reasons)
+    codes, uniques = pd.factorize(frame.iloc[:, 1], use_na_sentinel=False)
     locations = np.asarray(uniques, dtype=object).tolist()
+    columns: dict = {C.USER_ID: user_ids}
     for name, values in zip(
         (C.LOCATION, C.CITY, C.REGION, C.COUNTRY),
         (clean_texts(locations), *split_locations(locations)),
         strict=True,
     ):
-        column = np.empty(len(values), dtype=object)
-        column[:] = values
-        df[name] = pd.Series(column[codes], index=df.index, dtype=object)
-    df[C.AGE] = map_unique(df[C.AGE], plausible_age).astype("Int16")
-    df, merged = _dedupe(df, [C.USER_ID], ["_pos"], key=df[C.USER_ID].to_numpy())
-    return _finish("users", parsed, df, positions, why, merged)
+        columns[name] = _objects(values)[codes]
+    columns[C.AGE] = map_unique(frame.iloc[:, 2], plausible_age).astype("Int16").array
+    rows, merged = _dedupe(kept, user_ids[kept])
+    return _finish("users", parsed, columns, rows, positions, reasons, merged)
 
 
 CLEANERS = {"books": clean_books, "ratings": clean_ratings, "users": clean_users}

@@ -64,9 +64,12 @@ INGEST_LOCK = 72210002
 # INDEX_SESSIONS sessions (CPU-bound, but the longest must not wait for the short ones).
 MAINTENANCE_WORK_MEM = "256MB"
 INDEX_SESSIONS = 4
-# A large file is spooled in parts that are COPY-ed side by side (PostgreSQL parses COPY
-# data and computes generated columns in one process per session): one part per
-# PART_ROWS rows, at most COPY_SESSIONS (this machine's cores).
+# A large books file is spooled in parts that are COPY-ed side by side: PostgreSQL parses
+# COPY data and computes the generated search vector (books.search_doc) in one process per
+# session, and books is the critical path (cleaned last, then its GIN index). One part per
+# PART_ROWS rows, at most COPY_SESSIONS (this machine's cores). Ratings and users load
+# while books is still being cleaned: more sessions there would only take CPU from it.
+SPLIT_KINDS = frozenset({"books"})
 PART_ROWS = 100_000
 COPY_SESSIONS = 2
 COPY_BUFFER = 1 << 18
@@ -184,9 +187,11 @@ def _write_copy_text(paths: list[Path], frame: pd.DataFrame) -> None:
                 fh.write("\n")
 
 
-def spool_parts(rows: int) -> int:
-    """How many parts a file of ``rows`` clean rows is spooled in: one per ``PART_ROWS``,
-    at most ``COPY_SESSIONS``."""
+def spool_parts(kind: str, rows: int) -> int:
+    """How many parts a file of ``rows`` clean rows is spooled in: for ``SPLIT_KINDS``, one
+    per ``PART_ROWS``, at most ``COPY_SESSIONS``; else one."""
+    if kind not in SPLIT_KINDS:
+        return 1
     return max(1, min(COPY_SESSIONS, -(-rows // PART_ROWS)))
 
 
@@ -194,7 +199,7 @@ def write_spool(clean: CleanFile, spool_dir: Path) -> SpoolFile:
     """Write one cleaned file into ``spool_dir``: its rows in COPY text format (in
     ``spool_parts`` parts), its quarantine as CSV; returns the paths and the counts."""
     spool_dir.mkdir(parents=True, exist_ok=True)
-    parts = spool_parts(len(clean.frame))
+    parts = spool_parts(clean.kind, len(clean.frame))
     data_paths = [spool_dir / f"{clean.kind}.{i}.copy" for i in range(parts)]
     quarantine_path = spool_dir / f"{clean.kind}.quarantine.csv"
     _write_copy_text(data_paths, clean.frame)

@@ -39,12 +39,36 @@ from bookrec.pgload import SpoolFile, StagedFile
 from bookrec.settings import Settings
 from bookrec.sources import KINDS
 
-# At most one cleaning process per core, files cleaned in the order asked for. The books
-# file lies on the critical path (longest to clean, then its trigram indexes), so the
-# other files are cleaned at a lower CPU priority and never slow it down.
+# At most one cleaning process per core. The books file lies on the critical path (longest
+# to clean, then its COPY computing the search vector and its GIN index, built by one
+# process): it is cleaned at once, the other files on the remaining cores (at least one)
+# in turn and at a lower CPU priority, so they never slow it down. They are staged once
+# books is COPY-ed, one at a time, each index in turn: their COPY and index builds then
+# run on the core that books' GIN build leaves idle, instead of taking CPU from books'
+# cleaning and COPY.
 CRITICAL_KIND = "books"
 BACKGROUND_NICENESS = 5
-_CLEANING_SLOTS = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
+
+
+class _Order:
+    """When each file of one run may be cleaned and staged (see ``CRITICAL_KIND``): the
+    others are cleaned in ``KINDS`` order, as many at once as there are cores beside the
+    critical file's, and staged one at a time once the critical file is COPY-ed (or failed)."""
+
+    def __init__(self) -> None:
+        self.background = [kind for kind in KINDS if kind != CRITICAL_KIND]
+        self.slots = max(1, (os.cpu_count() or 1) - 1)
+        self.cleaned = {kind: threading.Event() for kind in KINDS}
+        self.copied = threading.Event()  # the critical file is COPY-ed, or failed
+        self.failed = threading.Event()  # the critical file failed
+        self.staging = threading.Lock()
+
+    def wait_to_clean(self, kind: str) -> None:
+        """Until the background file ``slots`` places before ``kind`` is cleaned."""
+        if kind in self.background:
+            place = self.background.index(kind)
+            if place >= self.slots:
+                self.cleaned[self.background[place - self.slots]].wait()
 
 
 def clean_path(path: Path, kind: str, layout: str, display: str) -> cleaning.CleanFile:
@@ -78,12 +102,9 @@ def clean_to_spool_in_subprocess(
 
     context = multiprocessing.get_context("fork")
     niceness = 0 if kind == CRITICAL_KIND else BACKGROUND_NICENESS
-    with (
-        _CLEANING_SLOTS,
-        ProcessPoolExecutor(
-            max_workers=1, mp_context=context, initializer=os.nice, initargs=(niceness,)
-        ) as pool,
-    ):
+    with ProcessPoolExecutor(
+        max_workers=1, mp_context=context, initializer=os.nice, initargs=(niceness,)
+    ) as pool:
         return pool.submit(clean_to_spool, path, kind, layout, display, spool_dir).result()
 
 
@@ -128,15 +149,40 @@ def run_ingest(
                     kind: sources.fetch(files[kind], Path(tmp) / "raw", settings) for kind in KINDS
                 }
 
-                def clean_and_stage(kind: str) -> tuple[SpoolFile, StagedFile]:
-                    began = time.perf_counter()
-                    spool = clean_to_spool_in_subprocess(
-                        paths[kind], kind, resolved, files[kind].uri, Path(tmp)
-                    )
-                    cleaned = time.perf_counter()
-                    staged = pgload.stage_spool(
-                        engine, kind, spool.data_paths, stage_ready.result()
-                    )
+                order = _Order()
+
+                def clean_and_stage(kind: str) -> tuple[SpoolFile, StagedFile | None]:
+                    critical = kind == CRITICAL_KIND
+                    try:
+                        order.wait_to_clean(kind)
+                        began = time.perf_counter()
+                        try:
+                            spool = clean_to_spool_in_subprocess(
+                                paths[kind], kind, resolved, files[kind].uri, Path(tmp)
+                            )
+                        finally:
+                            order.cleaned[kind].set()
+                        cleaned = time.perf_counter()
+                        schema = stage_ready.result()
+                        if critical:
+                            staged = pgload.stage_spool(
+                                engine, kind, spool.data_paths, schema, copied=order.copied.set
+                            )
+                        else:
+                            order.copied.wait()
+                            if order.failed.is_set():
+                                return spool, None  # the run fails with the critical file's error
+                            with order.staging:
+                                staged = pgload.stage_spool(
+                                    engine, kind, spool.data_paths, schema, index_sessions=1
+                                )
+                    except BaseException:
+                        if critical:
+                            order.failed.set()
+                        raise
+                    finally:
+                        if critical:
+                            order.copied.set()
                     say(
                         f"{kind}: {spool.rows_read:,} rows read, {spool.rows_clean:,} clean, "
                         f"{spool.quarantined:,} quarantined ({cleaned - began:.1f} s); "
@@ -145,8 +191,10 @@ def run_ingest(
                     return spool, staged
 
                 with ThreadPoolExecutor(max_workers=len(KINDS)) as threads:
-                    futures = [threads.submit(clean_and_stage, kind) for kind in KINDS]
-                    done = [f.result() for f in futures]
+                    futures = {kind: threads.submit(clean_and_stage, kind) for kind in KINDS}
+                    # the critical file's error first: the others may have stopped for it
+                    done = [futures[CRITICAL_KIND].result()]
+                    done += [f.result() for kind, f in futures.items() if kind != CRITICAL_KIND]
                 report = pgload.commit_staged(
                     engine,
                     [staged for _, staged in done],

@@ -34,6 +34,7 @@ import json
 import secrets
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -323,28 +324,32 @@ def _index_statements(cur, target: str, twin: str) -> tuple[list[str], list[str]
     return creates, constraints
 
 
-def _run_in_sessions(engine: Engine, statements: list[str]) -> None:
+def _run_in_sessions(engine: Engine, statements: list[str], sessions: int = INDEX_SESSIONS) -> None:
     """Run DDL statements concurrently, each in its own session (CREATE INDEX takes a SHARE
-    lock, so several can build on one table at once)."""
+    lock, so several can build on one table at once); with ``sessions`` 1, one after the
+    other in one session."""
 
-    def run(statement: str) -> None:
+    def run(*batch: str) -> None:
         with engine.begin() as conn:
             conn.execute(sa.text(f"SET LOCAL maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'"))
             conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
-            _raw(conn).execute(statement)
+            for statement in batch:
+                _raw(conn).execute(statement)
 
-    if len(statements) <= 1:
-        for statement in statements:
-            run(statement)
+    if sessions <= 1 or len(statements) <= 1:
+        if statements:
+            run(*statements)
         return
-    with ThreadPoolExecutor(max_workers=min(INDEX_SESSIONS, len(statements))) as pool:
+    with ThreadPoolExecutor(max_workers=min(sessions, len(statements))) as pool:
         for future in [pool.submit(run, s) for s in statements]:
             future.result()
 
 
-def _build_indexes(engine: Engine, creates: list[str], constraints: list[str]) -> None:
+def _build_indexes(
+    engine: Engine, creates: list[str], constraints: list[str], sessions: int = INDEX_SESSIONS
+) -> None:
     """A twin's indexes side by side (``_run_in_sessions``), then its key constraints."""
-    _run_in_sessions(engine, creates)
+    _run_in_sessions(engine, creates, sessions)
     with engine.begin() as conn:
         for statement in constraints:
             _raw(conn).execute(statement)
@@ -371,8 +376,18 @@ def _copy_in_sessions(engine: Engine, table: str, kind: str, paths: list[str]) -
         return sum(future.result() for future in [pool.submit(copy, p) for p in paths])
 
 
-def stage_spool(engine: Engine, kind: str, data_paths: list[str], schema: str) -> StagedFile:
-    """COPY one spool file into ``schema.kind``; for an empty target, build a swappable twin.
+def stage_spool(
+    engine: Engine,
+    kind: str,
+    data_paths: list[str],
+    schema: str,
+    *,
+    copied: Callable[[], object] | None = None,
+    index_sessions: int = INDEX_SESSIONS,
+) -> StagedFile:
+    """COPY one spool file into ``schema.kind``; for an empty target, build a swappable twin
+    (its indexes in up to ``index_sessions`` sessions). ``copied`` is called once the rows
+    are in, before the indexes are built.
 
     A file in one part is COPY-ed in the transaction that creates its table; the parts
     of a larger one in parallel sessions once the table exists (the stage schema is
@@ -396,8 +411,10 @@ def stage_spool(engine: Engine, kind: str, data_paths: list[str], schema: str) -
             rows = _copy_file(cur, table, kind, data_paths[0])
     if len(data_paths) > 1:
         rows = _copy_in_sessions(engine, table, kind, data_paths)
+    if copied is not None:
+        copied()
     if twin:
-        _build_indexes(engine, creates, constraints)
+        _build_indexes(engine, creates, constraints, index_sessions)
     return StagedFile(kind=kind, schema=schema, rows=rows, twin=twin)
 
 

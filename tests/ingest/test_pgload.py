@@ -397,9 +397,9 @@ def test_files_over_part_rows_are_copied_in_parallel_parts(clean_db, settings, m
     parts: dict[str, int] = {}
     stage_spool = pgload.stage_spool
 
-    def counting_stage_spool(engine, kind, data_paths, schema):
+    def counting_stage_spool(engine, kind, data_paths, schema, **options):
         parts[kind] = len(data_paths)
-        return stage_spool(engine, kind, data_paths, schema)
+        return stage_spool(engine, kind, data_paths, schema, **options)
 
     monkeypatch.setattr(pgload, "PART_ROWS", 5_000)  # the forked cleaners inherit it
     monkeypatch.setattr(pgload, "stage_spool", counting_stage_spool)
@@ -423,9 +423,9 @@ def test_prepare_runs_while_the_files_are_cleaned_and_before_staging(
     events: list[str] = []
     stage_spool = pgload.stage_spool
 
-    def recording_stage_spool(engine, kind, data_paths, schema):
+    def recording_stage_spool(engine, kind, data_paths, schema, **options):
         events.append(f"staged {kind}")
-        return stage_spool(engine, kind, data_paths, schema)
+        return stage_spool(engine, kind, data_paths, schema, **options)
 
     monkeypatch.setattr(pgload, "stage_spool", recording_stage_spool)
     report = run_ingest(
@@ -444,5 +444,59 @@ def test_a_failed_prepare_stops_the_ingest_and_leaves_no_stage_schema(clean_db, 
 
     with pytest.raises(RuntimeError, match="migration failed"):
         run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"), prepare=prepare)
+    assert db_fingerprint(clean_db) == before
+    assert _rows(clean_db, STAGES) == []
+
+
+def _recording_stage_spool(monkeypatch, events: list[str]) -> None:
+    """Record when each file's staging starts and ends, and when books is COPY-ed."""
+    stage_spool = pgload.stage_spool
+
+    def recording(engine, kind, data_paths, schema, **options):
+        copied = options.get("copied")
+        if copied is not None:
+            options["copied"] = lambda: (events.append(f"{kind} copied"), copied())
+        events.append(f"{kind} staging")
+        try:
+            return stage_spool(engine, kind, data_paths, schema, **options)
+        finally:
+            events.append(f"{kind} staged")
+
+    monkeypatch.setattr(pgload, "stage_spool", recording)
+
+
+def test_the_other_files_are_staged_one_at_a_time_once_books_is_copied(
+    clean_db, settings, monkeypatch
+):
+    """Books is staged as soon as it is clean; ratings and users wait until its rows are
+    in, then load one after the other (beside books' index builds)."""
+    events: list[str] = []
+    _recording_stage_spool(monkeypatch, events)
+    report = run_ingest(clean_db, settings, str(SAMPLE_DIR / "original"))
+    assert events.index("books staging") < events.index("books copied")
+    for kind in ("ratings", "users"):
+        assert events.index("books copied") < events.index(f"{kind} staging")
+    spans = sorted(
+        (events.index(f"{kind} staging"), events.index(f"{kind} staged"))
+        for kind in ("ratings", "users")
+    )
+    assert spans[0][1] < spans[1][0]  # one at a time
+    assert all(c["inserted"] > 0 for c in report["files"].values())
+
+
+def test_a_bad_books_file_stages_nothing_else(clean_db, settings, sample_copy, monkeypatch):
+    from bookrec.sources import IngestFileError
+    from tests.ingest.conftest import read_gz_text, write_gz_text
+
+    folder = sample_copy("original")
+    books = folder / "BX-Books.csv.gz"
+    text = read_gz_text(books, "latin-1").replace('"Book-Title"', '"Name"', 1)
+    write_gz_text(books, text, "latin-1")
+    before = db_fingerprint(clean_db)
+    events: list[str] = []
+    _recording_stage_spool(monkeypatch, events)
+    with pytest.raises(IngestFileError, match="wrong header"):
+        run_ingest(clean_db, settings, str(folder))
+    assert events == []
     assert db_fingerprint(clean_db) == before
     assert _rows(clean_db, STAGES) == []

@@ -95,7 +95,9 @@ def start_local_server(settings, port: int, env: dict[str, str] | None = None,
 
 
 def wait_healthy(settings, url: str, proc, timeout: float = 180.0) -> None:
-    """Poll ``/api/health`` until the server started as ``proc`` answers."""
+    """Poll ``/api/health`` until the server started as ``proc`` answers, then wait for
+    ``/api/ready``: a fresh server opens its database on the first request that needs it
+    (~0.5 s on this machine), which would otherwise fall on the first flow run."""
     from cli.main import CommandError
 
     service = _service(settings)
@@ -110,6 +112,7 @@ def wait_healthy(settings, url: str, proc, timeout: float = 180.0) -> None:
             raise CommandError(f"the Prefect server is not ready after {timeout:.0f} s; "
                                f"see {service.log_file}")
         time.sleep(0.05)
+    processes.get_json(f"{url.rstrip('/')}/ready", timeout=max(1.0, deadline - time.monotonic()))
 
 
 def _is_loopback(url: str) -> bool:

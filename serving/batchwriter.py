@@ -113,23 +113,20 @@ class BatchWriter:
         transaction."""
         import io
 
-        raw = self._engine().raw_connection()
-        try:
-            with raw.cursor() as cur:
-                cur.copy_expert(statement, io.StringIO(text), size=1 << 16)
-            raw.commit()
-        except Exception:
-            raw.rollback()
-            raise
-        finally:
-            raw.close()
+        self._in_transaction(lambda cur: cur.copy_expert(statement, io.StringIO(text),
+                                                         size=1 << 16))
 
     def _execute(self, statement: str, document: str) -> None:
         """Run ``statement`` with the JSON array ``document`` in its own transaction."""
+        self._in_transaction(lambda cur: cur.execute(statement, (document,)))
+
+    def _in_transaction(self, work) -> None:
+        """Call ``work(cursor)`` on a raw connection of the pool, committed, or rolled back
+        if it raises."""
         raw = self._engine().raw_connection()
         try:
             with raw.cursor() as cur:
-                cur.execute(statement, (document,))
+                work(cur)
             raw.commit()
         except Exception:
             raw.rollback()

@@ -104,9 +104,7 @@ class SharedCounts:
         key = self._key(item, group)
         now = time.monotonic()
         with self._lock:
-            window = self._windows.get(key)
-            if window is None or now >= window.expires:
-                window = self._new_window(key, item, group, now)
+            window = self._current_window(key, item, group, now)
             window.pending += 1
             if now - window.synced < self.sync_interval_s:
                 if self._flusher is None:
@@ -116,6 +114,14 @@ class SharedCounts:
                     self._flusher.start()
                 return window.base + window.pending <= item.amount
         return self._settle(window, now)
+
+    def _current_window(self, key: str, item: RateLimitItem, group: str, now: float):
+        """The window of ``key`` now (a new one when there is none or it ended); call with
+        the lock held."""
+        window = self._windows.get(key)
+        if window is None or now >= window.expires:
+            window = self._new_window(key, item, group, now)
+        return window
 
     def _key(self, item: RateLimitItem, group: str) -> str:
         """The storage key of ``group``'s window of ``item`` (remembered)."""
@@ -134,9 +140,7 @@ class SharedCounts:
         key = self._key(item, group)
         now = time.monotonic()
         with self._lock:
-            window = self._windows.get(key)
-            if window is None or now >= window.expires:
-                window = self._new_window(key, item, group, now)
+            window = self._current_window(key, item, group, now)
             if count:
                 window.pending += 1
             return window.base + window.pending <= item.amount, window.expires - now

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
         "search index when the table changed (a new book is found within this time)",
     )
     rate_limit: str = "600 per minute"
+    fast_cached_reads: bool = Field(
+        True,
+        description="Answer cached reads a worker holds in memory before Flask "
+        "(serving/fastpath.py); false sends every request through Flask",
+    )
     rate_limit_sync_s: float = Field(
         0.05,
         ge=0,

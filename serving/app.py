@@ -24,6 +24,7 @@ from serving.apilog import ApiLogWriter, now
 from serving.cache import Cache
 from serving.catalog import Catalog
 from serving.errors import register_error_handlers
+from serving.fastpath import CachedReads
 from serving.faults import FaultSwitch
 from serving.impressions import ImpressionWriter
 from serving.jsonbody import BoundedChunkedBody, RequestJSONProvider
@@ -99,14 +100,6 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     app.config.update(JSON_SORT_KEYS=False, BOOKREC_BACKGROUND=True, MAX_CONTENT_LENGTH=64 * 1024)
     if test_config:
         app.config.update(test_config)
-    app.wsgi_app = BoundedChunkedBody(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])
-    if settings.trusted_proxies:
-        # The client is the address the trusted hops saw; with 0 hops the headers are
-        # ignored, so a client cannot choose its own address (rate limits, logs).
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
-        hops = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     _configure_logging()
 
     metrics = Metrics()
@@ -124,7 +117,17 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
         faults=FaultSwitch(settings.test_fault_version_error_rate),
     )
     app.extensions["bookrec"] = svc
-    init_rate_limits(app, settings, metrics, svc.apikeys)
+    limits = init_rate_limits(app, settings, metrics, svc.apikeys)
+    if settings.fast_cached_reads:
+        app.wsgi_app = CachedReads(app.wsgi_app, svc, limits, _new_request_id)
+    app.wsgi_app = BoundedChunkedBody(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])
+    if settings.trusted_proxies:
+        # The client is the address the trusted hops saw; with 0 hops the headers are
+        # ignored, so a client cannot choose its own address (rate limits, logs).
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     register_error_handlers(app)
     app.before_request(_start_request)
     app.after_request(_finish_request)

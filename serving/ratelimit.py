@@ -38,6 +38,7 @@ from bookrec.apikeys import KeyRecord
 from bookrec.settings import Settings
 from serving.apikeys import ApiKeys, resolve_key
 from serving.breaker import Breaker
+from serving.fastpath import RATE_VERDICT
 from serving.metrics import Metrics
 from serving.validation import ApiError
 
@@ -292,8 +293,12 @@ def init_rate_limits(
         req = request._get_current_object()
         if req.endpoint in UNLIMITED_ENDPOINTS:
             return
-        key = resolve_key(keys, req)
-        if key is None:
+        verdict = req.environ.get(RATE_VERDICT)  # counted by serving/fastpath.py already
+        key = resolve_key(keys, req) if verdict is None else None
+        if verdict is not None:
+            allowed, retry = verdict
+            limit = description
+        elif key is None:
             allowed, retry = limits.hit(req.remote_addr or "unknown")
             limit = description
         else:

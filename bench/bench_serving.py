@@ -1,6 +1,6 @@
 """Serving benchmark: throughput and p99 with wrk on loopback, hot reload under load, memory.
 
-Run:  .venv/bin/python bench/bench_serving.py [--duration 8] [--workers N] [--threads 4]
+Run:  .venv/bin/python bench/bench_serving.py [--duration 16] [--workers N] [--threads 4]
           [--memory-workers 4] [--max-items 5000]
       A/B of the cached paths and uncached search against the same API with another worker
       class, code tree or environment (e.g. --compare-worker-class gthread, --compare-tree ../base,
@@ -354,8 +354,8 @@ def pooled_p99_ms(runs: list[dict]) -> float:
     return max(r["tail_us"][-1] for r in runs) / 1000
 
 
-ROUNDS = 2
-SEARCH_SLICE = 20_000  # distinct texts per measured search round (5,000 req/s for 4 s)
+ROUNDS = 4  # two ABBA pairs: the machine's drift over a path's rounds weighs on both sides
+SEARCH_SLICE = 12_000  # distinct texts per measured search round (3,000 req/s for 4 s)
 COMPARE_SEARCH = "search (uncached)"
 COMPARE_SEARCH_SLICE = 5_000  # per round and server in the A/B (1,250 req/s for 4 s)
 
@@ -545,7 +545,7 @@ def compare_servers(
 # -- main ----------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=8, help="seconds of load per path")
+    parser.add_argument("--duration", type=int, default=16, help="seconds of load per path")
     parser.add_argument(
         "--workers", type=int, default=None, help="API workers (default: the config's, 1 per CPU)"
     )

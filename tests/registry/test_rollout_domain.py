@@ -105,7 +105,9 @@ def test_team_draft_keeps_one_edition_per_work() -> None:
         assert out == rollout.team_draft(a, b, 6, f"s{n}", work=works.get)
 
 
-@settings(max_examples=200, deadline=None)
+# The same 200 examples on every run (a FlakyStrategyDefinition seen once in CI, with these
+# pure strategies, could not be reproduced with any seed).
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
 @given(
     a=st.lists(st.sampled_from([f"i{n}" for n in range(15)]), max_size=12, unique=True),
     b=st.lists(st.sampled_from([f"i{n}" for n in range(15)]), max_size=12, unique=True),

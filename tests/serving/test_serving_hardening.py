@@ -364,6 +364,27 @@ def test_gunicorn_keeps_idle_connections_longer_than_the_load_balancer(tmp_path)
     assert int(keepalive) > alb_idle
 
 
+def _wait_for_startup_checks(url: str, workers: int) -> None:
+    """Until every worker has made the pointer check it makes after the fork (its
+    ``last_reload`` is no longer the initial load's). Asked on new connections, in bursts,
+    since which worker accepts one is the kernel's choice."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(_: int) -> dict:
+        headers = {**AUTH, "Connection": "close"}
+        return requests.get(f"{url}/admin/model", headers=headers, timeout=10).json()
+
+    checked: set[int] = set()
+    deadline = time.monotonic() + 60
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        while len(checked) < workers:
+            assert time.monotonic() < deadline, f"startup checks seen: {sorted(checked)}"
+            for info in pool.map(ask, range(4)):
+                if (info.get("last_reload") or {}).get("reason") not in (None, "startup"):
+                    checked.add(info["pid"])
+            time.sleep(0.1)
+
+
 def test_admin_reload_answers_at_once_and_the_caller_waits_for_every_worker(
     start_gunicorn, serving_settings, model_set
 ):
@@ -378,6 +399,7 @@ def test_admin_reload_answers_at_once_and_the_caller_waits_for_every_worker(
     while len(instance_workers(quiet, server.url)["workers"]) < 3:
         assert time.monotonic() < deadline, "workers did not all report a version"
         time.sleep(0.2)
+    _wait_for_startup_checks(server.url, 3)  # or a late one would see the promotion below
     Registry.from_settings(quiet).promote(new, by="test", reason="reload")
     started = time.monotonic()
     answer = requests.post(f"{server.url}/admin/reload?version={new}", headers=AUTH, timeout=10)

@@ -72,6 +72,16 @@ def prefect_env(env: dict[str, str] | os._Environ) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- client
+def _same_python(request: dict) -> bool:
+    """Whether the command was started by this interpreter in this environment: the same
+    binary behind the name (a venv's ``python`` and ``python3`` are links to one) and the
+    same ``sys.prefix`` (two venvs link to one binary)."""
+    python = request.get("python")
+    if not isinstance(python, str) or request.get("prefix") != sys.prefix:
+        return False
+    return os.path.realpath(python) == os.path.realpath(sys.executable)
+
+
 def run(argv: list[str], home: Path, timeout: float = 1.0) -> int | None:
     """Run the command ``argv`` in the runner; its exit status, or None to run it here
     (no runner, a runner with other settings or older code, or ``BOOKREC_WARM=0``)."""
@@ -82,7 +92,7 @@ def run(argv: list[str], home: Path, timeout: float = 1.0) -> int | None:
         return None
     request = json.dumps({
         "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
-        "python": sys.executable, "prefect_env": prefect_env(os.environ),
+        "python": sys.executable, "prefix": sys.prefix, "prefect_env": prefect_env(os.environ),
     }).encode()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -238,7 +248,7 @@ def serve(home: Path) -> int:
             conn.close()
             continue
         reason = None
-        if request.get("python") != sys.executable:
+        if not _same_python(request):
             reason = "another Python"
         elif request.get("prefect_env") != own_env:
             reason = "other PREFECT_* settings"

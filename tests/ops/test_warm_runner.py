@@ -101,6 +101,17 @@ def test_other_settings_or_changed_code_run_cold(runner_home, database_url, clea
     _bookrec(["rollback", "--json"], env)  # leaves the runner
     _wait_for_runner(runner_home)
 
+    # the same venv under its other name (``python3`` for ``python``): forked all the same
+    alias = Path(sys.executable).with_name(
+        "python3" if Path(sys.executable).name != "python3" else "python")
+    if alias.exists():
+        forks = _runner_log(runner_home).count("['rollback'] pid")
+        proc = subprocess.run([str(alias), "-m", "cli.main", "rollback", "--json"], env=env,
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and "no champion" in proc.stderr
+        assert _runner_log(runner_home).count("['rollback'] pid") == forks + 1
+        assert "another Python" not in _runner_log(runner_home)
+
     other = _bookrec(["rollback", "--json"], {**env, "PREFECT_LOGGING_LEVEL": "DEBUG"})
     assert other.returncode == 1 and "no champion" in other.stderr  # answered all the same
     assert "refused ['rollback']: other PREFECT_* settings" in _runner_log(runner_home)

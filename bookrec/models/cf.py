@@ -107,12 +107,12 @@ def ease_weights(
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if user_weights is None:
-        gram = (x.T @ x).toarray().astype(np.float32)
+        gram = (x.T @ x).astype(np.float32).toarray()  # no float64 dense copy
     else:
         user_weights = np.asarray(user_weights, dtype=np.float32)
         if user_weights.shape != (x.shape[0],):
             raise ValueError(f"user_weights needs shape ({x.shape[0]},), got {user_weights.shape}")
-        gram = (x.T @ sp.diags(user_weights) @ x).toarray().astype(np.float32)
+        gram = (x.T @ sp.diags(user_weights) @ x).astype(np.float32).toarray()
     diag = np.diag(gram).copy()
     if side is not None:
         if side.shape[1] != gram.shape[0]:

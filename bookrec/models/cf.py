@@ -153,6 +153,9 @@ def _symmetrize_lower(m: np.ndarray, block: int = 256) -> np.ndarray:
     return m
 
 
+_PRUNE_BLOCK = 512  # rows per partition in prune_rows
+
+
 def prune_rows(weights: np.ndarray, keep: int) -> sp.csr_matrix:
     """Keep the ``keep`` entries of each row with the largest magnitude, as a sparse matrix.
 
@@ -162,7 +165,13 @@ def prune_rows(weights: np.ndarray, keep: int) -> sp.csr_matrix:
     weights = np.asarray(weights)
     n_rows, n_cols = weights.shape
     keep = min(keep, n_cols)
-    idx = np.argpartition(-np.abs(weights), keep - 1, axis=1)[:, :keep]
+    # Row blocks: no magnitude copy and no index array of the whole matrix (1.25 GB of
+    # int64 for 12,500 books); each row's partition is the same (3.3 -> 1.7 s, keep 1,000).
+    idx = np.empty((n_rows, keep), np.intp)
+    for start in range(0, n_rows, _PRUNE_BLOCK):
+        part = np.abs(weights[start : start + _PRUNE_BLOCK])
+        np.negative(part, out=part)
+        idx[start : start + _PRUNE_BLOCK] = np.argpartition(part, keep - 1, axis=1)[:, :keep]
     vals = np.take_along_axis(weights, idx, axis=1)
     rows = np.repeat(np.arange(n_rows), keep)
     out = sp.csr_matrix((vals.ravel(), (rows, idx.ravel())), shape=weights.shape, dtype=np.float32)

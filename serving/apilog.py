@@ -82,6 +82,29 @@ class ApiLogWriter(BatchWriter):
         if not self._offer((line, written)) and not written:
             self._write_lines([line])  # the writer is stuck: keep the line, drop the row
 
+    def request(
+        self, *, request_id: str, method: str, route: str, path: str, status: int,
+        elapsed: float, version: str, source: str | None, user_id: int | None,
+        client: str | None, variant: str | None, rollout_id: str | None,
+    ) -> None:
+        """Record one answered request (the Flask path and ``serving/fastpath.py``)."""
+        self.record(
+            {
+                "request_id": request_id,
+                "method": method,
+                "route": route,
+                "path": path[:500],
+                "status": status,
+                "latency_ms": round(elapsed * 1000, 3),
+                "model_version": version,
+                "source": source,
+                "user_id": user_id,
+                "client": client,
+                "variant": variant,
+                "rollout_id": rollout_id,
+            }
+        )
+
     @staticmethod
     def _write_lines(lines: list[bytes]) -> None:
         if lines and request_log.isEnabledFor(logging.INFO):

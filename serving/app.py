@@ -62,6 +62,13 @@ class RequestIds:
 _new_request_id = RequestIds()
 
 
+def request_id_of(environ: dict) -> str:
+    """The request's id: a valid incoming ``X-Request-Id`` (read from the environ, without
+    ``EnvironHeaders``), else a new one."""
+    incoming = environ.get("HTTP_X_REQUEST_ID", "")
+    return incoming if incoming and _REQUEST_ID.fullmatch(incoming) else _new_request_id()
+
+
 class _App(Flask):
     """Flask with its views, hooks and error handlers called as they are: the stock
     ``ensure_sync`` inspects each of them on every request for ``async def`` (~6 calls per
@@ -119,7 +126,7 @@ def create_app(settings: Settings | None = None, test_config: dict[str, Any] | N
     app.extensions["bookrec"] = svc
     limits = init_rate_limits(app, settings, metrics, svc.apikeys)
     if settings.fast_cached_reads:
-        app.wsgi_app = CachedReads(app.wsgi_app, svc, limits, _new_request_id)
+        app.wsgi_app = CachedReads(app.wsgi_app, svc, limits, request_id_of)
     app.wsgi_app = BoundedChunkedBody(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])
     if settings.trusted_proxies:
         # The client is the address the trusted hops saw; with 0 hops the headers are
@@ -171,14 +178,11 @@ def _start_request() -> None:
     environ = request._get_current_object().environ
     svc = current_app.extensions["bookrec"]
     holder = svc.holder
-    incoming = environ.get("HTTP_X_REQUEST_ID", "")  # the header, without EnvironHeaders
     # One update of the namespace's dict: ``g`` sets attributes through a Python-level
     # ``__setattr__``, a call per attribute.
     vars(ctx).update(
         started=now(),
-        request_id=(
-            incoming if incoming and _REQUEST_ID.fullmatch(incoming) else _new_request_id()
-        ),
+        request_id=request_id_of(environ),
         svc=svc,
         model=holder.model,
         variants=holder.variants,  # the rollout and its candidate, or None
@@ -225,20 +229,18 @@ def _finish_request(response: Response) -> Response:
         # Refusals are counted (bookrec_rate_limited_total and the request counter), not
         # logged one by one: a flood must not grow the logs it is refused from.
         return response
-    svc.apilog.record(
-        {
-            "request_id": request_id,
-            "method": method,
-            "route": route,
-            "path": req.path[:500],
-            "status": status,
-            "latency_ms": round(elapsed * 1000, 3),
-            "model_version": version,
-            "source": attrs.get("source"),
-            "user_id": attrs.get("user_id"),
-            "client": req.remote_addr,
-            "variant": variant,
-            "rollout_id": attrs.get("rollout_id"),
-        }
+    svc.apilog.request(
+        request_id=request_id,
+        method=method,
+        route=route,
+        path=req.path,
+        status=status,
+        elapsed=elapsed,
+        version=version,
+        source=attrs.get("source"),
+        user_id=attrs.get("user_id"),
+        client=req.remote_addr,
+        variant=variant,
+        rollout_id=attrs.get("rollout_id"),
     )
     return response

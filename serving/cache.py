@@ -198,6 +198,21 @@ class Cache:
         except redis.RedisError as exc:
             self._redis_failed(exc)
 
+    def held(self, key: str) -> bytes | None:
+        """The value from this worker's memory alone (no Redis call), or None; None also
+        while Redis is configured but bypassed by its breaker (``get`` counts that)."""
+        if self.redis is not None and self.breaker.open:
+            return None
+        return self.memory.get(key)
+
+    def held_user_generation(self, user_id: int) -> str | None:
+        """The reader's generation from this worker's copy alone (no Redis call), or None:
+        without Redis, while it is bypassed, or when the copy is not held or not usable."""
+        generations = self.generations
+        if self.redis is None or self.breaker.open or generations is None:
+            return None
+        return generations.get(user_id) if generations.started else None
+
     def user_generation(self, user_id: int) -> str | None:
         """The reader's list generation ("0" before their first posted rating), or None
         without Redis or when it fails (the caller checks PostgreSQL instead). With the
@@ -205,13 +220,11 @@ class Cache:
         (``serving/generations.py``), else from Redis (and then kept)."""
         if self.redis is None or self.breaker.open:
             return None
+        kept = self.held_user_generation(user_id)
+        if kept is not None:
+            return kept
         generations = self.generations
-        mark = None
-        if generations is not None and generations.started:
-            kept = generations.get(user_id)
-            if kept is not None:
-                return kept
-            mark = generations.mark()
+        mark = generations.mark() if generations is not None and generations.started else None
         import redis
 
         try:

@@ -35,7 +35,8 @@ from typing import Any
 from serving import validation as v
 from serving.apilog import now
 from serving.cache import Cache
-from serving.validation import REQUEST_ID, ApiError
+from serving.services import NOT_PLAIN, plain_query_arg
+from serving.validation import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,13 @@ _ROUTES = {
 class CachedReads:
     """WSGI middleware: cached reads from memory, everything else to ``app``."""
 
-    def __init__(self, app: Callable, svc: Any, limits: Any, new_request_id: Callable[[], str]):
-        """``svc``: the app's ``Services``; ``limits``: its ``RateLimits``."""
+    def __init__(self, app: Callable, svc: Any, limits: Any, request_id: Callable[[dict], str]):
+        """``svc``: the app's ``Services``; ``limits``: its ``RateLimits``; ``request_id``:
+        the request's id from its environ (as the Flask path takes it)."""
         self.app = app
         self.svc = svc
         self.limits = limits
-        self.new_request_id = new_request_id
+        self.request_id = request_id
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         started = now()
@@ -97,10 +99,11 @@ class CachedReads:
         if model is None or svc.faults.rates:
             return None
         cache = svc.cache
-        if cache.redis is not None and cache.breaker.open:
-            return None  # Flask counts the fallback and reads memory itself
+        raw_k = plain_query_arg(environ.get("QUERY_STRING", ""), "k")
+        if raw_k is NOT_PLAIN:
+            return None  # werkzeug decodes the query
         try:
-            k = self._k(environ.get("QUERY_STRING", ""))
+            k = v.parse_k(raw_k)
             user_id = None
             if path == "/v1/books/popular":
                 route = "popular"
@@ -111,10 +114,7 @@ class CachedReads:
                 variants = svc.holder.variants
                 if variants is not None and variants.candidate.version != model.version:
                     return None  # a rollout assigns the reader a variant: Flask
-                generations = cache.generations
-                if generations is None or not generations.started:
-                    return None
-                generation = generations.get(user_id)
+                generation = cache.held_user_generation(user_id)
                 if generation is None:
                     return None
                 key = Cache.key(model.version, "user", user_id, k, "r" + generation)
@@ -126,34 +126,17 @@ class CachedReads:
                 key = Cache.key(model.version, "book", v.parse_isbn(m.group(1)))
             else:
                 return None
-        except (ApiError, _NotPlain):
-            return None  # Flask writes the error (or decodes the query)
-        body = cache.memory.get(key)
+        except ApiError:
+            return None  # Flask writes the error
+        body = cache.held(key)
         if body is None:
             return None
         return route, user_id, model, body
 
-    @staticmethod
-    def _k(query: str) -> int:
-        """``k`` from the query string as the views read it (the first value); a query with
-        escapes or non-ASCII text is left to Flask."""
-        if not query:
-            return v.parse_k(None)
-        if not query.isascii() or "%" in query or "+" in query:
-            raise _NotPlain
-        for pair in query.split("&"):
-            name, _, value = pair.partition("=")
-            if name == "k":
-                return v.parse_k(value)
-        return v.parse_k(None)
-
     def _answer(self, environ, start_response, started, route, user_id, model, body):
         svc = self.svc
         rule, kind, shown = _ROUTES[route]
-        incoming = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = (
-            incoming if incoming and REQUEST_ID.fullmatch(incoming) else self.new_request_id()
-        )
+        request_id = self.request_id(environ)
         version = model.version
         svc.metrics.cache_lookup(kind, True)
         if shown is not None:
@@ -169,25 +152,19 @@ class CachedReads:
         )
         elapsed = now() - started
         svc.metrics.observe_request(rule, "GET", 200, elapsed, None)
-        path = environ.get("PATH_INFO", "")
-        svc.apilog.record(
-            {
-                "request_id": request_id,
-                "method": "GET",
-                "route": rule,
-                "path": path[:500],
-                "status": 200,
-                "latency_ms": round(elapsed * 1000, 3),
-                "model_version": version,
-                "source": "cache",
-                "user_id": user_id,
-                "client": environ.get("REMOTE_ADDR"),
-                "variant": None,
-                "rollout_id": None,
-            }
+        svc.apilog.request(
+            request_id=request_id,
+            method="GET",
+            route=rule,
+            path=environ.get("PATH_INFO", ""),
+            status=200,
+            elapsed=elapsed,
+            version=version,
+            source="cache",
+            user_id=user_id,
+            client=environ.get("REMOTE_ADDR"),
+            variant=None,
+            rollout_id=None,
         )
         return [body]
 
-
-class _NotPlain(Exception):
-    """The query string needs werkzeug's decoding."""

@@ -294,16 +294,13 @@ def init_rate_limits(
         if req.endpoint in UNLIMITED_ENDPOINTS:
             return
         verdict = req.environ.get(RATE_VERDICT)  # counted by serving/fastpath.py already
-        key = resolve_key(keys, req) if verdict is None else None
-        if verdict is not None:
-            allowed, retry = verdict
-            limit = description
-        elif key is None:
-            allowed, retry = limits.hit(req.remote_addr or "unknown")
-            limit = description
-        else:
+        key = None if verdict is not None else resolve_key(keys, req)
+        if key is not None:
             allowed, retry = limits.hit(*limits.key_limit(key))
             limit = f"{key.rate_per_minute} per minute for API key {key.id}"
+        else:
+            allowed, retry = verdict or limits.hit(req.remote_addr or "unknown")
+            limit = description
         if not allowed:
             metrics.rate_limited.inc()
             raise ApiError(

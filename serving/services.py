@@ -95,19 +95,30 @@ def shown(kind: str, body: bytes, user_id: int | None = None) -> None:
     )
 
 
-def query_arg(name: str) -> str | None:
-    """The first value of query parameter ``name`` (``request.args.get(name)``), read from
-    a plain query string (ASCII, no escapes) without building ``request.args``."""
-    query = request.environ.get("QUERY_STRING", "")
+NOT_PLAIN = object()  # plain_query_arg: the query string needs werkzeug's decoding
+
+
+def plain_query_arg(query: str, name: str) -> str | None | object:
+    """The first value of parameter ``name`` in a plain query string (ASCII, no escapes),
+    None when it is absent, or ``NOT_PLAIN`` when the string has escapes or non-ASCII text."""
     if not query:
         return None
     if not query.isascii() or "%" in query or "+" in query:
-        return request.args.get(name)  # escapes or non-ASCII: werkzeug decodes them
+        return NOT_PLAIN
     for pair in query.split("&"):
         key, _, value = pair.partition("=")
         if key == name:
             return value
     return None
+
+
+def query_arg(name: str) -> str | None:
+    """The first value of query parameter ``name`` (``request.args.get(name)``), read from
+    a plain query string without building ``request.args``."""
+    value = plain_query_arg(request.environ.get("QUERY_STRING", ""), name)
+    if value is NOT_PLAIN:
+        return request.args.get(name)  # escapes or non-ASCII: werkzeug decodes them
+    return value
 
 
 def require_model() -> Any:

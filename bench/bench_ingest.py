@@ -16,8 +16,11 @@ database on the same PostgreSQL server, on the same files:
   the flow run, its tasks and artifacts land on that server;
 - command_warm: the same with the warm flow runner that the first flow command leaves
   beside the server (``cli/warm.py``): the command is forked by it, Prefect already imported;
-- command_cold: the same command with no Prefect server running: it starts the local
-  server on first use (and leaves it running; stopped here afterwards).
+- command_cold: the same command in a new home with no Prefect server running: it starts
+  the local server on first use (and leaves it running; stopped here afterwards), and
+  Prefect creates its database (a one-time cost of each home);
+- command_restart: the same with the server stopped after its database was made, as
+  ``bookrec down`` leaves it: the command restarts it.
 
 The command's cost beyond its own work is its wall time minus the in-process ``bookrec``
 path's, both measured in this run.
@@ -222,12 +225,23 @@ def run_command_warm(data: Path, url: str, repeat: int) -> dict:
             processes.services(settings)[name].stop()
 
 
-def run_command_cold(data: Path, url: str, repeat: int) -> dict:
-    """``bookrec ingest`` with no Prefect server running: the command starts one."""
+def run_command_cold(data: Path, url: str, repeat: int, restart: bool = False) -> dict:
+    """``bookrec ingest`` with no Prefect server running: the command starts one. A new
+    home's first command also has Prefect create its database; with ``restart`` that was
+    done beforehand (untimed: the server started once and stopped), as after `bookrec down`."""
     import tempfile
 
+    from bookrec.settings import Settings
+    from cli import prefect_server, processes
+
     home = Path(tempfile.mkdtemp(prefix="bench-ingest-cold-"))
-    env = _command_env(home, url, _free_port())
+    port = _free_port()
+    env = _command_env(home, url, port)
+    if restart:
+        settings = Settings(home=home)
+        server_env = {**prefect_server.server_env(settings), "PREFECT_HOME": str(home / "prefect")}
+        prefect_server.start_local_server(settings, port, server_env)
+        processes.services(settings)["prefect-server"].stop()
     try:
         return _time_command(data, env, 1)
     finally:
@@ -235,9 +249,14 @@ def run_command_cold(data: Path, url: str, repeat: int) -> dict:
                        env=env, capture_output=True, check=False)
 
 
+def run_command_restart(data: Path, url: str, repeat: int) -> dict:
+    """``bookrec ingest`` with the server stopped (as `bookrec down` leaves it): it restarts."""
+    return run_command_cold(data, url, repeat, restart=True)
+
+
 PATHS = {"bookrec": run_bookrec, "naive": run_naive, "floor": run_floor,
          "floor_read": run_floor_read, "command": run_command, "command_warm": run_command_warm,
-         "command_cold": run_command_cold}
+         "command_cold": run_command_cold, "command_restart": run_command_restart}
 
 
 def _child(path: str, data: str, url: str, repeat: int) -> None:
@@ -262,7 +281,10 @@ def main() -> None:
         ),
         help="maintenance database of the server to use; scratch databases are made there",
     )
-    parser.add_argument("--paths", default="floor,floor_read,bookrec,naive,command,command_warm,command_cold")
+    parser.add_argument(
+        "--paths",
+        default="floor,floor_read,bookrec,naive,command,command_warm,command_restart,command_cold",
+    )
     parser.add_argument("--repeat", type=int, default=2, help="bookrec runs (2nd+ are re-ingests)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -320,7 +342,7 @@ def main() -> None:
         if "floor_read" in results:
             print(f"bookrec / floor_read (pandas read + COPY): "
                   f"{ours / results['floor_read']['seconds']:.2f}x (goal <= 2.5x)")
-    for path in ("command", "command_warm", "command_cold"):
+    for path in ("command", "command_warm", "command_restart", "command_cold"):
         if path not in results:
             continue
         r = results[path]

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layout", choices=["auto", "kaggle", "original"], default="auto")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=_ingest, prefect=True, heartbeats=False,
-                        preload=("flows.ingest",))
+                        preload=("flows.ingest", "alembic.command"))
 
 
 def _ingest(args: argparse.Namespace) -> int:

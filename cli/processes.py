@@ -213,8 +213,9 @@ def wait_for(what: str, check, clock: Clock, timeout: float, proc=None, service=
 def services(settings) -> dict[str, Service]:
     """The background services, keyed by name."""
     run_dir, log_dir = settings.home_dir / "run", settings.log_dir
+    # "prefect" for the server: cli.prefect_serve, or `prefect server start` of older runs
     markers = {"api": "gunicorn", "worker": "worker", "flow-runner": "cli.warm",
-               "prefect-server": "server"}
+               "prefect-server": "prefect"}
     return {name: Service(name, run_dir, log_dir, markers[name]) for name in SERVICES}
 
 

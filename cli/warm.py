@@ -41,8 +41,7 @@ MARKER = "cli.warm"
 PRELOAD = (
     "prefect", "prefect.flow_runs", "prefect.deployments", "flows.ingest", "flows.train",
     "flows.promote", "flows.rollback", "flows.reload", "flows.nightly", "flows.approval",
-    "flows.rollout", "bookrec.models.persist", "cli.main", "fastapi.encoders",
-    "alembic.command", "alembic.runtime.environment", "alembic.runtime.migration",
+    "flows.rollout", "bookrec.models.persist", "cli.main", "alembic.command", "alembic.runtime.environment", "alembic.runtime.migration",
     "alembic.ddl.postgresql",
 )
 _CODE_DIRS = ("cli", "flows", "tasks", "bookrec", "serving")
@@ -218,7 +217,9 @@ def serve(home: Path) -> int:
     """Import Prefect and the flows, then fork one child per command until the code changes."""
     import importlib
 
-    for module in PRELOAD:
+    from cli.prefect_server import FLOW_RUN_IMPORTS
+
+    for module in (*PRELOAD, *FLOW_RUN_IMPORTS):
         importlib.import_module(module)
     from prefect.context import get_settings_context
 
@@ -275,14 +276,15 @@ def serve(home: Path) -> int:
                          daemon=True).start()
 
 
-def ensure_started(settings) -> None:
-    """Start the runner for this home in the background unless one runs (returns at once)."""
+def ensure_started(settings, env: dict[str, str] | None = None) -> None:
+    """Start the runner for this home in the background unless one runs (returns at once);
+    ``env``: its environment (default: this process's)."""
     from cli import processes
 
     service = processes.services(settings)[SERVICE]
     if service.pid() is not None:
         return
-    env = dict(os.environ)
+    env = dict(os.environ if env is None else env)
     env.pop("BOOKREC_WARM", None)
     service.start([sys.executable, "-m", MARKER], env, processes.ROOT)
 

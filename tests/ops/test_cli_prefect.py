@@ -73,6 +73,27 @@ def _artifact_keys(api_url: str, flow_run_id) -> set[str]:
     return {a.key for a in found}
 
 
+def test_the_local_server_serves_the_ui_and_api_with_its_services(up_prefect_server):
+    """``cli/prefect_serve.py`` runs what ``prefect server start`` runs: the UI at the root,
+    the API with Prefect's version, and the background services (the scheduler among them)."""
+    import urllib.request
+
+    from cli import processes
+
+    base = up_prefect_server["url"].removesuffix("/api")
+    with urllib.request.urlopen(base + "/", timeout=10) as page:  # noqa: S310 - loopback
+        assert page.headers["content-type"].startswith("text/html")
+        assert b"<!DOCTYPE html>" in page.read(200)
+    import prefect
+
+    assert processes.get_json(base + "/api/admin/version", timeout=10) == prefect.__version__
+    record = json.loads(up_prefect_server["pid_file"].read_text())
+    assert "cli.prefect_serve" in " ".join(record["argv"])
+    settings = processes.get_json(base + "/api/admin/settings", timeout=10)
+    assert settings["server"]["services"]["scheduler"]["enabled"] is True
+    assert settings["server"]["analytics_enabled"] is False
+
+
 def test_flow_command_runs_on_the_up_server_quietly(up_home, up_prefect_server, database_url,
                                                    clean_db):
     env = _env(up_home, database_url)

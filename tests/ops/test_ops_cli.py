@@ -212,7 +212,7 @@ def test_prefect_verbs_take_verbose_and_others_do_not():
 
     parser = build_parser()
     assert parser.parse_args(["rollback", "v1", "--verbose"]).verbose is True
-    assert parser.parse_args(["ingest", "x"]).preload == ("flows.ingest",)
+    assert parser.parse_args(["ingest", "x"]).preload == ("flows.ingest", "alembic.command")
     with pytest.raises(SystemExit):
         parser.parse_args(["models", "--verbose"])
 

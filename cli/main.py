@@ -134,7 +134,7 @@ def _run_warm(args: argparse.Namespace) -> int:
         return code
     leave_runner = (not getattr(args, "verbose", False)
                     and os.environ.get("BOOKREC_WARM", "1") != "0" and _local_server(home))
-    runner_env = dict(os.environ)
+    runner_env = dict(os.environ) if leave_runner else None  # as the command found it
     try:
         return _handle(args)
     finally:

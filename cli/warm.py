@@ -41,8 +41,8 @@ MARKER = "cli.warm"
 PRELOAD = (
     "prefect", "prefect.flow_runs", "prefect.deployments", "flows.ingest", "flows.train",
     "flows.promote", "flows.rollback", "flows.reload", "flows.nightly", "flows.approval",
-    "flows.rollout", "bookrec.models.persist", "cli.main", "alembic.command", "alembic.runtime.environment", "alembic.runtime.migration",
-    "alembic.ddl.postgresql",
+    "flows.rollout", "bookrec.models.persist", "cli.main", "alembic.command",
+    "alembic.runtime.environment", "alembic.runtime.migration", "alembic.ddl.postgresql",
 )
 _CODE_DIRS = ("cli", "flows", "tasks", "bookrec", "serving")
 _ROOT = Path(__file__).resolve().parent.parent
